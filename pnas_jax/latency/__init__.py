@@ -1,0 +1,1 @@
+"""Hardware latency: timing on this device, lookup tables, predictors, expected latency."""
