@@ -1,0 +1,75 @@
+"""Loading ml_collections config files the way absl's config_flags does, from any entry point.
+
+`load_config("configs/search/tiny.py:arg", ["--config.seed=3"])` imports the file, calls
+`get_config(arg)` (or `get_config()`), locks the ConfigDict (so a mistyped `--config.x=` override
+fails naming the key instead of silently adding it) and applies the overrides, exactly as
+`config_flags.DEFINE_config_file(lock_config=True)` does for an absl program.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+
+class ConfigError(ValueError):
+  """A config file that cannot be loaded or an override that does not apply."""
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path.py[:arg]` and applies `--config.key=value` overrides (locked ConfigDict)."""
+  bad = [o for o in overrides if not o.startswith("--config.")]
+  if bad:
+    raise ConfigError(f"overrides must look like --config.key=value, got {bad}")
+  path = spec.split(":", 1)[0]
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist (expected e.g. configs/search/tiny.py)")
+  base = _parse(spec, [])
+  fields = _leaf_keys(base)
+  for o in overrides:
+    key = o[len("--config."):].split("=", 1)[0]
+    if key not in fields and not any(f.startswith(key + ".") for f in fields):
+      raise ConfigError(
+          f"config {spec!r} has no field {key!r} (from {o!r}); its fields: {', '.join(fields)}"
+      )
+  return _parse(spec, overrides) if overrides else base
+
+
+def _parse(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+  argv = ["pnas", f"--config={spec}", *overrides]
+  fv = flags.FlagValues()
+  # config_flags registers one flag per override it finds in sys_argv at definition time.
+  config_flags.DEFINE_config_file(
+      "config", default=None, flag_values=fv, lock_config=True, sys_argv=argv
+  )
+  try:
+    fv(argv)
+  except flags.Error as e:
+    raise ConfigError(f"config {spec!r}: {e}") from None
+  config = fv.config
+  if config is None:
+    raise ConfigError(f"config {spec!r}: get_config() returned None")
+  return config
+
+
+def _leaf_keys(config: ml_collections.ConfigDict | None, prefix: str = "") -> list[str]:
+  if config is None:
+    return []
+  keys = []
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      keys.extend(_leaf_keys(v, f"{prefix}{k}."))
+    else:
+      keys.append(f"{prefix}{k}")
+  return keys
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.x=y` overrides from other arguments (for argparse front ends)."""
+  overrides = [a for a in argv if a.startswith("--config.")]
+  rest = [a for a in argv if not a.startswith("--config.")]
+  return rest, overrides
