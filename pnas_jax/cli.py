@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 # Modules contributing subcommands; each defines add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli",)
 
 
 def _measure_latency_ms(space, arch, batch: int, repeats: int) -> float:
@@ -25,10 +25,11 @@ def _measure_latency_ms(space, arch, batch: int, repeats: int) -> float:
 
   from pnas_jax.latency.timing import time_fn
   from pnas_jax.models.child import ChildNet
+  from pnas_jax.models.init import init_variables
 
   net = ChildNet(space, arch)
   x = jnp.zeros((batch, space.resolution, space.resolution, space.in_channels), jnp.float32)
-  variables = jax.jit(lambda k: net.init(k, x))(jax.random.key(0))
+  variables = init_variables(net, jax.random.key(0), x)
   fwd = jax.jit(lambda v, x: net.apply(v, x, train=False))
   return time_fn(fwd, variables, x, warmup=3, repeats=repeats).median_ms
 
@@ -62,8 +63,10 @@ def _fmt_table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
       for r in rows
   ]
   widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-  lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-           for row in cells]
+  lines = [
+      "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+      for row in cells
+  ]
   lines.insert(1, "  ".join("-" * w for w in widths))
   return "\n".join(lines)
 

@@ -205,6 +205,7 @@ def from_net_config(
     shortcut = _get(blocks[i], "shortcut", where) is not None
     try:
       op = ops_lib.op_from_net_config(conv)
+      ops_lib.get_op(op)
     except (ValueError, ops_lib.UnknownOpError) as e:
       raise SearchSpaceError(f"{where}: {e}") from None
     stride = conv.get("stride", 1)
