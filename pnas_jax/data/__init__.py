@@ -1,0 +1,1 @@
+"""Data: image datasets by name, the class-balanced held-out split, augmentation, batching."""

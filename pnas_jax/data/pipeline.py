@@ -1,0 +1,95 @@
+"""Host-side batching over in-memory splits: seeded epochs, resumable position, per-process slices.
+
+Each epoch e is a permutation drawn from np.random.default_rng([seed, e]), so the stream is a pure
+function of (seed, epoch, step): a checkpoint stores `iterator.state()` and a resumed run replays the
+identical batches. With several processes (multi-host), every process draws the same global batch
+and keeps its contiguous slice [process_index * local : (process_index + 1) * local].
+`prefetch_to_device` keeps `size` batches in flight: jax.device_put is asynchronous, so the next
+transfers overlap the running step and the loop never waits on the host.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class EpochIterator:
+  """Infinite iterator of {"image", "label"} numpy batches; drops each epoch's incomplete batch."""
+
+  def __init__(
+      self,
+      images: np.ndarray,
+      labels: np.ndarray,
+      global_batch: int,
+      seed: int,
+      shuffle: bool = True,
+      process_index: int = 0,
+      process_count: int = 1,
+      state: dict[str, int] | None = None,
+  ):
+    if len(images) != len(labels):
+      raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if global_batch % process_count:
+      raise ValueError(
+          f"global batch {global_batch} is not divisible by the {process_count} processes"
+      )
+    if global_batch > len(images):
+      raise ValueError(f"global batch {global_batch} is larger than the split ({len(images)})")
+    self.images, self.labels = images, labels
+    self.global_batch, self.seed, self.shuffle = global_batch, seed, shuffle
+    self.local_batch = global_batch // process_count
+    self.process_index = process_index
+    self.steps_per_epoch = len(images) // global_batch
+    self.epoch, self.step = (state["epoch"], state["step"]) if state else (0, 0)
+    self._perm_epoch, self._perm = -1, None
+
+  def state(self) -> dict[str, int]:
+    """Position of the next batch: store it in checkpoints, pass it back as `state=` to resume."""
+    return {"epoch": self.epoch, "step": self.step}
+
+  def _permutation(self) -> np.ndarray:
+    if self._perm_epoch != self.epoch:
+      n = len(self.images)
+      self._perm = (
+          np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
+          else np.arange(n)
+      )
+      self._perm_epoch = self.epoch
+    return self._perm
+
+  def __iter__(self) -> EpochIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    start = self.step * self.global_batch + self.process_index * self.local_batch
+    idx = np.sort(self._permutation()[start : start + self.local_batch])
+    batch = {"image": self.images[idx], "label": self.labels[idx]}
+    self.step += 1
+    if self.step == self.steps_per_epoch:
+      self.epoch, self.step = self.epoch + 1, 0
+    return batch
+
+
+def prefetch_to_device(
+    iterator: Iterator[Any], size: int = 2, sharding: jax.sharding.Sharding | None = None
+) -> Iterator[Any]:
+  """Yields the iterator's batches already transferred (asynchronously) to the device(s)."""
+  queue: collections.deque = collections.deque()
+
+  def enqueue(n: int) -> None:
+    for _ in range(n):
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      queue.append(jax.device_put(batch, sharding) if sharding is not None else jax.device_put(batch))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)

@@ -1,0 +1,166 @@
+"""Data: IDX and CIFAR readers on generated files, the held-out split, batching, augmentation."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import tarfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pnas_jax.data import augment, datasets, local_files
+from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
+from pnas_jax.data.split import class_balanced_split
+
+
+def _write_idx(path, array, gz=True):
+  code = {np.uint8: 0x08}[array.dtype.type]
+  header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+  data = header + array.tobytes()
+  with (gzip.open if gz else open)(path, "wb") as f:
+    f.write(data)
+
+
+def test_fashion_mnist_reader_on_generated_idx(tmp_path):
+  rng = np.random.default_rng(0)
+  tr, te = rng.integers(0, 256, (12, 28, 28), np.uint8), rng.integers(0, 256, (5, 28, 28), np.uint8)
+  trl, tel = rng.integers(0, 10, 12).astype(np.uint8), rng.integers(0, 10, 5).astype(np.uint8)
+  _write_idx(tmp_path / "train-images-idx3-ubyte.gz", tr)
+  _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", trl)
+  _write_idx(tmp_path / "t10k-images-idx3-ubyte", te, gz=False)  # plain files work too
+  _write_idx(tmp_path / "t10k-labels-idx1-ubyte", tel, gz=False)
+  d = local_files.load_fashion_mnist(str(tmp_path))
+  np.testing.assert_array_equal(d["train"][0][..., 0], tr)
+  np.testing.assert_array_equal(d["test"][1], tel.astype(np.int32))
+  assert d["train"][0].shape == (12, 28, 28, 1)
+
+
+def test_idx_errors(tmp_path):
+  p = tmp_path / "x-idx"
+  p.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+  with pytest.raises(ValueError, match="not an IDX file"):
+    local_files.read_idx(str(p))
+  p.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\x00" * 3)
+  with pytest.raises(ValueError, match=r"shape \(10,\) \(10 bytes\), file has 3"):
+    local_files.read_idx(str(p))
+  with pytest.raises(local_files.MissingDataError, match="apt-get install dataset-fashion-mnist"):
+    local_files.load_fashion_mnist(str(tmp_path / "empty"))
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(local_files.FASHION_MNIST_DIR),
+    reason=f"{local_files.FASHION_MNIST_DIR} absent (apt-get install dataset-fashion-mnist)",
+)
+def test_real_fashion_mnist():
+  ds = datasets.load_dataset("fashion_mnist")
+  assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (10000, 28, 28, 1)
+  assert np.bincount(ds.train_labels).tolist() == [6000] * 10
+  np.testing.assert_allclose(ds.train_images.mean() / 255, ds.mean[0], atol=1e-3)
+
+
+def test_cifar10_tarball_reader(tmp_path):
+  rng = np.random.default_rng(1)
+  path = tmp_path / "cifar-10-python.tar.gz"
+  expected = {}
+  with tarfile.open(path, "w:gz") as tar:
+    for name in ["data_batch_1", "data_batch_2", "test_batch", "batches.meta"]:
+      data = rng.integers(0, 256, (4, 3072), np.uint8)
+      labels = rng.integers(0, 10, 4).tolist()
+      expected[name] = (data, labels)
+      blob = pickle.dumps({b"data": data, b"labels": labels})
+      info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+  ds = datasets.load_dataset("cifar10", str(tmp_path))
+  assert ds.train_images.shape == (8, 32, 32, 3) and ds.test_images.shape == (4, 32, 32, 3)
+  # CHW rows -> HWC images: red plane first.
+  np.testing.assert_array_equal(ds.train_images[0, :, :, 0].ravel(), expected["data_batch_1"][0][0, :1024])
+  assert ds.test_labels.tolist() == expected["test_batch"][1]
+  with pytest.raises(local_files.MissingDataError, match="cifar-10-python.tar.gz"):
+    datasets.load_dataset("cifar10", str(tmp_path / "nowhere.tar.gz"))
+
+
+def test_unknown_dataset_lists_names():
+  with pytest.raises(KeyError, match="available: fashion_mnist, cifar10, synthetic"):
+    datasets.load_dataset("mnist")
+
+
+def test_class_balanced_split():
+  labels = np.repeat(np.arange(10), 100)
+  np.random.default_rng(0).shuffle(labels)
+  train, held = class_balanced_split(labels, 105, seed=3)
+  assert len(held) == 105 and len(train) == 895
+  assert np.intersect1d(train, held).size == 0
+  counts = np.bincount(labels[held], minlength=10)
+  assert counts.max() - counts.min() <= 1 and counts.sum() == 105
+  again = class_balanced_split(labels, 105, seed=3)
+  np.testing.assert_array_equal(again[1], held)
+  assert not np.array_equal(class_balanced_split(labels, 105, seed=4)[1], held)
+  with pytest.raises(ValueError, match="class .* has 100 examples"):
+    class_balanced_split(labels, 1000 - 1, seed=0)
+
+
+def test_epoch_iterator_resume_and_process_slices():
+  images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
+  labels = np.arange(100, dtype=np.int32)
+  it = EpochIterator(images, labels, global_batch=8, seed=0)
+  stream = [next(it)["label"] for _ in range(30)]  # crosses epochs (12 steps per epoch)
+  assert it.state() == {"epoch": 2, "step": 6}
+  # Every epoch visits 96 distinct examples.
+  assert len(set(np.concatenate(stream[:12]).tolist())) == 96
+  assert not np.array_equal(np.sort(np.concatenate(stream[:12])), np.sort(np.concatenate(stream[12:24])))
+  # Resume from a saved position replays the identical stream.
+  it2 = EpochIterator(images, labels, global_batch=8, seed=0, state={"epoch": 1, "step": 3})
+  for want in stream[15:30]:
+    np.testing.assert_array_equal(next(it2)["label"], want)
+  # Two processes each take half of the same global batches.
+  parts = [EpochIterator(images, labels, 8, 0, process_index=i, process_count=2) for i in range(2)]
+  for want in stream[:5]:
+    got = np.concatenate([next(p)["label"] for p in parts])
+    np.testing.assert_array_equal(np.sort(got), np.sort(want))
+  with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+    EpochIterator(images, labels, 8, 0, process_count=3)
+
+
+def test_prefetch_to_device_preserves_order():
+  batches = [{"x": np.full((2,), i)} for i in range(5)]
+  out = list(prefetch_to_device(iter(batches), size=2))
+  assert [int(b["x"][0]) for b in out] == list(range(5))
+  assert isinstance(out[0]["x"], jax.Array)
+
+
+def test_pad_crop_flip_windows():
+  x = jnp.arange(2 * 6 * 6, dtype=jnp.float32).reshape(2, 6, 6, 1) + 1
+  out = augment.pad_crop_flip(jax.random.key(0), x, pad=2)
+  assert out.shape == x.shape
+  padded = np.pad(np.asarray(x), ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for i in range(2):
+    windows = [padded[i, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+    windows += [w[:, ::-1] for w in windows]
+    assert any(np.array_equal(np.asarray(out[i]), w) for w in windows)
+  flips = augment.pad_crop_flip(jax.random.key(1), jnp.tile(x[:1], (256, 1, 1, 1)), pad=0)
+  flipped = np.mean([not np.array_equal(np.asarray(f), np.asarray(x[0])) for f in flips])
+  assert 0.35 < flipped < 0.65
+
+
+def test_random_resized_crop():
+  x = jax.random.uniform(jax.random.key(0), (4, 20, 20, 3))
+  out = augment.random_resized_crop_flip_jitter(jax.random.key(1), x, 12)
+  assert out.shape == (4, 12, 12, 3) and float(out.min()) >= 0 and float(out.max()) <= 1
+  # Full-image crop, no jitter, same size: the image itself or its mirror.
+  same = augment.random_resized_crop_flip_jitter(
+      jax.random.key(2), x, 20, scale=(1.0, 1.0), ratio=(1.0, 1.0), brightness=0.0, saturation=0.0
+  )
+  for a, b in zip(np.asarray(same), np.asarray(x), strict=True):
+    assert np.allclose(a, b, atol=1e-5) or np.allclose(a, b[:, ::-1], atol=1e-5)
+
+
+def test_normalize():
+  x = jnp.array([[[[0, 255]]]], jnp.uint8)
+  np.testing.assert_allclose(augment.normalize(x, (0.5,), (0.5,)), [[[[-1.0, 1.0]]]])
