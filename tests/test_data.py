@@ -16,6 +16,7 @@ import pytest
 
 from pnas_jax.data import augment, datasets, local_files
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
+from pnas_jax.data.sources import ArraySource, SubsetSource
 from pnas_jax.data.split import class_balanced_split
 
 
@@ -59,9 +60,9 @@ def test_idx_errors(tmp_path):
 )
 def test_real_fashion_mnist():
   ds = datasets.load_dataset("fashion_mnist")
-  assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (10000, 28, 28, 1)
-  assert np.bincount(ds.train_labels).tolist() == [6000] * 10
-  np.testing.assert_allclose(ds.train_images.mean() / 255, ds.mean[0], atol=1e-3)
+  assert len(ds.train) == 60000 and len(ds.test) == 10000 and ds.image_shape == (28, 28, 1)
+  assert np.bincount(ds.train.labels()).tolist() == [6000] * 10
+  np.testing.assert_allclose(ds.train.images.mean() / 255, ds.mean[0], atol=1e-3)
 
 
 def test_cifar10_tarball_reader(tmp_path):
@@ -78,16 +79,17 @@ def test_cifar10_tarball_reader(tmp_path):
       info.size = len(blob)
       tar.addfile(info, io.BytesIO(blob))
   ds = datasets.load_dataset("cifar10", str(tmp_path))
-  assert ds.train_images.shape == (8, 32, 32, 3) and ds.test_images.shape == (4, 32, 32, 3)
+  assert len(ds.train) == 8 and len(ds.test) == 4 and ds.image_shape == (32, 32, 3)
   # CHW rows -> HWC images: red plane first.
-  np.testing.assert_array_equal(ds.train_images[0, :, :, 0].ravel(), expected["data_batch_1"][0][0, :1024])
-  assert ds.test_labels.tolist() == expected["test_batch"][1]
+  first = ds.train.take(np.array([0]))["image"][0]
+  np.testing.assert_array_equal(first[:, :, 0].ravel(), expected["data_batch_1"][0][0, :1024])
+  assert ds.test.labels().tolist() == expected["test_batch"][1]
   with pytest.raises(local_files.MissingDataError, match="cifar-10-python.tar.gz"):
     datasets.load_dataset("cifar10", str(tmp_path / "nowhere.tar.gz"))
 
 
 def test_unknown_dataset_lists_names():
-  with pytest.raises(KeyError, match="available: fashion_mnist, cifar10, synthetic"):
+  with pytest.raises(KeyError, match="available: fashion_mnist, cifar10, tfds:cifar10, .*synthetic"):
     datasets.load_dataset("mnist")
 
 
@@ -107,25 +109,24 @@ def test_class_balanced_split():
 
 
 def test_epoch_iterator_resume_and_process_slices():
-  images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
-  labels = np.arange(100, dtype=np.int32)
-  it = EpochIterator(images, labels, global_batch=8, seed=0)
+  source = ArraySource(np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1), np.arange(100))
+  it = EpochIterator(source, global_batch=8, seed=0)
   stream = [next(it)["label"] for _ in range(30)]  # crosses epochs (12 steps per epoch)
   assert it.state() == {"epoch": 2, "step": 6}
   # Every epoch visits 96 distinct examples.
   assert len(set(np.concatenate(stream[:12]).tolist())) == 96
   assert not np.array_equal(np.sort(np.concatenate(stream[:12])), np.sort(np.concatenate(stream[12:24])))
   # Resume from a saved position replays the identical stream.
-  it2 = EpochIterator(images, labels, global_batch=8, seed=0, state={"epoch": 1, "step": 3})
+  it2 = EpochIterator(source, global_batch=8, seed=0, state={"epoch": 1, "step": 3})
   for want in stream[15:30]:
     np.testing.assert_array_equal(next(it2)["label"], want)
   # Two processes each take half of the same global batches.
-  parts = [EpochIterator(images, labels, 8, 0, process_index=i, process_count=2) for i in range(2)]
+  parts = [EpochIterator(source, 8, 0, process_index=i, process_count=2) for i in range(2)]
   for want in stream[:5]:
     got = np.concatenate([next(p)["label"] for p in parts])
     np.testing.assert_array_equal(np.sort(got), np.sort(want))
   with pytest.raises(ValueError, match="not divisible by the 3 processes"):
-    EpochIterator(images, labels, 8, 0, process_count=3)
+    EpochIterator(source, 8, 0, process_count=3)
 
 
 def test_prefetch_to_device_preserves_order():
@@ -164,3 +165,32 @@ def test_random_resized_crop():
 def test_normalize():
   x = jnp.array([[[[0, 255]]]], jnp.uint8)
   np.testing.assert_allclose(augment.normalize(x, (0.5,), (0.5,)), [[[[-1.0, 1.0]]]])
+
+
+def test_subset_source_and_split_compose():
+  ds = datasets.synthetic(n_train=200, n_test=10, size=4)
+  train_idx, held_idx = class_balanced_split(ds.train.labels(), 50, seed=0)
+  held = SubsetSource(ds.train, held_idx)
+  assert len(held) == 50
+  np.testing.assert_array_equal(held.labels(), ds.train.labels()[held_idx])
+  np.testing.assert_array_equal(held.take(np.array([3]))["image"], ds.train.take(held_idx[3:4])["image"])
+
+
+@pytest.mark.parametrize("name,shape", [("tfds:cifar10", (32, 32, 3)), ("tfds:fashion_mnist", (28, 28, 1)),
+                                        ("tfds:imagenette", (40, 40, 3)), ("tfds:imagenet2012", (40, 40, 3))])
+def test_tfds_sources_on_mock_data(name, shape):
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=12):
+    ds = datasets.load_dataset(name, image_size=40)
+    assert ds.image_shape == shape and len(ds.train) == 12
+    it = EpochIterator(ds.train, global_batch=4, seed=0)
+    batch = next(it)
+    assert batch["image"].shape == (4, *shape) and batch["image"].dtype == np.uint8
+    assert batch["label"].dtype == np.int32 and ds.train.labels().shape == (12,)
+    assert next(EpochIterator(ds.test, 4, 0))["image"].shape == (4, *shape)
+
+
+def test_tfds_missing_dataset_says_how_to_prepare(tmp_path):
+  with pytest.raises(FileNotFoundError, match="tfds build imagenet2012 --manual_dir=DIR"):
+    datasets.load_dataset("tfds:imagenet2012", data_dir=str(tmp_path))

@@ -1,10 +1,15 @@
-"""Image classification data sets by name, loaded into memory as uint8 NHWC arrays.
+"""Image classification data sets by name.
 
-  fashion_mnist  Debian's dataset-fashion-mnist IDX files (offline default; 28x28x1, 10 classes)
-  cifar10        the cifar-10-python.tar.gz tarball (32x32x3, 10 classes)
-  synthetic      class-conditional random patterns generated from a seed (tests, smoke runs)
+  fashion_mnist        Debian's dataset-fashion-mnist IDX files (the offline default; 28x28x1)
+  cifar10              the cifar-10-python.tar.gz tarball (32x32x3)
+  tfds:cifar10, tfds:fashion_mnist, tfds:imagenette, tfds:imagenet2012
+                       TFDS data sets through tfds.data_source (prepared ArrayRecord files; ImageNet
+                       needs its manual download dir once: `tfds build imagenet2012 --manual_dir=DIR`)
+  synthetic            class-conditional random patterns generated from a seed (tests, smoke runs)
 
-Each carries its normalisation statistics and augmentation kind (see augment.py).
+Each carries its normalisation statistics and augmentation kind (see augment.py). The "train" and
+"test" sources are random-access (sources.py); the held-out architecture split is carved from
+"train" by split.class_balanced_split, the test split stays untouched.
 """
 
 from __future__ import annotations
@@ -16,38 +21,40 @@ from collections.abc import Callable
 import numpy as np
 
 from pnas_jax.data import local_files
+from pnas_jax.data.sources import ArraySource, Source, TFDSSource
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
   name: str
-  train_images: np.ndarray  # uint8 [N, H, W, C]
-  train_labels: np.ndarray  # int32 [N]
-  test_images: np.ndarray
-  test_labels: np.ndarray
+  train: Source
+  test: Source
   n_classes: int
+  image_shape: tuple[int, int, int]  # (H, W, C) of the batches the sources return
   mean: tuple[float, ...]
   std: tuple[float, ...]
   augment: str  # "pad_crop_flip" | "inception"
 
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.train_images.shape[1:])
 
-
-def _fashion_mnist(data_dir: str | None) -> ImageDataset:
-  d = local_files.load_fashion_mnist(data_dir or local_files.FASHION_MNIST_DIR)
-  return ImageDataset("fashion_mnist", *d["train"], *d["test"], 10, (0.2860,), (0.3530,),
+def _from_arrays(name, d, n_classes, mean, std) -> ImageDataset:
+  train, test = ArraySource(*d["train"]), ArraySource(*d["test"])
+  return ImageDataset(name, train, test, n_classes, tuple(d["train"][0].shape[1:]), mean, std,
                       "pad_crop_flip")
 
 
-def _cifar10(data_dir: str | None) -> ImageDataset:
+def _fashion_mnist(data_dir: str | None, image_size: int | None) -> ImageDataset:
+  d = local_files.load_fashion_mnist(data_dir or local_files.FASHION_MNIST_DIR)
+  return _from_arrays("fashion_mnist", d, 10, (0.2860,), (0.3530,))
+
+
+def _cifar10(data_dir: str | None, image_size: int | None) -> ImageDataset:
   path = data_dir or os.path.expanduser("~/data/cifar-10-python.tar.gz")
   if os.path.isdir(path):
     path = os.path.join(path, "cifar-10-python.tar.gz")
   d = local_files.load_cifar10_tarball(path)
-  return ImageDataset("cifar10", *d["train"], *d["test"], 10, (0.4914, 0.4822, 0.4465),
-                      (0.2470, 0.2435, 0.2616), "pad_crop_flip")
+  return _from_arrays("cifar10", d, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
 def synthetic(
@@ -63,19 +70,47 @@ def synthetic(
     noise = rng.normal(0, 48, (n, size, size, channels))
     return np.clip(templates[labels] + noise, 0, 255).astype(np.uint8), labels
 
-  return ImageDataset("synthetic", *make(n_train), *make(n_test), n_classes, (0.5,) * channels,
-                      (0.25,) * channels, "pad_crop_flip")
+  return _from_arrays("synthetic", {"train": make(n_train), "test": make(n_test)}, n_classes,
+                      (0.5,) * channels, (0.25,) * channels)
 
 
-DATASETS: dict[str, Callable[[str | None], ImageDataset]] = {
-    "fashion_mnist": _fashion_mnist,
-    "cifar10": _cifar10,
-    "synthetic": lambda data_dir: synthetic(),
+# name -> (n_classes, test split, mean, std, augmentation, fixed size or None)
+_TFDS = {
+    "cifar10": (10, "test", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "pad_crop_flip", 32),
+    "fashion_mnist": (10, "test", (0.2860,), (0.3530,), "pad_crop_flip", 28),
+    "imagenette": (10, "validation", IMAGENET_MEAN, IMAGENET_STD, "inception", None),
+    "imagenet2012": (1000, "validation", IMAGENET_MEAN, IMAGENET_STD, "inception", None),
 }
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> ImageDataset:
-  """Loads a data set by name; errors list the valid names or say how to get missing files."""
+def _tfds(name: str) -> Callable[[str | None, int | None], ImageDataset]:
+  n_classes, test_split, mean, std, aug, fixed = _TFDS[name]
+
+  def load(data_dir: str | None, image_size: int | None) -> ImageDataset:
+    size = fixed or image_size or 256
+    cache = os.path.join(data_dir, f".pnas_labels_{name}_train.npy") if data_dir else None
+    train = TFDSSource(name, "train", data_dir, None if fixed else size, label_cache=cache)
+    test = TFDSSource(name, test_split, data_dir, None if fixed else size)
+    channels = len(mean)
+    return ImageDataset(f"tfds:{name}", train, test, n_classes, (size, size, channels), mean, std, aug)
+
+  return load
+
+
+DATASETS: dict[str, Callable[[str | None, int | None], ImageDataset]] = {
+    "fashion_mnist": _fashion_mnist,
+    "cifar10": _cifar10,
+    **{f"tfds:{n}": _tfds(n) for n in _TFDS},
+    "synthetic": lambda data_dir, image_size: synthetic(size=image_size or 16),
+}
+
+
+def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None) -> ImageDataset:
+  """Loads a data set by name; errors list the valid names or say how to get missing files.
+
+  `image_size` is the host-side square size for variable-size sources (ImageNet-like; the device
+  crop then produces the network's resolution) and the pattern size of "synthetic".
+  """
   if name not in DATASETS:
     raise KeyError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
-  return DATASETS[name](data_dir)
+  return DATASETS[name](data_dir, image_size)

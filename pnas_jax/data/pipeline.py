@@ -17,14 +17,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from pnas_jax.data.sources import Source
+
 
 class EpochIterator:
   """Infinite iterator of {"image", "label"} numpy batches; drops each epoch's incomplete batch."""
 
   def __init__(
       self,
-      images: np.ndarray,
-      labels: np.ndarray,
+      source: Source,
       global_batch: int,
       seed: int,
       shuffle: bool = True,
@@ -32,19 +33,17 @@ class EpochIterator:
       process_count: int = 1,
       state: dict[str, int] | None = None,
   ):
-    if len(images) != len(labels):
-      raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if global_batch % process_count:
       raise ValueError(
           f"global batch {global_batch} is not divisible by the {process_count} processes"
       )
-    if global_batch > len(images):
-      raise ValueError(f"global batch {global_batch} is larger than the split ({len(images)})")
-    self.images, self.labels = images, labels
+    if global_batch > len(source):
+      raise ValueError(f"global batch {global_batch} is larger than the split ({len(source)})")
+    self.source = source
     self.global_batch, self.seed, self.shuffle = global_batch, seed, shuffle
     self.local_batch = global_batch // process_count
     self.process_index = process_index
-    self.steps_per_epoch = len(images) // global_batch
+    self.steps_per_epoch = len(source) // global_batch
     self.epoch, self.step = (state["epoch"], state["step"]) if state else (0, 0)
     self._perm_epoch, self._perm = -1, None
 
@@ -54,7 +53,7 @@ class EpochIterator:
 
   def _permutation(self) -> np.ndarray:
     if self._perm_epoch != self.epoch:
-      n = len(self.images)
+      n = len(self.source)
       self._perm = (
           np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
           else np.arange(n)
@@ -68,7 +67,7 @@ class EpochIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     start = self.step * self.global_batch + self.process_index * self.local_batch
     idx = np.sort(self._permutation()[start : start + self.local_batch])
-    batch = {"image": self.images[idx], "label": self.labels[idx]}
+    batch = self.source.take(idx)
     self.step += 1
     if self.step == self.steps_per_epoch:
       self.epoch, self.step = self.epoch + 1, 0
