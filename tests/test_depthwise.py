@@ -1,0 +1,122 @@
+"""Every depthwise implementation equals the grouped lax convolution in values and gradients."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pnas_jax.models import depthwise, zoo
+from pnas_jax.models.child import ChildNet
+from pnas_jax.search_space.space import Arch
+
+FAST_IMPLS = [i for i in depthwise.IMPLS if i not in ("auto", "lax")]
+
+
+def _assert_close(actual, expected, rtol=1e-5, floor=1e-6):
+  """|a - e| <= rtol * max(max|e|, floor) elementwise (float32 sums of k*k products)."""
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape
+  scale = max(float(np.max(np.abs(expected))), floor)
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+
+
+@functools.cache
+def _value_and_grads(impl: str, stride: int):
+  def loss(x, w, ct):
+    return jnp.sum(depthwise.depthwise_conv(x, w, stride, impl) * ct)
+
+  def f(x, w, ct):
+    y = depthwise.depthwise_conv(x, w, stride, impl)
+    return y, jax.grad(loss, argnums=(0, 1))(x, w, ct)
+
+  return jax.jit(f)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("hw", [(9, 9), (8, 10)])
+def test_matches_lax(impl, k, stride, hw):
+  kx, kw, kc = jax.random.split(jax.random.key(k * 10 + stride), 3)
+  x = jax.random.normal(kx, (2, *hw, 6), jnp.float32)
+  w = jax.random.normal(kw, (k, k, 6), jnp.float32)
+  ho, wo = (depthwise.output_size(s, k, stride) for s in hw)
+  ct = jax.random.normal(kc, (2, ho, wo, 6), jnp.float32)
+  y_ref, (dx_ref, dw_ref) = _value_and_grads("lax", stride)(x, w, ct)
+  y, (dx, dw) = _value_and_grads(impl, stride)(x, w, ct)
+  assert y.shape == (2, ho, wo, 6)
+  _assert_close(y, y_ref)
+  _assert_close(dx, dx_ref)
+  _assert_close(dw, dw_ref)
+
+
+def test_kernel_grad_is_not_trivially_close():
+  """The tolerance above can fail: a one-tap shift of the kernel gradient is far off."""
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4))
+  g = jax.grad(lambda w: jnp.sum(depthwise.depthwise_conv(x, w, 1, "shift") ** 2))(w)
+  with pytest.raises(AssertionError):
+    _assert_close(jnp.roll(g, 1, axis=0), g)
+
+
+def test_output_size():
+  assert depthwise.output_size(9, 3, 2) == 5
+  assert depthwise.output_size(8, 7, 2) == 4
+  assert depthwise.output_size(8, 5, 1) == 8
+
+
+def test_auto_resolves_per_backend():
+  expected = "shift" if jax.default_backend() == "cpu" else "lax"
+  assert depthwise.resolve_impl("auto") == expected
+  assert depthwise.resolve_impl("lax") == "lax"
+
+
+def test_bad_impl_lists_valid_names():
+  with pytest.raises(ValueError, match="valid: auto, lax, shift"):
+    depthwise.depthwise_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2)), 1, impl="cudnn")
+
+
+def test_childnet_lax_and_shift_agree():
+  """Same logits, batch stats and parameter gradients through a small real network."""
+  entry = zoo.get("proxyless_mobile")
+  space = entry.space.replace(resolution=64, stage_depths=(1, 1, 1, 1, 1, 1), n_classes=10)
+  arch = Arch(("3x3_MBConv3", "5x5_MBConv3", "7x7_MBConv6", "5x5_MBConv6", "7x7_MBConv3",
+               "3x3_MBConv6"))
+  x = jax.random.normal(jax.random.key(0), (4, 64, 64, 3))
+  labels = jnp.array([1, 7, 3, 0])
+  variables = ChildNet(space, arch, dw_impl="lax").init(jax.random.key(1), x)
+
+  def run(impl):
+    net = ChildNet(space, arch, dw_impl=impl)
+
+    def loss(params):
+      logits, upd = net.apply(
+          {"params": params, "batch_stats": variables["batch_stats"]},
+          x, train=True, mutable=["batch_stats"],
+      )
+      ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+      return ce, (logits, upd["batch_stats"])
+
+    (_, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    return aux, grads
+
+  (logits_ref, stats_ref), grads_ref = run("lax")
+  (logits, stats), grads = run("shift")
+  _assert_close(logits, logits_ref, rtol=1e-4)
+  # Batch means of BN-normalised inputs are ~0 (round-off): compare them at the network's scale.
+  stats_floor = 0.01 * max(float(jnp.max(jnp.abs(s))) for s in jax.tree.leaves(stats_ref))
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_ref), strict=True):
+    _assert_close(a, b, rtol=1e-4, floor=stats_floor)
+  # Some gradients are exactly 0 in exact arithmetic (a BN bias followed by a batch-stat BN) and
+  # round-off in float32: compare those against the largest gradient of the network.
+  floor = 0.1 * max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_ref))
+  paths = jax.tree_util.tree_leaves_with_path(grads_ref)
+  for (path, b), a in zip(paths, jax.tree.leaves(grads), strict=True):
+    try:
+      _assert_close(a, b, rtol=1e-4, floor=floor)
+    except AssertionError as e:
+      raise AssertionError(f"gradient of {jax.tree_util.keystr(path)} differs") from e
