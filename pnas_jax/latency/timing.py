@@ -3,6 +3,15 @@
 Protocol: compile and run `warmup` times (first call compiles), then `repeats` timed calls, each
 ended by block_until_ready so asynchronous dispatch is not mistaken for speed; the median is the
 estimate (robust to the odd preempted run on a shared machine), the variance is reported alongside.
+
+Clocks: "wall" (time.perf_counter, the latency a user sees; right for GPU/TPU, where the host
+waits) or "process" (CPU time of this process: on a CPU shared with other jobs, time spent
+preempted is not counted, so with single-threaded XLA execution it measures the compute a dedicated
+core would spend; meaningless for accelerators).
+
+`time_interleaved` times several functions in round-robin rounds, so that slow changes of the
+machine's load (other jobs starting and stopping) hit all of them alike instead of biasing whichever
+was measured during a busy minute; comparisons between them (architectures, layers) stay fair.
 """
 
 from __future__ import annotations
@@ -10,10 +19,18 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+
+
+def _clock(name: str) -> Callable[[], float]:
+  if name not in CLOCKS:
+    raise ValueError(f"unknown clock {name!r}; valid: {', '.join(CLOCKS)}")
+  return CLOCKS[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,18 +47,7 @@ class Timing:
     return dataclasses.asdict(self)
 
 
-def time_fn(
-    fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 20, min_time_s: float = 0.0
-) -> Timing:
-  """Times `fn(*args)` (already jitted or cheap to call); repeats until `min_time_s` is also met."""
-  for _ in range(max(1, warmup)):
-    jax.block_until_ready(fn(*args))
-  samples: list[float] = []
-  start = time.perf_counter()
-  while len(samples) < repeats or (time.perf_counter() - start) < min_time_s:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    samples.append((time.perf_counter() - t0) * 1e3)
+def _summary(samples: list[float]) -> Timing:
   return Timing(
       median_ms=statistics.median(samples),
       mean_ms=statistics.fmean(samples),
@@ -49,6 +55,57 @@ def time_fn(
       min_ms=min(samples),
       count=len(samples),
   )
+
+
+def time_fn(
+    fn: Callable[..., Any],
+    *args: Any,
+    warmup: int = 3,
+    repeats: int = 20,
+    min_time_s: float = 0.0,
+    clock: str = "wall",
+) -> Timing:
+  """Times `fn(*args)` (already jitted or cheap to call); repeats until `min_time_s` is also met."""
+  now = _clock(clock)
+  for _ in range(max(1, warmup)):
+    jax.block_until_ready(fn(*args))
+  samples: list[float] = []
+  start = time.perf_counter()
+  while len(samples) < repeats or (time.perf_counter() - start) < min_time_s:
+    t0 = now()
+    jax.block_until_ready(fn(*args))
+    samples.append((now() - t0) * 1e3)
+  return _summary(samples)
+
+
+def time_interleaved(
+    calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]],
+    warmup: int = 3,
+    repeats: int = 20,
+    per_round: int = 5,
+    clock: str = "wall",
+    on_warm: Callable[[int], None] | None = None,
+) -> list[Timing]:
+  """Times each `fn(*args)` of `calls` `repeats` times, `per_round` calls at a time, round-robin.
+
+  Every function is first warmed up (compiled) in turn, `on_warm(i)` reporting progress; then the
+  rounds run. Returns one Timing per call, in order.
+  """
+  now = _clock(clock)
+  for i, (fn, args) in enumerate(calls):
+    for _ in range(max(1, warmup)):
+      jax.block_until_ready(fn(*args))
+    if on_warm is not None:
+      on_warm(i)
+  samples: list[list[float]] = [[] for _ in calls]
+  per_round = max(1, per_round)
+  for _ in range(-(-repeats // per_round)):
+    for i, (fn, args) in enumerate(calls):
+      for _ in range(per_round):
+        t0 = now()
+        jax.block_until_ready(fn(*args))
+        samples[i].append((now() - t0) * 1e3)
+  return [_summary(s) for s in samples]
 
 
 def device_description() -> str:

@@ -1,0 +1,101 @@
+"""Latency-aware losses (Sec. 3.3 of Cai et al. 2019, and the reference implementation's variants).
+
+The search objective adds the expected latency E[LAT] (or E[FLOPs]) of the stochastic architecture
+to the cross-entropy CE of the architecture step. E[LAT] is linear in the path probabilities p, so
+the gradient reaches alpha through p only (pnas_jax.latency.expected). Registered losses, with the
+defaults of DESIGN.md §1 (target T from the search config):
+
+  "mul#log":    L = a * CE * (log E[LAT] / log T) ^ b        a = 0.2, b = 0.3
+  "add#linear": L = CE + lambda * (E[LAT] - T) / T           lambda = 0.1
+
+`latency_loss(name, **hyper)` returns `loss(ce, expected_latency, target) -> scalar`, a pure JAX
+function that the architecture step jits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+LossFn = Callable[[jax.Array, jax.Array, jax.Array | float], jax.Array]
+# name -> (factory(**hyper) -> LossFn, default hyper-parameters)
+_LOSSES: dict[str, tuple[Callable[..., LossFn], dict[str, float]]] = {}
+
+
+class UnknownLossError(KeyError):
+  """A latency-loss name that is not registered (the message lists the valid names)."""
+
+  def __str__(self) -> str:
+    return str(self.args[0])
+
+
+def register_loss(
+    name: str, **defaults: float
+) -> Callable[[Callable[..., LossFn]], Callable[..., LossFn]]:
+  """Decorator registering `factory(**hyper) -> loss(ce, expected_latency, target)` by name."""
+
+  def decorator(factory: Callable[..., LossFn]) -> Callable[..., LossFn]:
+    if name in _LOSSES:
+      raise ValueError(f"latency loss {name!r} is already registered")
+    _LOSSES[name] = (factory, dict(defaults))
+    return factory
+
+  return decorator
+
+
+def loss_names() -> list[str]:
+  return sorted(_LOSSES)
+
+
+def loss_defaults(name: str) -> dict[str, float]:
+  """The default hyper-parameters of a registered loss."""
+  _check_name(name)
+  return dict(_LOSSES[name][1])
+
+
+def _check_name(name: str) -> None:
+  if name not in _LOSSES:
+    raise UnknownLossError(
+        f"unknown latency loss {name!r}; valid names: {', '.join(loss_names())}"
+    )
+
+
+def latency_loss(name: str, **hyper: float) -> LossFn:
+  """Builds the named loss; unset hyper-parameters take their defaults, unknown ones are errors."""
+  _check_name(name)
+  factory, defaults = _LOSSES[name]
+  unknown = sorted(set(hyper) - set(defaults))
+  if unknown:
+    raise TypeError(
+        f"latency loss {name!r} has no hyper-parameter(s) {unknown}; valid: {sorted(defaults)}"
+    )
+  return factory(**{**defaults, **hyper})
+
+
+@register_loss("mul#log", a=0.2, b=0.3)
+def _mul_log(a: float, b: float) -> LossFn:
+  """L = a * CE * (log E[LAT] / log T) ^ b (T > 1 in the latency's unit)."""
+
+  def loss(ce: jax.Array, expected_latency: jax.Array, target: jax.Array | float) -> jax.Array:
+    if isinstance(target, (int, float)) and target <= 1.0:
+      raise ValueError(
+          f"'mul#log' needs a target T > 1 (log T is the denominator), got T = {target}; express "
+          "the latency in a smaller unit (e.g. us) or use 'add#linear'"
+      )
+    ratio = jnp.log(expected_latency) / jnp.log(jnp.asarray(target, jnp.float32))
+    return a * ce * ratio**b
+
+  return loss
+
+
+@register_loss("add#linear", lam=0.1)
+def _add_linear(lam: float) -> LossFn:
+  """L = CE + lambda * (E[LAT] - T) / T."""
+
+  def loss(ce: jax.Array, expected_latency: jax.Array, target: jax.Array | float) -> jax.Array:
+    target = jnp.asarray(target, jnp.float32)
+    return ce + lam * (expected_latency - target) / target
+
+  return loss

@@ -1,0 +1,397 @@
+"""Measuring latency tables and whole networks on the device JAX runs on (CPU, GPU or TPU).
+
+ProxylessNAS is "direct on target hardware" because the latency term is measured on the target
+device (Sec. 3.3 of Cai et al. 2019): every candidate block at every position's input shape, plus
+the fixed layers, is timed once and stored in a table (pnas_jax.latency.table), and
+E[LAT] = sum of table entries weighted by the path probabilities. Whole networks are measured too,
+to validate the table and to fit the predictor that learns what the sum misses
+(pnas_jax.latency.predictor).
+
+Protocol for one layer or network: random weights and input (values do not change the work done),
+`jax.jit(module.apply)` at the configured batch, warm-up calls (the first compiles), then timed
+calls each ended by block_until_ready; the median is stored with mean, variance and count. Layers
+and networks are timed in chunks, round-robin within a chunk (timing.time_interleaved), so a change
+of the machine's load does not bias one candidate against another. Tables and network files are
+rewritten atomically after every chunk, so an interrupted run is continued by running the same
+command again (entries already present are skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pnas_jax.latency.table import (
+    Entry,
+    LatencyTable,
+    LatencyTableError,
+    TableHeader,
+    current_header,
+    load_table,
+    space_keys,
+)
+from pnas_jax.latency.timing import Timing, time_fn, time_interleaved
+from pnas_jax.models.child import ChildNet, build_op
+from pnas_jax.models.layers import Classifier, ConvBNReLU6
+from pnas_jax.search_space.space import Arch, SearchSpace
+
+NETWORKS_FORMAT = "pnas_jax.latency_networks/1"
+SINGLE_THREAD_FLAGS = ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+
+
+def set_cpu_threads(threads: int | None) -> None:
+  """threads=1: single-threaded XLA:CPU execution (a one-core CPU target); None: XLA's default.
+
+  Must run before JAX initialises its backend (XLA reads XLA_FLAGS once); raises otherwise.
+  """
+  if threads is None:
+    return
+  if threads != 1:
+    raise ValueError(f"cpu_threads = {threads!r}; supported: 1 (single-threaded) or None (default)")
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  missing = [f for f in SINGLE_THREAD_FLAGS if f not in flags]
+  if not missing:
+    return
+  from jax._src import xla_bridge
+
+  if xla_bridge.backends_are_initialized():
+    raise RuntimeError(
+        "cpu_threads=1 must be set before JAX starts its backend; run the command in a fresh "
+        f"process or export XLA_FLAGS='{' '.join(SINGLE_THREAD_FLAGS)}'"
+    )
+  os.environ["XLA_FLAGS"] = " ".join(flags + missing)
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingProtocol:
+  """How each layer or network is timed (see timing.py for the clocks and the interleaving).
+
+  Layers (or networks) are processed in chunks of `chunk`: each chunk is compiled, then timed in
+  interleaved rounds of `per_round` calls until every member has `repeats` samples, then saved.
+  """
+
+  batch: int = 1
+  warmup: int = 5
+  repeats: int = 30
+  per_round: int = 5
+  chunk: int = 20
+  clock: str = "wall"
+  dw_impl: str = "auto"
+  seed: int = 0
+
+
+# --- modules for the table's layers -------------------------------------------------------------
+
+
+class Residual(nn.Module):
+  """op(x) + x where the block has an identity shortcut (the reference's idskip:1), else op(x)."""
+
+  op: nn.Module
+  shortcut: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    y = self.op(x, train=train)
+    return x + y if self.shortcut else y
+
+
+class Logits(nn.Module):
+  """Global average pooling and the dense classifier (the reference's 'Logits' entry)."""
+
+  n_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    return Classifier(self.n_classes, name="classifier")(jnp.mean(x, axis=(1, 2)), train)
+
+
+def layer_modules(
+    space: SearchSpace, dw_impl: str = "auto"
+) -> dict[str, tuple[nn.Module, tuple[int, int, int]]]:
+  """Table key -> (module, input shape HWC) for every distinct layer of `space`, network order."""
+  keys = space_keys(space)
+  stem_size, stem, first = space.stem_size, space.stem_channels, space.first_block_channels
+  last = space.blocks[-1]
+  out: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {}
+  out[keys.fixed[0]] = (
+      ConvBNReLU6(stem, 3, space.stem_stride),
+      (space.resolution, space.resolution, space.in_channels),
+  )
+  out[keys.fixed[1]] = (
+      build_op(space.first_block_op, stem, first, 1, dw_impl),
+      (stem_size, stem_size, stem),
+  )
+  for b, row in zip(space.blocks, keys.blocks, strict=True):
+    for op, key in zip(b.candidates, row, strict=True):
+      if key is None or key in out:
+        continue
+      module = Residual(build_op(op, b.in_channels, b.out_channels, b.stride, dw_impl),
+                        b.has_shortcut)
+      out[key] = (module, (b.in_size, b.in_size, b.in_channels))
+  out[keys.fixed[2]] = (
+      ConvBNReLU6(space.tail_channels, 1, 1),
+      (last.out_size, last.out_size, last.out_channels),
+  )
+  out[keys.fixed[3]] = (
+      Logits(space.n_classes),
+      (last.out_size, last.out_size, space.tail_channels),
+  )
+  return out
+
+
+def random_variables(module: nn.Module, x: jax.Array, seed: int = 0) -> Any:
+  """Variables of `module` filled from a seeded numpy generator, without compiling `init`.
+
+  Weights ~ N(0, 0.1^2); BN scale and running variance 1, BN bias and running mean 0 (so the
+  activations stay finite and free of denormals, which would distort CPU timings).
+  """
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path: tuple[Any, ...], s: jax.ShapeDtypeStruct) -> jax.Array:
+    name = getattr(path[-1], "key", str(path[-1]))
+    if name in ("scale", "var"):
+      return jnp.ones(s.shape, s.dtype)
+    if name in ("bias", "mean"):
+      return jnp.zeros(s.shape, s.dtype)
+    return jnp.asarray(rng.normal(0.0, 0.1, s.shape).astype(s.dtype))
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def prepare_call(
+    module: nn.Module, input_shape: Sequence[int], protocol: TimingProtocol = TimingProtocol()
+) -> tuple[Any, tuple[Any, ...]]:
+  """(jitted `module.apply(v, x, train=False)`, (v, x)) with random weights, at protocol.batch."""
+  rng = np.random.default_rng(protocol.seed)
+  x = jnp.asarray(rng.normal(size=(protocol.batch, *input_shape)).astype(np.float32))
+  variables = random_variables(module, x, protocol.seed)
+  return jax.jit(lambda v, x: module.apply(v, x, train=False)), (variables, x)
+
+
+def time_module(
+    module: nn.Module, input_shape: Sequence[int], protocol: TimingProtocol = TimingProtocol()
+) -> Timing:
+  """Median-of-repeats latency of `module.apply(v, x, train=False)`, jitted, at protocol.batch."""
+  fn, args = prepare_call(module, input_shape, protocol)
+  return time_fn(fn, *args, warmup=protocol.warmup, repeats=protocol.repeats, clock=protocol.clock)
+
+
+def _entry(t: Timing) -> Entry:
+  return Entry(mean=t.mean_ms, var=t.var_ms2, count=t.count, median=t.median_ms)
+
+
+def _time_chunks(
+    items: Sequence[Any],
+    make_call: Callable[[Any], tuple[Any, tuple[Any, ...]]],
+    protocol: TimingProtocol,
+    desc: str,
+    progress: bool,
+    commit: Callable[[list[Any], list[Timing]], None],
+) -> None:
+  """Chunked, interleaved timing of `items`; `commit(chunk, timings)` after each chunk."""
+  from tqdm import tqdm
+
+  bar = tqdm(total=len(items), desc=desc, disable=not progress or not sys.stderr.isatty(),
+             unit="item")
+  size = max(1, protocol.chunk)
+  for start in range(0, len(items), size):
+    chunk = list(items[start : start + size])
+    calls = [make_call(item) for item in chunk]
+    timings = time_interleaved(
+        calls, warmup=protocol.warmup, repeats=protocol.repeats, per_round=protocol.per_round,
+        clock=protocol.clock, on_warm=lambda _i: bar.update(0.5),
+    )
+    bar.update(len(chunk) - 0.5 * len(chunk))
+    commit(chunk, timings)
+  bar.close()
+
+
+def _header(protocol: TimingProtocol) -> TableHeader:
+  return current_header(protocol.batch, protocol.dw_impl, protocol.warmup, protocol.repeats,
+                        protocol.clock)
+
+
+def _check_resume(old: TableHeader, new: TableHeader, path: str) -> None:
+  for f in ("device", "backend", "batch", "dw_impl", "dtype", "clock", "xla_flags"):
+    if getattr(old, f) != getattr(new, f):
+      raise LatencyTableError(
+          f"{path} was measured with {f} = {getattr(old, f)!r} but this run has "
+          f"{getattr(new, f)!r}; delete the file or write to another path (--config.table=...)"
+      )
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def measure_table(
+    space: SearchSpace,
+    path: str | os.PathLike | None,
+    protocol: TimingProtocol = TimingProtocol(),
+    progress: bool = True,
+    max_new: int | None = None,
+) -> LatencyTable:
+  """Measures every layer `space` needs on this device; resumes a half-built table at `path`.
+
+  Args:
+    space: the search space (every candidate at every position's input shape, plus fixed layers).
+    path: our JSON table, rewritten after each entry (None: keep in memory only).
+    protocol: batch, warm-up, repeats, depthwise implementation, seed.
+    progress: show a tqdm bar (on a terminal).
+    max_new: stop after this many new entries (a time budget; rerun to continue).
+  """
+  header = _header(protocol)
+  path = None if path is None else os.fspath(path)
+  if path and os.path.exists(path):
+    table = load_table(path)
+    _check_resume(table.header, header, path)
+  else:
+    table = LatencyTable(header, {}, path)
+  modules = layer_modules(space, protocol.dw_impl)
+  todo = [k for k in modules if k not in table]
+  if max_new is not None:
+    todo = todo[:max_new]
+
+  def commit(keys: list[str], timings: list[Timing]) -> None:
+    for key, t in zip(keys, timings, strict=True):
+      table.entries[key] = _entry(t)
+    if path:
+      table.save(path)
+
+  _time_chunks(todo, lambda k: prepare_call(*modules[k], protocol), protocol, "latency table",
+               progress, commit)
+  return table
+
+
+# --- whole networks ---------------------------------------------------------------------------
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
+  """`n` architectures with each block's op drawn uniformly from its candidates (Zero included)."""
+  rng = np.random.default_rng(seed)
+  return [
+      Arch(tuple(b.candidates[int(rng.integers(len(b.candidates)))] for b in space.blocks))
+      for _ in range(n)
+  ]
+
+
+def zoo_archs(space: SearchSpace) -> list[tuple[str, Arch]]:
+  """The zoo networks' op choices placed in `space`, where they fit its blocks (deduplicated)."""
+  from pnas_jax.models import zoo
+
+  out: dict[Arch, str] = {}
+  for name, e in zoo.ZOO.items():
+    try:
+      space.check_arch(e.arch, strict=True)
+    except ValueError:
+      continue
+    out.setdefault(e.arch, f"zoo:{name}")
+  return [(name, arch) for arch, name in out.items()]
+
+
+def network_call(
+    space: SearchSpace, arch: Arch, protocol: TimingProtocol = TimingProtocol()
+) -> tuple[Any, tuple[Any, ...]]:
+  """The jitted inference-mode ChildNet forward and its arguments, at protocol.batch."""
+  net = ChildNet(space, arch, dw_impl=protocol.dw_impl)
+  return prepare_call(net, (space.resolution, space.resolution, space.in_channels), protocol)
+
+
+def measure_network(
+    space: SearchSpace, arch: Arch, protocol: TimingProtocol = TimingProtocol()
+) -> Timing:
+  """Latency of the whole ChildNet (inference mode) at protocol.batch."""
+  fn, args = network_call(space, arch, protocol)
+  return time_fn(fn, *args, warmup=protocol.warmup, repeats=protocol.repeats, clock=protocol.clock)
+
+
+@dataclasses.dataclass
+class NetworkMeasurements:
+  """Measured whole-network latencies of one space on one device."""
+
+  header: TableHeader
+  space: SearchSpace
+  records: list[dict[str, Any]]  # {name, ops, median, mean, var, count, min}
+  path: str | None = None
+
+  def archs(self) -> list[Arch]:
+    return [Arch(r["ops"]) for r in self.records]
+
+  def latencies(self, statistic: str = "median") -> np.ndarray:
+    return np.asarray([r[statistic] for r in self.records], np.float64)
+
+  def save(self, path: str | os.PathLike | None = None) -> None:
+    path = os.fspath(path or self.path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    d = {"format": NETWORKS_FORMAT, "header": self.header.to_dict(), "space": self.space.to_dict(),
+         "networks": self.records}
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(d, f, indent=1)
+      f.write("\n")
+    os.replace(tmp, path)
+    self.path = path
+
+
+def load_network_measurements(path: str | os.PathLike) -> NetworkMeasurements:
+  path = os.fspath(path)
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except FileNotFoundError:
+    raise LatencyTableError(
+        f"{path}: no such measurements file (make one with `pnas latency measure --config ...`)"
+    ) from None
+  if not isinstance(d, dict) or d.get("format") != NETWORKS_FORMAT:
+    raise LatencyTableError(f"{path}: 'format' is not {NETWORKS_FORMAT!r}")
+  return NetworkMeasurements(
+      TableHeader.from_dict(d["header"], path), SearchSpace.from_dict(d["space"], source=path),
+      list(d["networks"]), path,
+  )
+
+
+def measure_networks(
+    space: SearchSpace,
+    named_archs: Sequence[tuple[str, Arch]],
+    path: str | os.PathLike | None,
+    protocol: TimingProtocol = TimingProtocol(),
+    progress: bool = True,
+) -> NetworkMeasurements:
+  """Measures each (name, arch) not yet in the file at `path` (resumable, rewritten per network)."""
+  header = _header(protocol)
+  path = None if path is None else os.fspath(path)
+  if path and os.path.exists(path):
+    meas = load_network_measurements(path)
+    _check_resume(meas.header, header, path)
+    if meas.space != space:
+      raise LatencyTableError(
+          f"{path} holds networks of another search space; delete it or write elsewhere"
+      )
+  else:
+    meas = NetworkMeasurements(header, space, [], path)
+  done = {r["name"] for r in meas.records}
+  todo = [(n, a) for n, a in named_archs if n not in done]
+  for _, arch in todo:
+    space.check_arch(arch, strict=True)
+
+  def commit(chunk: list[tuple[str, Arch]], timings: list[Timing]) -> None:
+    for (name, arch), t in zip(chunk, timings, strict=True):
+      meas.records.append({"name": name, "ops": list(arch.ops), "median": t.median_ms,
+                           "mean": t.mean_ms, "var": t.var_ms2, "count": t.count,
+                           "min": t.min_ms})
+    if path:
+      meas.save(path)
+
+  _time_chunks(todo, lambda item: network_call(space, item[1], protocol), protocol, "networks",
+               progress, commit)
+  return meas
+

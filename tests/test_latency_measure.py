@@ -1,0 +1,136 @@
+"""Measuring on this device: tables (resumable), whole networks, and the `pnas latency` commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from latency_helpers import tiny_space, write_config
+
+from pnas_jax import cli
+from pnas_jax.latency import measure
+from pnas_jax.latency.predictor import load_latency_model
+from pnas_jax.latency.table import LatencyTableError, cost_table, load_table, space_keys
+from pnas_jax.latency.timing import time_interleaved
+
+FAST = measure.TimingProtocol(batch=1, warmup=1, repeats=3, per_round=1, chunk=4)
+
+
+def test_time_interleaved_counts():
+  calls = [(lambda x: x + 1, (np.float32(1),)), (lambda x: x * 2, (np.float32(1),))]
+  warmed = []
+  out = time_interleaved(calls, warmup=1, repeats=5, per_round=2, on_warm=warmed.append)
+  assert warmed == [0, 1] and [t.count for t in out] == [6, 6]
+  assert all(t.min_ms <= t.median_ms for t in out)
+  with pytest.raises(ValueError, match="unknown clock 'cpu'; valid: wall, process"):
+    time_interleaved(calls, clock="cpu")
+
+
+def test_measure_table_is_complete_and_resumes(tmp_path):
+  space = tiny_space()
+  path = tmp_path / "table.json"
+  part = measure.measure_table(space, path, FAST, progress=False, max_new=3)
+  assert len(part) == 3 and len(load_table(path)) == 3
+  first = dict(load_table(path).entries)
+  full = measure.measure_table(space, path, FAST, progress=False)
+  keys = space_keys(space).all_keys()
+  assert sorted(full.entries) == sorted(keys)
+  for k, e in first.items():  # kept, not re-measured
+    assert full.entries[k] == e
+  costs = cost_table(load_table(path), space)
+  assert costs.fixed > 0 and all(c > 0 for row in costs.per_block for c in row if c)
+  h = full.header
+  assert h.backend == "cpu" and h.batch == 1 and h.jax_version and h.date
+  # Resuming with another batch size is refused, naming the field.
+  with pytest.raises(LatencyTableError, match="batch = 1 but this run has 2"):
+    measure.measure_table(space, path, measure.TimingProtocol(batch=2, repeats=1),
+                          progress=False)
+
+
+def test_measure_networks_resumes_and_checks_space(tmp_path):
+  space = tiny_space()
+  archs = measure.sample_archs(space, 3, seed=1)
+  assert archs == measure.sample_archs(space, 3, seed=1)
+  path = tmp_path / "nets.json"
+  named = [(f"a{i}", a) for i, a in enumerate(archs)]
+  measure.measure_networks(space, named[:2], path, FAST, progress=False)
+  meas = measure.measure_networks(space, named, path, FAST, progress=False)
+  assert [r["name"] for r in meas.records] == ["a0", "a1", "a2"]
+  assert meas.archs() == archs and np.all(meas.latencies() > 0)
+  with pytest.raises(LatencyTableError, match="another search space"):
+    measure.measure_networks(tiny_space(n_classes=7), named, path, FAST, progress=False)
+
+
+def test_cli_measure_fit_expected(tmp_path, capsys):
+  space = tiny_space()
+  config = write_config(tmp_path / "lat.py", space, tmp_path)
+  assert cli.main(["latency", "measure", "--config", config, "--config.n_networks=6"]) == 0
+  assert len(load_table(tmp_path / "table.json")) == len(space_keys(space).all_keys())
+  nets = json.loads((tmp_path / "networks.json").read_text())
+  assert len(nets["networks"]) == 6 and nets["header"]["batch"] == 1
+  capsys.readouterr()
+  assert cli.main(["latency", "fit", "--config", config, "--json"]) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert report["n_train"] == 4 and report["n_test"] == 2
+  assert report["test"]["rel_rmse"] >= 0 and report["table_sum_test"]["rmse_ms"] >= 0
+  model = load_latency_model(tmp_path / "predictor.json", space, device="local", batch=1)
+  assert model.kind == "linear"
+  for table in ("table.json", "predictor.json"):
+    assert cli.main(["latency", "expected", "--table", str(tmp_path / table), "--space", config,
+                     "--uniform", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["expected_latency_ms"] > 0 and out["predictor"] == table.split(".")[0].replace(
+        "table", "table_sum").replace("predictor", "linear")
+  # A typo in an override fails naming the key; a table for another shape fails cleanly.
+  assert cli.main(["latency", "measure", "--config", config, "--config.n_network=1"]) == 2
+  assert "n_network" in capsys.readouterr().err
+  assert cli.main(["latency", "expected", "--table", str(tmp_path / "table.json"), "--space",
+                   config, "--config.space.resolution=32", "--uniform"]) == 2
+  assert "has no entry 'Conv-input:32x32x3" in capsys.readouterr().err
+
+
+def test_zoo_archs_fit_the_space():
+  from pnas_jax.search_space import SearchSpace
+
+  # proxyless_mobile_14 has the same ops as proxyless_mobile: measured once.
+  assert [n for n, _ in measure.zoo_archs(SearchSpace())] == [
+      "zoo:proxyless_mobile", "zoo:proxyless_gpu", "zoo:proxyless_cpu"]
+  assert measure.zoo_archs(tiny_space()) == []
+
+
+def test_set_cpu_threads_refuses_after_backend_start(monkeypatch):
+  import jax
+
+  jax.devices()  # the backend is running from here on
+  monkeypatch.setenv("XLA_FLAGS", "")
+  with pytest.raises(RuntimeError, match="before JAX starts its backend"):
+    measure.set_cpu_threads(1)
+  with pytest.raises(ValueError, match="cpu_threads = 2"):
+    measure.set_cpu_threads(2)
+  measure.set_cpu_threads(None)
+  monkeypatch.setenv("XLA_FLAGS", " ".join(measure.SINGLE_THREAD_FLAGS))
+  measure.set_cpu_threads(1)  # already set: nothing to do
+
+
+def test_latency_model_experiment_smoke(tmp_path, capsys):
+  import importlib.util
+  import pathlib
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "latency_model.py"
+  spec = importlib.util.spec_from_file_location("latency_model_experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = write_config(tmp_path / "lat.py", tiny_space(), tmp_path)
+  out = tmp_path / "lm.json"
+  assert module.main(["--config", config, "--n", "8", "--repeat", "2", "--repeats", "3",
+                      "--out", str(out), "--plot", str(tmp_path / "lm.png"), "--json",
+                      "--config.train_fraction=0.75"]) == 0
+  last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for key in ("predictor_rel_rmse", "table_sum_rel_rmse", "n_train", "n_test", "device",
+              "repeat_rel_diff_mean"):
+    assert key in last
+  assert (last["n_train"], last["n_test"]) == (6, 2)
+  assert (tmp_path / "lm.png").stat().st_size > 0
+  full = json.loads(out.read_text())
+  assert len(full["networks"]) == 8 and len(full["repeats"]) == 2

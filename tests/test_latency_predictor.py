@@ -1,0 +1,124 @@
+"""Latency predictors: fitting recovers what the table sum misses, save/load, space checks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import jax
+import numpy as np
+import pytest
+from latency_helpers import synthetic_table, tiny_space
+
+from pnas_jax.latency import expected
+from pnas_jax.latency.predictor import (
+    LinearPredictor,
+    TableSumPredictor,
+    errors,
+    fit_and_evaluate,
+    fit_linear,
+    get_predictor_kind,
+    load_latency_model,
+    load_predictor,
+    macs_predictor,
+    save_predictor,
+)
+from pnas_jax.latency.table import LatencyTableError, cost_table
+from pnas_jax.search_space import Arch
+
+
+def _all_archs(space):
+  return [Arch(ops) for ops in itertools.product(*(b.candidates for b in space.blocks))]
+
+
+def _synthetic_truth(space, table, archs, noise, seed=0):
+  """A 'device' whose networks take 0.6 * table sum + 0.4 ms, plus an op-specific fusion effect."""
+  rng = np.random.default_rng(seed)
+  bonus = {op: rng.uniform(-0.15, 0.15) for op in space.candidates}
+  tsum = TableSumPredictor(space, table).of_archs(archs)
+  fused = np.array([sum(bonus.get(op, 0.0) for op in a.ops) for a in archs])
+  y = 0.4 + 0.6 * tsum + fused
+  return y * (1 + noise * rng.standard_normal(len(y)))
+
+
+def test_fit_recovers_what_the_table_sum_misses():
+  space = tiny_space(stage_depths=(3, 2))
+  table = cost_table(synthetic_table(space, 1), space)
+  archs = _all_archs(space)  # 2*3*3*2*3 = 108 networks
+  y = _synthetic_truth(space, table, archs, noise=0.005)
+  pred, report = fit_and_evaluate(space, table, archs, y, "linear", train_fraction=0.8, seed=0)
+  assert report["n_train"] + report["n_test"] == len(archs)
+  assert report["table_sum_test"]["rel_rmse"] > 0.2
+  assert report["test"]["rel_rmse"] < 0.02
+  assert 0.3 < pred.scale < 1.2  # per-layer overhead counted too often by the sum: s < 1
+  # The test split really is held out: its archs are not in the training set.
+  assert len(set(report["test_indices"])) == report["n_test"]
+
+
+def test_linear_predictor_is_the_expectation_over_architectures():
+  space = tiny_space()
+  table = cost_table(synthetic_table(space, 2), space)
+  archs = _all_archs(space)
+  pred = fit_linear(space, table, archs, _synthetic_truth(space, table, archs, 0.0))
+  # E_{a ~ uniform}[LAT(a)] equals LAT(uniform p): the model is linear in p.
+  uniform = pred.predict(expected.uniform_probs(space))
+  assert float(uniform) == pytest.approx(pred.of_archs(archs).mean(), rel=1e-5)
+  one_hot = [float(pred.predict(expected.one_hot_probs(space, a))) for a in archs]
+  np.testing.assert_allclose(one_hot, pred.of_archs(archs), rtol=1e-5)
+  assert float(jax.jit(pred.predict)(expected.uniform_probs(space))) == pytest.approx(
+      float(uniform), rel=1e-6)
+
+
+def test_save_load_round_trip_and_space_check(tmp_path):
+  space = tiny_space()
+  table = synthetic_table(space, 3)
+  costs = cost_table(table, space)
+  archs = _all_archs(space)
+  pred = fit_linear(space, costs, archs, _synthetic_truth(space, costs, archs, 0.01),
+                    header=table.header)
+  path = tmp_path / "p.json"
+  save_predictor(path, pred, {"note": 1})
+  again = load_predictor(path, space)
+  assert isinstance(again, LinearPredictor) and again == pred
+  assert json.loads(path.read_text())["metrics"] == {"note": 1}
+  via_search = load_latency_model(path, space, device="cpu: test", batch=1)
+  np.testing.assert_allclose(via_search.of_archs(archs), pred.of_archs(archs))
+  with pytest.raises(LatencyTableError, match=r"another search space \(resolution: 16 vs 32"):
+    load_predictor(path, tiny_space(resolution=32))
+  with pytest.raises(LatencyTableError, match="device is 'cpu: test'"):
+    load_latency_model(path, space, device="TPU")
+  # The table-sum predictor round-trips too.
+  save_predictor(tmp_path / "t.json", TableSumPredictor(space, costs, table.header))
+  assert load_predictor(tmp_path / "t.json").table == costs
+
+
+def test_registry_and_bad_inputs():
+  with pytest.raises(KeyError, match="valid names: table_sum, linear"):
+    get_predictor_kind("mlp")
+  space = tiny_space()
+  costs = cost_table(synthetic_table(space), space)
+  archs = _all_archs(space)[:3]
+  with pytest.raises(ValueError, match="at least 4"):
+    fit_linear(space, costs, archs, [1.0, 2.0, 3.0])
+  with pytest.raises(ValueError, match="3 architectures but 2 latencies"):
+    fit_linear(space, costs, archs, [1.0, 2.0])
+  with pytest.raises(ValueError, match="got 1 probability vectors for 3 blocks"):
+    LinearPredictor(space, costs, 0.0, 1.0, tuple((0.0,) * len(c) for c in costs.per_block)
+                    ).predict([np.ones(2)])
+
+
+def test_macs_predictor_matches_net_cost():
+  from pnas_jax.models.cost import net_cost
+
+  space = tiny_space()
+  pred = macs_predictor(space)
+  assert pred.unit == "MMACs"
+  arch = _all_archs(space)[5]
+  want = net_cost(space, arch).macs / 1e6
+  assert float(pred.predict(expected.one_hot_probs(space, arch))) == pytest.approx(want, rel=1e-5)
+
+
+def test_errors():
+  e = errors(np.array([1.1, 1.8]), np.array([1.0, 2.0]))
+  assert e["rel_rmse"] == pytest.approx(0.1)
+  assert e["rmse_ms"] == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
