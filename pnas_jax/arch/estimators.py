@@ -1,0 +1,262 @@
+"""Architecture-gradient estimators behind one registry: "full", "two" (binary gates), "reinforce".
+
+Binary gates (Cai et al. 2019, Sec. 3.2, "learning binarized architecture parameters", Eq. 3-4):
+with y_l = sum_j g_lj o_lj(x), g_l = one_hot(a_l), the gate gradient is
+dL/dg_lj = <dL/dy_l, o_lj(x)> (computed by the mixed op's custom VJP) and
+
+    dL/dalpha_li = sum_j dL/dg_lj p_lj (delta_ij - p_li) = p_li (dL/dg_li - sum_j p_lj dL/dg_lj).
+
+This is obtained by feeding the network the gates g = one_hot(a) + p - stop_gradient(p): their value
+is irrelevant to the binarized forward, and reverse mode then multiplies dL/dg by dp/dalpha.
+* "full": p_l = softmax(alpha_l), all N candidates' gate gradients.
+* "two": two candidates {i, j} sampled without replacement, p renormalised over the pair
+  (softmax(alpha_l[[i, j]]), zero elsewhere), only those two paths run; after the optimizer step
+  both logits are shifted by -offset, offset = log(sum_pair exp(alpha_new) / sum_pair
+  exp(alpha_old)), so the probabilities of the uninvolved candidates are unchanged.
+* A block whose active op is Zero gets no update at that step (its alpha and Adam state are kept).
+The latency / FLOPs term (Sec. 3.3.1, Eq. 5-7) uses the same mode probabilities:
+E[cost] = cost_fn(p), and the loss is loss_fn(CE, E[cost]) (e.g. "mul#log":
+a CE (log E[LAT] / log T)^b).
+
+REINFORCE (Sec. 3.3.2, Eq. 8; for non-differentiable objectives such as measured latency):
+K architectures sampled from p, reward R_k = acc_k (T / lat_k)^w (w = 0.1, acc a fraction),
+baseline b <- b + d (mean_k R_k - b) (b = mean R on the first step; d = 0.99, the reference's decay
+weight), gradient mean_k (R_k - b) grad(-log p(arch_k)), then the same Adam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from pnas_jax.arch.sampling import Sample, one_hot_gates, sample_gates
+from pnas_jax.search_space import ops as ops_lib
+from pnas_jax.search_space.space import SearchSpace
+
+Alpha = tuple[jax.Array, ...]
+# forward(sample, gates or None) -> (logits, new batch_stats); BN in train mode.
+Forward = Callable[[Sample, Sequence[jax.Array] | None], tuple[jax.Array, Any]]
+CostFn = Callable[[Sequence[jax.Array]], jax.Array]
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class ArchGrads:
+  """What an estimator returns to the arch step.
+
+  Attributes:
+    grads: dL/dalpha per block.
+    update: bool (L,): which blocks' alpha (and Adam state) change at this step.
+    sample: the gate sample (for the post-update shift and logging).
+    batch_stats: BN running stats after the forward (None: unchanged).
+    baseline: the REINFORCE moving-average baseline (passed through by the binary-gate modes).
+    metrics: scalars for logging.
+  """
+
+  grads: Alpha
+  update: jax.Array
+  sample: Sample
+  batch_stats: Any
+  baseline: jax.Array
+  metrics: dict[str, jax.Array]
+
+
+def zero_active(space: SearchSpace, active: jax.Array) -> jax.Array:
+  """bool (L,): the active op of block l is Zero."""
+  out = []
+  for b in space.blocks:
+    z = [j for j, op in enumerate(b.candidates) if ops_lib.get_op(op).is_zero]
+    out.append(jnp.isin(active[b.index], jnp.asarray(z, jnp.int32)) if z else jnp.asarray(False))
+  return jnp.stack(out)
+
+
+def mode_probs(alpha: Sequence[jax.Array], sample: Sample, mode: str) -> Alpha:
+  """p per block: softmax(alpha_l) ("full"), or the pair-renormalised p ("two", 0 off the pair)."""
+  if mode == "full":
+    return tuple(jax.nn.softmax(a) for a in alpha)
+  if mode != "two":
+    raise ValueError(f"mode_probs: mode must be 'full' or 'two', got {mode!r}")
+  out = []
+  for i, a in enumerate(alpha):
+    pair = sample.involved[i]
+    if a.shape[0] == 1:  # one candidate: p = 1 whatever alpha is.
+      out.append(jnp.ones_like(a) + 0.0 * a)
+      continue
+    out.append(jnp.zeros_like(a).at[pair].set(jax.nn.softmax(a[pair])))
+  return tuple(out)
+
+
+def two_mode_shift(old: Alpha, new: Alpha, sample: Sample, update: jax.Array) -> Alpha:
+  """alpha_pair -= log(sum_pair exp(new) / sum_pair exp(old)): uninvolved p_l stay unchanged."""
+  out = []
+  for i, (a_old, a_new) in enumerate(zip(old, new, strict=True)):
+    pair = sample.involved[i]
+    offset = jax.nn.logsumexp(a_new[pair]) - jax.nn.logsumexp(a_old[pair])
+    shifted = a_new.at[pair].add(-offset)
+    out.append(jnp.where(update[i], shifted, a_new))
+  return tuple(out)
+
+
+def _pmean(x: Any, axis_name: str | None) -> Any:
+  return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+def _ce_acc(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
+  acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return ce, acc
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryGateEstimator:
+  """The "full" / "two" binary-gate estimators (see the module docstring)."""
+
+  name: str
+
+  @property
+  def sample_mode(self) -> str:
+    return self.name
+
+  def grads(
+      self,
+      *,
+      space: SearchSpace,
+      alpha: Alpha,
+      key: jax.Array,
+      forward: Forward,
+      labels: jax.Array,
+      cost_fn: CostFn | None = None,
+      loss_fn: LossFn | None = None,
+      baseline: jax.Array | None = None,
+      axis_name: str | None = None,
+  ) -> ArchGrads:
+    sample = sample_gates(key, alpha, self.name)
+    hot = one_hot_gates(alpha, sample)
+
+    def loss_of(alpha):
+      probs = mode_probs(alpha, sample, self.name)
+      gates = tuple(h + p - lax.stop_gradient(p) for h, p in zip(hot, probs, strict=True))
+      logits, new_stats = forward(sample, gates)
+      ce, acc = _ce_acc(logits, labels)
+      cost = cost_fn(probs) if cost_fn is not None else jnp.zeros((), jnp.float32)
+      loss = loss_fn(ce, cost) if loss_fn is not None else ce
+      return loss, (ce, acc, cost, new_stats)
+
+    (loss, (ce, acc, cost, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(alpha)
+    grads = _pmean(grads, axis_name)
+    update = jnp.logical_not(zero_active(space, sample.active))
+    metrics = _pmean({"arch_loss": loss, "arch_ce": ce, "arch_acc": acc}, axis_name)
+    metrics["expected_cost"] = cost
+    metrics["n_updated_blocks"] = jnp.sum(update)
+    metrics["active"] = sample.active
+    if sample.involved is not None:
+      metrics["involved"] = sample.involved
+    return ArchGrads(grads, update, sample, new_stats,
+                     jnp.asarray(jnp.nan) if baseline is None else baseline, metrics)
+
+  def post_update(self, old: Alpha, new: Alpha, result: ArchGrads) -> Alpha:
+    if self.name == "two":
+      return two_mode_shift(old, new, result.sample, result.update)
+    return new
+
+
+def reference_reward(target: float | None = None, tradeoff: float = 0.1) -> Callable[..., Any]:
+  """R = acc * (T / lat) ^ w (acc a fraction in [0, 1]); R = acc without a target."""
+
+  def reward(acc: jax.Array, lat: jax.Array | None) -> jax.Array:
+    if target is None or lat is None:
+      return acc
+    return acc * (target / lat) ** tradeoff
+
+  return reward
+
+
+@dataclasses.dataclass(frozen=True)
+class ReinforceEstimator:
+  """REINFORCE over K sampled architectures with a moving-average baseline."""
+
+  k: int = 4
+  baseline_decay: float = 0.99
+  reward_fn: Callable[[jax.Array, jax.Array | None], jax.Array] = reference_reward()
+  name: str = "reinforce"
+  sample_mode: str = "single"
+
+  def grads(
+      self,
+      *,
+      space: SearchSpace,
+      alpha: Alpha,
+      key: jax.Array,
+      forward: Forward,
+      labels: jax.Array,
+      cost_fn: CostFn | None = None,
+      loss_fn: LossFn | None = None,
+      baseline: jax.Array | None = None,
+      axis_name: str | None = None,
+  ) -> ArchGrads:
+    del loss_fn, space
+
+    def one(k):
+      sample = sample_gates(k, alpha, "single")
+      logits, _ = forward(sample, None)
+      _, acc = _ce_acc(logits, labels)
+      acc = _pmean(acc, axis_name)
+      lat = cost_fn(one_hot_gates(alpha, sample)) if cost_fn is not None else None
+      reward = self.reward_fn(acc, lat)
+
+      def neg_log_p(alpha):
+        return -sum(jax.nn.log_softmax(a)[sample.active[i]] for i, a in enumerate(alpha))
+
+      return reward, jax.grad(neg_log_p)(alpha), acc, sample.active
+
+    keys = jax.random.split(key, self.k)
+    rewards, score_grads, accs, actives = lax.map(one, keys)
+    avg = jnp.mean(rewards)
+    b0 = jnp.asarray(jnp.nan, jnp.float32) if baseline is None else baseline
+    b = jnp.where(jnp.isnan(b0), avg, b0 + self.baseline_decay * (avg - b0))
+    adv = rewards - b
+    grads = tuple(jnp.mean(adv[:, None] * g, axis=0) for g in score_grads)
+    metrics = {"reward": avg, "baseline": b, "arch_acc": jnp.mean(accs)}
+    return ArchGrads(
+        grads, jnp.ones((len(alpha),), bool), Sample(active=actives[0]), None, b, metrics
+    )
+
+  def post_update(self, old: Alpha, new: Alpha, result: ArchGrads) -> Alpha:
+    del old, result
+    return new
+
+
+class UnknownEstimatorError(KeyError):
+  """An estimator name that is not registered; the message lists the valid names."""
+
+  def __str__(self) -> str:
+    return str(self.args[0])
+
+
+_ESTIMATORS: dict[str, Callable[..., Any]] = {
+    "full": lambda: BinaryGateEstimator("full"),
+    "two": lambda: BinaryGateEstimator("two"),
+    "reinforce": ReinforceEstimator,
+}
+
+
+def get_estimator(name: str, **kw: Any) -> BinaryGateEstimator | ReinforceEstimator:
+  """Estimator by name; `kw` configures "reinforce" (k, baseline_decay, reward_fn)."""
+  if name not in _ESTIMATORS:
+    raise UnknownEstimatorError(
+        f"unknown arch-gradient estimator {name!r}; valid: {', '.join(_ESTIMATORS)}"
+    )
+  if kw and name != "reinforce":
+    raise TypeError(f"estimator {name!r} takes no options, got {sorted(kw)}")
+  return _ESTIMATORS[name](**kw)
+
+
+def estimator_names() -> list[str]:
+  return list(_ESTIMATORS)

@@ -1,0 +1,181 @@
+"""Pure search steps `(state, batch) -> (state, metrics)`, collaborators bound by functools.partial.
+
+The key lives in the state (see train/state.py for the fold_in scheme), so a step's randomness is a
+function of the state alone. `batch` is {"image": NHWC float, "label": int}. Bind the collaborators
+and jit once, donating the state:
+
+    weight = jit_step(weight_step, model=model, tx=weight_tx)                      # sample ~ p
+    warmup = jit_step(weight_step, model=model, tx=weight_tx, sample_mode="uniform")
+    arch = jit_step(arch_step, model=model, tx=arch_tx, estimator=get_estimator("two"),
+                    cost_fn=partial(expected_cost, macs_table(space)), loss_fn=my_loss)
+
+Gate samples are traced values, so no step ever recompiles for a new sample. For data parallelism a
+later wrapper maps these per-device steps with shard_map over a 'data' axis: pass axis_name="data"
+and gradients, BN statistics and metrics are averaged with lax.pmean; the gates are identical on
+every device (same key), dropout differs per device.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from pnas_jax.arch.estimators import BinaryGateEstimator, CostFn, LossFn, ReinforceEstimator
+from pnas_jax.arch.sampling import sample_gates
+from pnas_jax.models.supernet import Supernet, candidate_mask
+from pnas_jax.train.optim import masked_tensor_update, masked_update
+from pnas_jax.train.state import (
+    ARCH_FAMILY,
+    DROPOUT_STREAM,
+    GATES_STREAM,
+    WEIGHT_FAMILY,
+    SearchState,
+    stream_key,
+)
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def _pmean(x: Any, axis_name: str | None) -> Any:
+  return x if axis_name is None else lax.pmean(x, axis_name)
+
+
+def _dropout_key(key: jax.Array, axis_name: str | None) -> jax.Array:
+  return key if axis_name is None else jax.random.fold_in(key, lax.axis_index(axis_name))
+
+
+def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
+  """Mean CE against (1 - eps) one_hot + eps / C (the reference's label smoothing)."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if smoothing > 0:
+    targets = optax.smooth_labels(targets, smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+
+def weight_step(
+    state: SearchState,
+    batch: Batch,
+    *,
+    model: Supernet,
+    tx: optax.GradientTransformation,
+    sample_mode: str = "single",
+    label_smoothing: float = 0.1,
+    axis_name: str | None = None,
+) -> tuple[SearchState, Metrics]:
+  """One weight step on a binarized path (Cai et al. 2019, Sec. 3.2).
+
+  Samples a ~ p (or uniformly in warm-up), runs only that path, minimises CE with label smoothing
+  and updates only the sampled candidates' weights: the others, with their momentum, stay
+  bit-identical (no weight decay either), as the reference drops their gradients.
+  """
+  k_gates = stream_key(state.key, WEIGHT_FAMILY, state.step, GATES_STREAM)
+  k_drop = _dropout_key(stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM), axis_name)
+  sample = sample_gates(k_gates, state.alpha, sample_mode)
+
+  def loss_of(params):
+    logits, upd = model.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        batch["image"],
+        sample,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": k_drop},
+    )
+    loss = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
+    return loss, (logits, upd["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  grads = _pmean(grads, axis_name)
+  batch_stats = _pmean(batch_stats, axis_name)
+  mask = candidate_mask(state.params, model.space, sample.active)
+  params, opt_state = masked_update(tx, grads, state.weight_opt_state, state.params, mask)
+  metrics = _pmean(
+      {"loss": loss, "acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, axis_name
+  )
+  metrics["active"] = sample.active  # which path was trained (identical on every device)
+  new_state = state.replace(
+      params=params, batch_stats=batch_stats, weight_opt_state=opt_state, step=state.step + 1
+  )
+  return new_state, metrics
+
+
+def arch_step(
+    state: SearchState,
+    batch: Batch,
+    *,
+    model: Supernet,
+    tx: optax.GradientTransformation,
+    estimator: BinaryGateEstimator | ReinforceEstimator,
+    cost_fn: CostFn | None = None,
+    loss_fn: LossFn | None = None,
+    update_batch_stats: bool = True,
+    axis_name: str | None = None,
+) -> tuple[SearchState, Metrics]:
+  """One architecture step on a held-out batch (BN in train mode, plain CE).
+
+  The estimator turns the batch into dL/dalpha (binary gates "full"/"two" or "reinforce"); each
+  block's alpha takes one step of its own arch-optimizer state, except blocks the estimator leaves
+  out (Zero active): those keep alpha and state unchanged. "two" then shifts the pair's logits.
+
+  Args:
+    cost_fn: probs (one vector per block) -> expected latency/FLOPs (differentiable); e.g.
+      functools.partial(expected_cost, macs_table(space)). REINFORCE calls it with one-hot probs.
+    loss_fn: (ce, expected_cost) -> loss ("mul#log", "add#linear", ...); None: loss = CE.
+    update_batch_stats: keep the BN running statistics of the forward (the reference does).
+  """
+  key = stream_key(state.key, ARCH_FAMILY, state.arch_step, GATES_STREAM)
+  k_drop = _dropout_key(stream_key(state.key, ARCH_FAMILY, state.arch_step, DROPOUT_STREAM),
+                        axis_name)
+
+  def forward(sample, gates):
+    logits, upd = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["image"],
+        sample,
+        train=True,
+        gates=gates,
+        mutable=["batch_stats"],
+        rngs={"dropout": k_drop},
+    )
+    return logits, upd["batch_stats"]
+
+  res = estimator.grads(
+      space=model.space,
+      alpha=state.alpha,
+      key=key,
+      forward=forward,
+      labels=batch["label"],
+      cost_fn=cost_fn,
+      loss_fn=loss_fn,
+      baseline=state.baseline,
+      axis_name=axis_name,
+  )
+  alpha, opt_states = [], []
+  for i, (a, g, s) in enumerate(zip(state.alpha, res.grads, state.arch_opt_state, strict=True)):
+    a_new, s_new = masked_tensor_update(tx, g, s, a, res.update[i])
+    alpha.append(a_new)
+    opt_states.append(s_new)
+  alpha = estimator.post_update(state.alpha, tuple(alpha), res)
+  batch_stats = state.batch_stats
+  if update_batch_stats and res.batch_stats is not None:
+    batch_stats = _pmean(res.batch_stats, axis_name)
+  new_state = state.replace(
+      alpha=tuple(alpha),
+      arch_opt_state=tuple(opt_states),
+      batch_stats=batch_stats,
+      arch_step=state.arch_step + 1,
+      baseline=res.baseline,
+  )
+  return new_state, res.metrics
+
+
+def jit_step(step_fn: Callable[..., Any], **collaborators: Any) -> Callable[..., Any]:
+  """jax.jit(partial(step_fn, **collaborators), donate_argnums=0): compiled once per shape."""
+  return jax.jit(functools.partial(step_fn, **collaborators), donate_argnums=0)

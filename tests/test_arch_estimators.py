@@ -1,0 +1,284 @@
+"""Arch-gradient estimators against brute-force references; gate sampling; derivation."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from pnas_jax.arch import (
+    Sample,
+    UnknownEstimatorError,
+    derive,
+    get_estimator,
+    sample_gates,
+)
+from pnas_jax.latency.expected import expected_cost, macs_table
+from pnas_jax.models.child import Head, build_op, stem_and_first_block
+from pnas_jax.models.supernet import Supernet, init_supernet
+from pnas_jax.search_space import SearchSpace
+from pnas_jax.train import arch_optimizer, arch_step, create_search_state, weight_optimizer
+
+# Blocks: 0 (8->8, shortcut: + Zero), 1 (8->16, stride 2), 2 (16->16, shortcut: + Zero).
+SPACE = SearchSpace(
+    stage_widths=(8, 16), stage_depths=(1, 2), stage_strides=(1, 2), candidates=(
+        "3x3_MBConv3", "5x5_MBConv3", "3x3_MBConv6"), stem_width=8, first_block_width=8,
+    tail_width=16, n_classes=10, resolution=16,
+)
+DW = "lax"  # compiles fastest; the mixed op does not depend on the depthwise kernel.
+_TABLE = macs_table(SPACE)
+
+
+def mul_log(ce, lat, target=50.0, a=0.2, b=0.3):
+  """L = a * CE * (log E[LAT] / log T) ^ b (the paper's "mul#log")."""
+  return a * ce * (jnp.log(lat) / jnp.log(target)) ** b
+
+
+def add_linear(ce, lat, target=50.0, lam=0.1):
+  """L = CE + lambda * (E[LAT] - T) / T (the paper's "add#linear")."""
+  return ce + lam * (lat - target) / target
+
+
+def kmacs(probs):
+  """E[MACs] in thousands (so that log E[cost] > 0) from the space's MAC table."""
+  return 1e3 * expected_cost(_TABLE, probs)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = Supernet(SPACE, dw_impl=DW)
+  variables = init_supernet(model, jax.random.key(0))
+  batch = {
+      "image": jax.random.normal(jax.random.key(1), (6, 16, 16, 3)),
+      "label": jnp.arange(6) % 10,
+  }
+  return model, variables, batch
+
+
+def brute_force_loss(variables, image, labels, gates, probs, cost_fn, loss_fn):
+  """L with y_l = sum_j g_lj o_lj(x) over ALL paths (DARTS-like, plain autodiff), BN in train mode.
+
+  Built from ChildNet's pieces (not the Supernet module): an independent reference.
+  """
+  p, s = variables["params"], variables["batch_stats"]
+  x, _ = stem_and_first_block(SPACE, DW).apply(
+      {"params": p["input"], "batch_stats": s["input"]}, image, True, mutable=["batch_stats"])
+  for b in SPACE.blocks:
+    y = 0.0
+    for j, op in enumerate(b.candidates):
+      module = build_op(op, b.in_channels, b.out_channels, b.stride, DW)
+      v = {}
+      if op in p[f"block{b.index}"]:
+        v = {"params": p[f"block{b.index}"][op], "batch_stats": s[f"block{b.index}"][op]}
+      o, _ = module.apply(v, x, train=True, mutable=["batch_stats"])
+      y = y + gates[b.index][j] * o
+    x = x + y if b.has_shortcut else y
+  logits, _ = Head(SPACE.tail_channels, SPACE.n_classes).apply(
+      {"params": p["head"], "batch_stats": s["head"]}, x, True, mutable=["batch_stats"])
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss_fn(ce, cost_fn(probs))
+
+
+def estimator_grads(name, model, variables, batch, alpha, key, cost_fn, loss_fn):
+  def forward(sample, gates):
+    logits, upd = model.apply(variables, batch["image"], sample, train=True, gates=gates,
+                              mutable=["batch_stats"])
+    return logits, upd["batch_stats"]
+
+  return get_estimator(name).grads(
+      space=SPACE, alpha=alpha, key=key, forward=forward, labels=batch["label"],
+      cost_fn=cost_fn, loss_fn=loss_fn)
+
+
+def _alpha(seed=3, scale=0.7):
+  return tuple(
+      scale * jax.random.normal(jax.random.key(seed + b.index), (len(b.candidates),))
+      for b in SPACE.blocks
+  )
+
+
+@pytest.mark.parametrize(("mode", "loss_fn"), [("full", mul_log), ("two", add_linear)])
+def test_alpha_gradient_equals_brute_force_all_paths(setup, mode, loss_fn):
+  """dL/dalpha_i = sum_j dL/dg_j p_j (delta_ij - p_i) + the latency term's direct gradient."""
+  model, variables, batch = setup
+  alpha = _alpha()
+  cost_fn = kmacs
+  res = jax.jit(lambda a: estimator_grads(mode, model, variables, batch, a, jax.random.key(7),
+                                          cost_fn, loss_fn))(alpha)
+  active = np.asarray(res.sample.active)
+  pairs = None if mode == "full" else np.asarray(res.sample.involved)
+
+  def probs_of(alpha):  # p over all candidates ("full") or renormalised over the pair ("two").
+    out = []
+    for i, a in enumerate(alpha):
+      if mode == "full":
+        out.append(jax.nn.softmax(a))
+      else:
+        pair = pairs[i]
+        assert pair[0] == active[i] and pair[0] != pair[1]
+        m = np.zeros(a.shape, bool)
+        m[pair] = True
+        e = jnp.where(m, jnp.exp(a - a.max()), 0.0)
+        out.append(e / e.sum())
+    return tuple(out)
+
+  onehot = tuple(jnp.eye(len(b.candidates))[active[b.index]] for b in SPACE.blocks)
+  probs = probs_of(alpha)
+  dl_dg = jax.jit(jax.grad(lambda g: brute_force_loss(
+      variables, batch["image"], batch["label"], g, probs, cost_fn, loss_fn)))(onehot)
+  direct = jax.jit(jax.grad(lambda a: brute_force_loss(
+      variables, batch["image"], batch["label"], onehot, probs_of(a), cost_fn, loss_fn)))(alpha)
+  for i in range(SPACE.n_blocks):
+    p, g = np.asarray(probs[i], np.float64), np.asarray(dl_dg[i], np.float64)
+    if mode == "two":  # only the pair's gates enter: the formula over the pair.
+      g = np.where(p > 0, g, 0.0)
+    expected = p * (g - np.dot(p, g)) + np.asarray(direct[i])
+    np.testing.assert_allclose(res.grads[i], expected, rtol=1e-4, atol=1e-7)
+    assert np.abs(expected).max() > 0
+  if mode == "two":
+    for i in range(SPACE.n_blocks):
+      off = np.ones(len(alpha[i]), bool)
+      off[np.asarray(res.sample.involved[i])] = False
+      assert np.all(np.asarray(res.grads[i])[off] == 0)
+
+
+@functools.cache
+def _arch_step(model, name):
+  """One compiled arch step per estimator, shared by the tests (lr 0.3: visible moves)."""
+  return jax.jit(functools.partial(arch_step, model=model, tx=arch_optimizer(lr=0.3),
+                                   estimator=get_estimator(name)))
+
+
+def _state_with_alpha(model, alpha):
+  state = create_search_state(model, jax.random.key(0), weight_optimizer(), arch_optimizer())
+  return state.replace(alpha=tuple(alpha), arch_opt_state=tuple(
+      arch_optimizer().init(a) for a in alpha))
+
+
+def test_two_mode_shift_leaves_uninvolved_probabilities_unchanged(setup):
+  model, _, batch = setup
+  state = _state_with_alpha(model, _alpha(seed=11, scale=1.0))
+  step = _arch_step(model, "two")
+  for _ in range(3):
+    old = [np.asarray(jax.nn.softmax(a)) for a in state.alpha]
+    state, metrics = step(state, batch)
+    new = [np.asarray(jax.nn.softmax(a)) for a in state.alpha]
+    moved = 0
+    for i in range(SPACE.n_blocks):
+      pair = np.asarray(metrics["involved"][i])
+      off = np.ones(len(old[i]), bool)
+      off[pair] = False
+      np.testing.assert_allclose(new[i][off], old[i][off], atol=1e-6, rtol=0)
+      np.testing.assert_allclose(new[i][pair].sum(), old[i][pair].sum(), atol=1e-6)
+      moved += np.abs(new[i][pair] - old[i][pair]).max() > 1e-4
+    assert moved > 0
+
+
+def test_zero_active_block_gets_no_alpha_update(setup):
+  model, _, batch = setup
+  alpha = list(_alpha(seed=5, scale=0.1))
+  zero0 = SPACE.blocks[0].candidates.index("Zero")
+  alpha[0] = alpha[0].at[zero0].set(30.0)  # block 0 samples Zero (p ~ 1 - 1e-12).
+  for name in ("full", "two"):
+    if name == "two":  # the pair is {Zero, candidate 0} and its active one is Zero.
+      a0 = np.full(len(SPACE.blocks[0].candidates), -30.0, np.float32)
+      a0[zero0], a0[0] = 30.0, -1.0
+      alpha[0] = jnp.asarray(a0)
+    state = _state_with_alpha(model, alpha)
+    old_alpha, old_opt = state.alpha, state.arch_opt_state
+    old_alpha = jax.tree.map(np.array, old_alpha)  # copies: nothing is donated here, but be safe
+    old_opt = jax.tree.map(np.array, old_opt)
+    new, metrics = _arch_step(model, name)(state, batch)
+    np.testing.assert_array_equal(new.alpha[0], old_alpha[0])
+    jax.tree.map(np.testing.assert_array_equal, new.arch_opt_state[0], old_opt[0])
+    assert not np.array_equal(new.alpha[1], old_alpha[1])  # block 1 has no Zero: updated.
+    assert int(metrics["active"][0]) == zero0
+    assert int(metrics["n_updated_blocks"]) <= SPACE.n_blocks - 1
+
+
+def test_reinforce_raises_probability_of_rewarded_path():
+  """Toy problem: the path whose block 0 runs candidate 2 classifies correctly, others do not."""
+  space = SPACE
+  alpha = tuple(jnp.zeros(len(b.candidates)) for b in space.blocks)
+  labels = jnp.arange(8) % 10
+
+  def forward(sample, gates):
+    assert gates is None
+    good = jax.nn.one_hot(labels, 10) * 10.0
+    return jnp.where(sample.active[0] == 2, good, -good), None
+
+  est = get_estimator("reinforce", k=8)
+  tx = arch_optimizer(lr=0.05)
+  opt = tuple(tx.init(a) for a in alpha)
+
+  @jax.jit
+  def step(alpha, opt, baseline, key):
+    res = est.grads(space=space, alpha=alpha, key=key, forward=forward, labels=labels,
+                    baseline=baseline)
+    out = [tx.update(g, s, a) for a, g, s in zip(alpha, res.grads, opt, strict=True)]
+    alpha = tuple(optax.apply_updates(a, u) for a, (u, _) in zip(alpha, out, strict=True))
+    return alpha, tuple(s for _, s in out), res.baseline
+
+  baseline = jnp.asarray(jnp.nan)
+  p0 = float(jax.nn.softmax(alpha[0])[2])
+  for t in range(40):
+    alpha, opt, baseline = step(alpha, opt, baseline, jax.random.key(t))
+  p1 = jax.nn.softmax(alpha[0])
+  assert float(p1[2]) > p0 + 0.2
+  assert int(jnp.argmax(p1)) == 2
+  assert np.isfinite(float(baseline))
+
+
+def test_reinforce_reward_uses_latency_target():
+  est = get_estimator("reinforce", reward_fn=__import__(
+      "pnas_jax.arch", fromlist=["reference_reward"]).reference_reward(target=10.0, tradeoff=0.1))
+  r = est.reward_fn(jnp.asarray(0.5), jnp.asarray(20.0))
+  np.testing.assert_allclose(r, 0.5 * 0.5 ** 0.1, rtol=1e-6)
+
+
+def test_sampling_distributions():
+  alpha = (jnp.log(jnp.asarray([0.5, 0.3, 0.15, 0.05])),)
+  p = np.asarray([0.5, 0.3, 0.15, 0.05])
+  keys = jax.random.split(jax.random.key(0), 20000)
+  single = jax.vmap(lambda k: sample_gates(k, alpha, "single").active[0])(keys)
+  np.testing.assert_allclose(np.bincount(single, minlength=4) / len(keys), p, atol=0.015)
+  two = jax.vmap(lambda k: sample_gates(k, alpha, "two"))(keys)
+  inv = np.asarray(two.involved[:, 0])
+  assert np.all(inv[:, 0] != inv[:, 1]) and np.all(inv[:, 0] == np.asarray(two.active[:, 0]))
+  # P(i in pair) for two draws without replacement: p_i + sum_{j != i} p_j p_i / (1 - p_j).
+  in_pair = np.array([p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i)
+                      for i in range(4)])
+  freq = np.array([np.mean(np.any(inv == i, axis=1)) for i in range(4)])
+  np.testing.assert_allclose(freq, in_pair, atol=0.015)
+  # Active given the pair: P(active = i | {i, j}) = p_i / (p_i + p_j).
+  sel = np.all(np.sort(inv, axis=1) == [0, 1], axis=1)
+  np.testing.assert_allclose(np.mean(inv[sel, 0] == 0), 0.5 / 0.8, atol=0.02)
+  uni = jax.vmap(lambda k: sample_gates(k, alpha, "uniform").active[0])(keys)
+  np.testing.assert_allclose(np.bincount(uni, minlength=4) / len(keys), 0.25, atol=0.015)
+  with pytest.raises(ValueError, match="uniform, single, two, full"):
+    sample_gates(keys[0], alpha, "three")
+
+
+def test_registry_lists_valid_names():
+  assert get_estimator("two").name == "two"
+  with pytest.raises(UnknownEstimatorError, match="full, two, reinforce"):
+    get_estimator("darts")
+
+
+def test_derive_argmax_and_zero_skip():
+  alpha = [np.zeros(len(b.candidates)) for b in SPACE.blocks]
+  alpha[0][SPACE.blocks[0].candidates.index("Zero")] = 1.0
+  alpha[1][2] = 0.5
+  arch = derive(alpha, SPACE)
+  assert arch.ops == ("Zero", SPACE.blocks[1].candidates[2], SPACE.blocks[2].candidates[0])
+  with pytest.raises(ValueError, match="block 1"):
+    derive([alpha[0], alpha[1][:2], alpha[2]], SPACE)
+
+
+def test_sample_is_a_pytree():
+  s = Sample(active=jnp.zeros(3, jnp.int32))
+  assert len(jax.tree.leaves(s)) == 1
