@@ -17,7 +17,7 @@ They are tested equal in values and gradients for every k and stride (tests/test
 Implementations ("auto" = "shift" on CPU, "lax" elsewhere):
   lax             grouped lax.conv_general_dilated, plain autodiff.
   shift           k*k strided slices of the padded input times one tap each (one XLA loop fusion);
-                  custom VJP: dL/dx is again k*k shifted adds (of the zero-dilated dy for stride 2),
+                  custom VJP: dL/dx is again k*k shifted adds (polyphase, per output phase, for s > 1),
                   dL/dw sums the k*k products over the batch in variadic reductions (one fused pass
                   per group of taps, no tap copy materialised), then over the (small) spatial rest.
   shift_autodiff  the same forward with plain autodiff (reference point for the benchmark).
@@ -33,8 +33,12 @@ gradient is 250-430 ms at k=3):
   - one variadic lax.reduce over all taps and (b, i, j): ~85-117 / ~350-470 (96 outputs: one thread).
   - variadic lax.reduce over the batch axis only, then a small ynn reduce over (i, j): ~16-30 at
     k=3, ~140-270 at k=7 (groups of k taps per reduce best for k >= 5). Kept.
-dL/dx for stride 2 runs the stride-1 shifted adds on the zero-dilated dy (4x the necessary
-multiply-adds; a polyphase split was not tried). Summed over proxyless_mobile's 20 depthwise layers
+dL/dx for stride 2 first ran the stride-1 shifted adds on the zero-dilated dy (4x the necessary
+multiply-adds). Now polyphase: one shifted sum per output parity phase over that phase's taps only,
+interleaved by stack + reshape; per op (B=32, loaded machine) 64x64 C=96 k=3: 52 -> 29 ms,
+32x32 C=144 k=5: 19 -> 3.6 ms, 16x16 C=240 k=7: 9.3 -> 1.7 ms. Together with the 2-D matmul
+Pointwise and the im2col stem (layers.py) the proxyless_mobile step went 1.53 s -> 1.29 s (quick
+bench, heavily loaded machine). Summed over proxyless_mobile's 20 depthwise layers
 (batch 32, 128px, loaded machine, each op jitted alone): forward 75 ms, dL/dx 105 ms, dL/dw 300 ms.
 In the network, XLA fused the producers of x and dy (BN, ReLU6 and their VJPs) into every one of
 the k*k tap fusions, recomputing them per tap: an optimization_barrier on x (forward) and dy
@@ -124,6 +128,45 @@ def _input_grad(dy: jax.Array, w: jax.Array, stride: int, h: int, wd: int) -> ja
   return _shifted_sum(dyp, w[::-1, ::-1], 1, h, wd)
 
 
+def _input_grad_polyphase(dy: jax.Array, w: jax.Array, stride: int, h: int, wd: int) -> jax.Array:
+  """dL/dx for stride s > 1: one shifted sum per output phase, only over taps of that phase.
+
+  dx[s*m + r, s*n + q] = sum_{u = r + p (mod s), v = q + p (mod s)}
+      dy[m + (r + p - u) / s, n + (q + p - v) / s] * w[u, v]   (dy zero out of range),
+  computed for the s*s phases on dy itself and interleaved: 1/s^2 of the dilated form's work.
+  """
+  k = w.shape[0]
+  p = k // 2
+  b, ho, wo, c = dy.shape
+  mh, mw = -(-h // stride), -(-wd // stride)
+  offs = [
+      [((r + p - u) // stride, u) for u in range(k) if (r + p - u) % stride == 0]
+      for r in range(stride)
+  ]
+  ds = [d for taps in offs for d, _ in taps]
+  lo = max(0, -min(ds))
+  hi_h = max(0, max(ds) + mh - ho)
+  hi_w = max(0, max(ds) + mw - wo)
+  zero = jnp.zeros((), dy.dtype)
+  dyp = lax.pad(dy, zero, ((0, 0, 0), (lo, hi_h, 0), (lo, hi_w, 0), (0, 0, 0)))
+  rows = []
+  for r in range(stride):
+    cols = []
+    for q in range(stride):
+      acc = jnp.zeros((b, mh, mw, c), dy.dtype)
+      terms = [
+          lax.slice(dyp, (0, lo + du, lo + dv, 0), (b, lo + du + mh, lo + dv + mw, c)) * w[u, v]
+          for du, u in offs[r]
+          for dv, v in offs[q]
+      ]
+      if terms:
+        acc = functools.reduce(lambda a, t: a + t, terms)
+      cols.append(acc)
+    rows.append(jnp.stack(cols, axis=3))
+  dx = jnp.stack(rows, axis=2).reshape(b, mh * stride, mw * stride, c)
+  return dx[:, :h, :wd]
+
+
 def _sum_over_batch(terms: list[jax.Array]) -> tuple[jax.Array, ...]:
   """One variadic reduction over axis 0: XLA fuses the tap slices and products into it."""
   zeros = [jnp.zeros((), t.dtype) for t in terms]
@@ -159,7 +202,10 @@ def _shift_fwd(x, w, stride):
 def _shift_bwd(stride, res, dy):
   x, w = res
   dy = lax.optimization_barrier(dy)
-  dx = _input_grad(dy, w, stride, x.shape[1], x.shape[2])
+  if stride == 1:
+    dx = _input_grad(dy, w, stride, x.shape[1], x.shape[2])
+  else:
+    dx = _input_grad_polyphase(dy, w, stride, x.shape[1], x.shape[2])
   dw = _kernel_grad(x, dy, w.shape[0], stride)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 

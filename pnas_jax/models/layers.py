@@ -4,6 +4,13 @@ DESIGN.md §1: conv weights ~ N(0, 2 / (k * k * out_channels)) (depthwise too), 
 ~ U(+-1/sqrt(in)), dense bias 0, BN momentum 0.1 in PyTorch terms (0.9 here), eps 1e-3, no conv
 biases. 1x1 convolutions are written as dot_general: XLA:CPU runs lax.conv inside lax.switch
 branches ~10x slower in reverse mode, and a 1x1 conv is a matmul anyway.
+
+Tried on XLA:CPU (batch 32, 128px proxyless_mobile shapes, loaded 2-core machine, fwd+bwd):
+  - 1x1 conv as a 2-D (B*H*W, C) x (C, D) dot_general instead of the 4-D einsum: 1.3-2.5x faster
+    (64x64 16->96: ~380 -> ~180 ms; 32x32 24->144: 134 -> 56 ms). Kept.
+  - stem (3x3, 3 -> 32, stride 2) as im2col + one matmul instead of lax.conv: kernel gradient
+    ~97 -> ~78 ms. Kept (sums in a different order: equal to lax.conv to ~1e-5).
+  - fused BN with a custom VJP: slower than flax BatchNorm. Not kept.
 """
 
 from __future__ import annotations
@@ -42,7 +49,11 @@ class Pointwise(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", conv_init(1, self.features), (x.shape[-1], self.features))
-    return jnp.einsum("bhwc,cd->bhwd", x, kernel.astype(x.dtype))
+    # A 2-D (B*H*W, C) x (C, D) matmul: XLA:CPU runs it and its gradients 1.3-2.5x faster than the
+    # 4-D einsum "bhwc,cd->bhwd" (fwd+bwd, batch 32, proxyless_mobile shapes, loaded machine).
+    *lead, c = x.shape
+    y = lax.dot_general(x.reshape(-1, c), kernel.astype(x.dtype), (((1,), (0,)), ((), ())))
+    return y.reshape(*lead, self.features)
 
 
 class Depthwise(nn.Module):
@@ -73,14 +84,23 @@ class Conv(nn.Module):
     if k == 1 and self.stride == 1:
       return Pointwise(self.features, name="pointwise")(x)
     kernel = self.param("kernel", conv_init(k, self.features), (k, k, x.shape[-1], self.features))
+    # im2col: k*k strided slices concatenated to k*k*C_in channels, then one 2-D matmul. For the
+    # stem (3 -> 32, stride 2, batch 32, 128px) its kernel gradient is ~20% faster than lax.conv's
+    # on XLA:CPU.
     pad = k // 2
-    return lax.conv_general_dilated(
-        x,
-        kernel.astype(x.dtype),
-        window_strides=(self.stride, self.stride),
-        padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    s = self.stride
+    b, h, wd, c = x.shape
+    ho, wo = (h + 2 * pad - k) // s + 1, (wd + 2 * pad - k) // s + 1
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    cols = [
+        lax.slice(xp, (0, u, v, 0), (b, u + (ho - 1) * s + 1, v + (wo - 1) * s + 1, c), (1, s, s, 1))
+        for u in range(k)
+        for v in range(k)
+    ]
+    patches = jnp.concatenate(cols, axis=-1).reshape(-1, k * k * c)
+    w2 = kernel.astype(x.dtype).reshape(k * k * c, self.features)
+    y = lax.dot_general(patches, w2, (((1,), (0,)), ((), ())))
+    return y.reshape(b, ho, wo, self.features)
 
 
 class ConvBNReLU6(nn.Module):
