@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pnas_jax.json_files import read_json
 from pnas_jax.latency.table import (
     Entry,
     LatencyTable,
@@ -344,13 +345,10 @@ class NetworkMeasurements:
 
 def load_network_measurements(path: str | os.PathLike) -> NetworkMeasurements:
   path = os.fspath(path)
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except FileNotFoundError:
-    raise LatencyTableError(
-        f"{path}: no such measurements file (make one with `pnas latency measure --config ...`)"
-    ) from None
+  d = read_json(
+      path, LatencyTableError,
+      "no such measurements file (make one with `pnas latency measure --config ...`)",
+  )
   if not isinstance(d, dict) or d.get("format") != NETWORKS_FORMAT:
     raise LatencyTableError(f"{path}: 'format' is not {NETWORKS_FORMAT!r}")
   return NetworkMeasurements(

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pnas_jax.json_files import read_json
 from pnas_jax.latency.expected import CostTable, expected_cost
 from pnas_jax.latency.table import (
     TABLE_FORMAT,
@@ -335,11 +336,7 @@ def predictor_from_dict(d: Any, space: SearchSpace | None = None, source: str = 
 def load_predictor(path: str | os.PathLike, space: SearchSpace | None = None) -> Predictor:
   """Reads a saved predictor; with `space`, raises unless it was fitted for that space."""
   path = os.fspath(path)
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except FileNotFoundError:
-    raise LatencyTableError(f"{path}: no such predictor file") from None
+  d = read_json(path, LatencyTableError, "no such predictor file")
   return predictor_from_dict(d, space, path)
 
 
@@ -366,13 +363,7 @@ def load_latency_model(
   """
   path = os.fspath(path)
   if not path.endswith((".yaml", ".yml")):
-    try:
-      with open(path) as f:
-        d = json.load(f)
-    except FileNotFoundError:
-      raise LatencyTableError(f"{path}: no such latency table or predictor") from None
-    except json.JSONDecodeError as e:
-      raise LatencyTableError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    d = read_json(path, LatencyTableError, "no such latency table or predictor")
     if isinstance(d, dict) and d.get("format") == PREDICTOR_FORMAT:
       pred = predictor_from_dict(d, space, path)
       if pred.header is not None:

@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from pnas_jax.json_files import read_json
 from pnas_jax.latency.expected import CostTable
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import SearchSpace
@@ -354,15 +355,10 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
   path = os.fspath(path)
   if path.endswith((".yaml", ".yml")):
     return read_reference_yaml(path)
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except FileNotFoundError:
-    raise LatencyTableError(
-        f"{path}: no such latency table (measure one with `pnas latency measure --config ...`)"
-    ) from None
-  except json.JSONDecodeError as e:
-    raise LatencyTableError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+  d = read_json(
+      path, LatencyTableError,
+      "no such latency table (measure one with `pnas latency measure --config ...`)",
+  )
   return table_from_dict(d, path)
 
 

@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any
 
+from pnas_jax.json_files import read_json
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import DEFAULT_CANDIDATES, Arch, SearchSpace, SearchSpaceError
 
@@ -25,18 +26,7 @@ _BN = {"momentum": 0.1, "eps": 1e-3}
 
 
 def _read_json(path: str | os.PathLike) -> Any:
-  path = os.fspath(path)
-  try:
-    with open(path) as f:
-      text = f.read()
-  except FileNotFoundError:
-    raise SearchSpaceError(f"{path}: no such file") from None
-  try:
-    return json.loads(text)
-  except json.JSONDecodeError as e:
-    raise SearchSpaceError(
-        f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-    ) from None
+  return read_json(path, SearchSpaceError)
 
 
 def is_net_config(d: Any) -> bool:
