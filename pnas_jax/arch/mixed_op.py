@@ -151,6 +151,20 @@ def _switch_primal(fns, params, stats, x, active):
   return lax.switch(active, [branch(j) for j in range(len(fns))], params, stats, x)
 
 
+def _packed_forward(make_vjp, layouts, sizes, params, stats, x, active):
+  """Runs the active branch under lax.switch: (y, new stats, its residuals packed into buffers
+  sized for the largest branch), so the residual memory is one branch's, whatever N is."""
+
+  def branch(j):
+    def run(params, stats, x):
+      y, vjp, s = make_vjp(j)(params[j], stats[j], x)
+      return y, _replace(stats, j, s), _pack(vjp, layouts[j], sizes)
+
+    return run
+
+  return lax.switch(active, [branch(j) for j in range(len(layouts))], params, stats, x)
+
+
 def _vjp_params_x(fn, s):
   return lambda p, x: fn(p, s, x)
 
@@ -170,14 +184,7 @@ def _single_packed(fns, params, stats, x, active):
     return _switch_primal(fns, params, stats, x, active)
 
   def fwd(params, stats, x, active):
-    def branch(j):
-      def run(params, stats, x):
-        y, vjp, s = make_vjp(j)(params[j], stats[j], x)
-        return y, _replace(stats, j, s), _pack(vjp, layouts[j], sizes)
-
-      return run
-
-    y, new_stats, bufs = lax.switch(active, [branch(j) for j in range(n)], params, stats, x)
+    y, new_stats, bufs = _packed_forward(make_vjp, layouts, sizes, params, stats, x, active)
     return (y, new_stats), (bufs, params, stats, x, active)
 
   def bwd(res, cts):
@@ -228,15 +235,7 @@ def _gated(fns, params, stats, x, active, gates, involved):
 
   def fwd(params, stats, x, gates, active, involved):
     del gates
-
-    def branch(j):
-      def run(params, stats, x):
-        y, vjp, s = make_vjp(j)(params[j], stats[j], x)
-        return y, _replace(stats, j, s), _pack(vjp, layouts[j], sizes)
-
-      return run
-
-    y, new_stats, bufs = lax.switch(active, [branch(j) for j in range(n)], params, stats, x)
+    y, new_stats, bufs = _packed_forward(make_vjp, layouts, sizes, params, stats, x, active)
     return (y, new_stats), (bufs, params, stats, x, y, active, involved)
 
   def bwd(res, cts):
