@@ -73,3 +73,61 @@ def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   overrides = [a for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   return rest, overrides
+
+
+def leaf_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """Every leaf key of a config, dotted ("data.batch_size")."""
+  return _leaf_keys(config)
+
+
+class ReadTracker:
+  """A read-only view of a ConfigDict that records which leaf keys the code reads.
+
+  Used by the config tests: every key a config file sets must be read by the code that consumes
+  it (a key nobody reads is a silent no-op for the user). Reading a sub-config through `to_dict()`
+  counts as reading all of its leaves.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, prefix: str = "",
+               read: set[str] | None = None):
+    object.__setattr__(self, "_config", config)
+    object.__setattr__(self, "_prefix", prefix)
+    object.__setattr__(self, "_read", set() if read is None else read)
+
+  def _wrap(self, name: str, value):
+    path = f"{self._prefix}{name}"
+    if isinstance(value, ml_collections.ConfigDict):
+      return ReadTracker(value, path + ".", self._read)
+    self._read.add(path)
+    return value
+
+  def __getattr__(self, name: str):
+    return self._wrap(name, getattr(self._config, name))
+
+  def __getitem__(self, name: str):
+    return self._wrap(name, self._config[name])
+
+  def __setattr__(self, name: str, value) -> None:
+    raise AttributeError("ReadTracker is read-only")
+
+  def get(self, name: str, default=None):
+    return self._wrap(name, self._config[name]) if name in self._config else default
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._config
+
+  def to_dict(self) -> dict:
+    for k in _leaf_keys(self._config):
+      self._read.add(f"{self._prefix}{k}")
+    return self._config.to_dict()
+
+  def unread(self) -> list[str]:
+    """Leaf keys (under this view) never read."""
+    return [f"{self._prefix}{k}" for k in _leaf_keys(self._config)
+            if f"{self._prefix}{k}" not in self._read]
+
+
+def plain_dict(config) -> dict:
+  """config.to_dict() without marking a ReadTracker's keys as read (for saving the config)."""
+  inner = config._config if isinstance(config, ReadTracker) else config
+  return inner.to_dict()

@@ -80,3 +80,42 @@ def random_resized_crop_flip_jitter(
     return jnp.clip(crop, 0.0, 1.0)
 
   return jax.vmap(one)(jax.random.split(key, b), images.astype(jnp.float32))
+
+
+def center_crop_resize(images: jax.Array, out_size: int, crop_fraction: float = 0.875) -> jax.Array:
+  """Evaluation transform of ImageNet-style sets: central crop_fraction of the image, resized.
+
+  The reference resizes to out_size / 0.875 then center-crops out_size; cropping the central
+  0.875 of the host-resized square and resizing to out_size is the same up to interpolation.
+  """
+  b, h, w, c = images.shape
+  ch, cw = max(1, round(h * crop_fraction)), max(1, round(w * crop_fraction))
+  y0, x0 = (h - ch) // 2, (w - cw) // 2
+  crop = images[:, y0:y0 + ch, x0:x0 + cw].astype(jnp.float32)
+  if (ch, cw) == (out_size, out_size):
+    return crop
+  return jax.image.resize(crop, (b, out_size, out_size, c), method="linear", antialias=True)
+
+
+def make_preprocess(kind: str, mean: Sequence[float], std: Sequence[float], resolution: int,
+                    train: bool):
+  """fn(key, uint8 images) -> normalised float32 NHWC at `resolution`, run inside the jitted step.
+
+  kind "pad_crop_flip" (28x28 / 32x32 sets) or "inception" (ImageNet-style); train=False gives the
+  deterministic evaluation transform (the key is ignored).
+  """
+  if kind not in ("pad_crop_flip", "inception"):
+    raise ValueError(f"unknown augmentation {kind!r}; valid: pad_crop_flip, inception")
+
+  def fn(key: jax.Array, images: jax.Array) -> jax.Array:
+    if kind == "inception":
+      x = images.astype(jnp.float32) / (255.0 if images.dtype == jnp.uint8 else 1.0)
+      x = (random_resized_crop_flip_jitter(key, x, resolution) if train
+           else center_crop_resize(x, resolution))
+      return normalize(x, mean, std)
+    x = normalize(images, mean, std)
+    if x.shape[1] != resolution or x.shape[2] != resolution:
+      x = jax.image.resize(x, (x.shape[0], resolution, resolution, x.shape[3]), method="linear")
+    return pad_crop_flip(key, x) if train else x
+
+  return fn

@@ -11,7 +11,7 @@ transfers overlap the running step and the loop never waits on the host.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -47,6 +47,14 @@ class EpochIterator:
     self.epoch, self.step = (state["epoch"], state["step"]) if state else (0, 0)
     self._perm_epoch, self._perm = -1, None
 
+  @classmethod
+  def after(cls, consumed: int, source: Source, global_batch: int, seed: int, **kw: Any
+            ) -> EpochIterator:
+    """The iterator positioned after `consumed` batches (a resumed loop: consumed = steps done)."""
+    per_epoch = max(1, len(source) // global_batch)
+    epoch, step = divmod(int(consumed), per_epoch)
+    return cls(source, global_batch, seed, state={"epoch": epoch, "step": step}, **kw)
+
   def state(self) -> dict[str, int]:
     """Position of the next batch: store it in checkpoints, pass it back as `state=` to resume."""
     return {"epoch": self.epoch, "step": self.step}
@@ -65,8 +73,11 @@ class EpochIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    start = self.step * self.global_batch + self.process_index * self.local_batch
-    idx = np.sort(self._permutation()[start : start + self.local_batch])
+    # Sort the global batch, then slice: process i gets the same examples (in the same order) as
+    # devices i*local.. of a single process, so the run does not depend on the process count.
+    start = self.step * self.global_batch
+    local = self.process_index * self.local_batch
+    idx = np.sort(self._permutation()[start : start + self.global_batch])[local : local + self.local_batch]
     batch = self.source.take(idx)
     self.step += 1
     if self.step == self.steps_per_epoch:
@@ -75,10 +86,18 @@ class EpochIterator:
 
 
 def prefetch_to_device(
-    iterator: Iterator[Any], size: int = 2, sharding: jax.sharding.Sharding | None = None
+    iterator: Iterator[Any],
+    size: int = 2,
+    sharding: jax.sharding.Sharding | None = None,
+    put: Callable[[Any], Any] | None = None,
 ) -> Iterator[Any]:
-  """Yields the iterator's batches already transferred (asynchronously) to the device(s)."""
+  """Yields the iterator's batches already transferred (asynchronously) to the device(s).
+
+  `put` (e.g. train.parallel.global_batch bound to a mesh) replaces jax.device_put(batch, sharding).
+  """
   queue: collections.deque = collections.deque()
+  if put is None:
+    put = (lambda b: jax.device_put(b, sharding)) if sharding is not None else jax.device_put
 
   def enqueue(n: int) -> None:
     for _ in range(n):
@@ -86,7 +105,7 @@ def prefetch_to_device(
         batch = next(iterator)
       except StopIteration:
         return
-      queue.append(jax.device_put(batch, sharding) if sharding is not None else jax.device_put(batch))
+      queue.append(put(batch))
 
   enqueue(size)
   while queue:

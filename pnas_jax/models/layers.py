@@ -15,8 +15,10 @@ Tried on XLA:CPU (batch 32, 128px proxyless_mobile shapes, loaded 2-core machine
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -28,7 +30,28 @@ from pnas_jax.models import depthwise
 BN_MOMENTUM = 0.9  # Flax convention: running = momentum * running + (1 - momentum) * batch.
 BN_EPSILON = 1e-3
 
-BatchNorm = functools.partial(nn.BatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+_BN_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("pnas_bn_axis", default=None)
+
+
+@contextlib.contextmanager
+def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
+  """BN layers built (traced) inside compute their batch statistics across `axis_name`.
+
+  Under shard_map over a 'data' mesh axis this is synchronised BN (as flax/examples/imagenet): the
+  statistics are those of the global batch, so N devices train exactly like one device on the same
+  global batch. It is a trace-time setting (read when the modules are constructed during apply),
+  like flax's logical axis rules; None restores per-device statistics.
+  """
+  token = _BN_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _BN_AXIS.reset(token)
+
+
+def BatchNorm(**kwargs) -> nn.BatchNorm:  # noqa: N802 (a layer constructor, named like one)
+  """nn.BatchNorm with the reference momentum / epsilon and the current batch_norm_axis."""
+  return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=_BN_AXIS.get(), **kwargs)
 
 
 def conv_init(kernel_size: int, out_channels: int) -> nn.initializers.Initializer:

@@ -67,6 +67,7 @@ def weight_step(
     tx: optax.GradientTransformation,
     sample_mode: str = "single",
     label_smoothing: float = 0.1,
+    uniform_steps: int = 0,
     axis_name: str | None = None,
 ) -> tuple[SearchState, Metrics]:
   """One weight step on a binarized path (Cai et al. 2019, Sec. 3.2).
@@ -74,10 +75,17 @@ def weight_step(
   Samples a ~ p (or uniformly in warm-up), runs only that path, minimises CE with label smoothing
   and updates only the sampled candidates' weights: the others, with their momentum, stay
   bit-identical (no weight decay either), as the reference drops their gradients.
+
+  uniform_steps: while state.step < uniform_steps the path is drawn from uniform probabilities
+  (the warm-up), decided inside the step so warm-up and search share one compilation.
   """
   k_gates = stream_key(state.key, WEIGHT_FAMILY, state.step, GATES_STREAM)
   k_drop = _dropout_key(stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM), axis_name)
-  sample = sample_gates(k_gates, state.alpha, sample_mode)
+  alpha = state.alpha
+  if uniform_steps:
+    warm = state.step < uniform_steps
+    alpha = tuple(jnp.where(warm, jnp.zeros_like(a), a) for a in alpha)
+  sample = sample_gates(k_gates, alpha, sample_mode)
 
   def loss_of(params):
     logits, upd = model.apply(

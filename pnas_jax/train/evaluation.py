@@ -1,0 +1,78 @@
+"""Top-1 / top-5 accuracy and loss over a whole split, data-parallel, exact (no dropped examples).
+
+The split is read in order in global batches; the last batch is padded and its padding masked out,
+so every example counts once. Each device sums its counts and the sums are psum'd over 'data'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh
+
+from pnas_jax.data.sources import Source
+from pnas_jax.train.parallel import check_batch, data_parallel_eval, global_batch, to_host
+
+# apply_fn(variables, images) -> logits (inference mode).
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+Preprocess = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _counts(variables: Any, batch: dict[str, jax.Array], *, apply_fn: ApplyFn, preprocess: Preprocess,
+            axis_name: str | None = None) -> dict[str, jax.Array]:
+  images = preprocess(jax.random.key(0), batch["image"])
+  logits = apply_fn(variables, images).astype(jnp.float32)
+  labels, mask = batch["label"], batch["mask"]
+  top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  out = {
+      "correct1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      "correct5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+      "loss": jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
+      "count": jnp.sum(mask),
+  }
+  return out if axis_name is None else lax.psum(out, axis_name)
+
+
+def make_evaluator(apply_fn: ApplyFn, preprocess: Preprocess, mesh: Mesh) -> Callable[..., Any]:
+  """A jitted data-parallel (variables, batch) -> summed counts; reuse it across evaluations."""
+  return data_parallel_eval(_counts, mesh, apply_fn=apply_fn, preprocess=preprocess)
+
+
+def evaluate(
+    evaluator: Callable[..., Any],
+    variables: Any,
+    source: Source,
+    batch_size: int,
+    mesh: Mesh,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+  """{"top1", "top5", "loss", "count"} (accuracies in %) over `source` (or its first batches)."""
+  check_batch(batch_size, mesh, "eval batch size")
+  n = len(source)
+  n_batches = -(-n // batch_size)
+  if max_batches:
+    n_batches = min(n_batches, max_batches)
+  pc, pi = jax.process_count(), jax.process_index()
+  local = batch_size // pc
+  totals = None
+  for i in range(n_batches):
+    idx = np.arange(i * batch_size, min(n, (i + 1) * batch_size))
+    mask = np.zeros(batch_size, np.float32)
+    mask[: len(idx)] = 1.0
+    idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1] if len(idx) else 0)])
+    sl = slice(pi * local, (pi + 1) * local)
+    data = source.take(idx[sl])
+    data["mask"] = mask[sl]
+    data["label"] = np.asarray(data["label"], np.int32)
+    counts = evaluator(variables, global_batch(data, mesh))
+    totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+  t = {k: float(v) for k, v in to_host(totals).items()}
+  count = max(t["count"], 1.0)
+  return {"top1": 100.0 * t["correct1"] / count, "top5": 100.0 * t["correct5"] / count,
+          "loss": t["loss"] / count, "count": int(t["count"])}

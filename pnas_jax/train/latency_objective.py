@@ -1,0 +1,111 @@
+"""The search's latency term from its config: E[LAT] model, target T and loss (Sec. 3.3.1).
+
+config.latency.model:
+  "none"     accuracy only (loss = CE);
+  "macs"     E[MACs] in millions (the FLOPs-constrained variant);
+  "measure"  a latency table measured on this device before the search (cached and resumable in
+             workdir/latency/), plus `n_networks` whole networks to fit the linear predictor that
+             corrects what a sum of per-layer times misses (0: plain table sum);
+  a path     our table JSON, the reference's YAML table, or a fitted predictor JSON.
+The target is config.latency.target, or target_ratio x the baseline arch's latency under the same
+model (the demo's "0.7 x MobileNetV2-like baseline"). The loss binds T: loss_fn(ce, E[LAT]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from pnas_jax.latency.loss import latency_loss
+from pnas_jax.latency.predictor import Predictor, load_latency_model, macs_predictor
+from pnas_jax.search_space.space import Arch, SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LatencyObjective:
+  predictor: Predictor | None
+  target: float | None
+  unit: str | None
+  loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None
+  baseline: float | None = None  # the baseline arch's latency under the model
+
+  @property
+  def cost_fn(self) -> Callable[[Sequence[jax.Array]], jax.Array] | None:
+    return None if self.predictor is None else self.predictor.predict
+
+  def expected(self, probs: Sequence[np.ndarray]) -> float:
+    """E[LAT] under per-block probabilities."""
+    return float(self.predictor.predict([np.asarray(p, np.float32) for p in probs]))
+
+  def of_arch(self, arch: Arch) -> float:
+    return float(self.predictor.of_archs([arch])[0])
+
+
+def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_networks: int,
+                      baseline_op: str, seed: int = 0, progress: bool = True) -> Predictor:
+  """Measures (or resumes) the table and `n_networks` networks here, fits the linear predictor.
+
+  The baseline arch (every block `baseline_op`) is always among the measured networks, so the
+  target derived from it rests on a measurement.
+  """
+  from pnas_jax.latency import measure
+  from pnas_jax.latency.predictor import TableSumPredictor, fit_linear
+  from pnas_jax.latency.table import cost_table
+
+  os.makedirs(directory, exist_ok=True)
+  table = measure.measure_table(space, os.path.join(directory, "table.json"), protocol, progress)
+  costs = cost_table(table, space)
+  if n_networks <= 0:
+    return TableSumPredictor(space, costs, table.header)
+  named = [("baseline", Arch.uniform(space, baseline_op))] + [
+      (f"sample{i:03d}", a) for i, a in enumerate(measure.sample_archs(space, n_networks, seed))]
+  meas = measure.measure_networks(space, named, os.path.join(directory, "networks.json"), protocol,
+                                  progress)
+  return fit_linear(space, costs, meas.archs(), meas.latencies(), header=table.header, seed=seed)
+
+
+def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyObjective:
+  """Builds the model, target and loss of config.latency (checked before anything is jitted)."""
+  from pnas_jax.latency.measure import TimingProtocol
+
+  lat = config.latency
+  model, check_device, batch = lat.model, lat.check_device, lat.batch
+  protocol = TimingProtocol(batch=batch, repeats=lat.repeats, clock=lat.clock,
+                            dw_impl=config.model.dw_impl, seed=config.seed)
+  n_networks, baseline_op = lat.n_networks, lat.baseline_op
+  target, ratio = lat.target, lat.target_ratio
+  loss_name, loss_params = lat.loss, lat.loss_params.to_dict()
+  if model == "none":
+    return LatencyObjective(None, None, None, None)
+  if model == "macs":
+    predictor = macs_predictor(space)
+  elif model == "measure":
+    predictor = measure_predictor(space, os.path.join(workdir, "latency"), protocol, n_networks,
+                                  baseline_op, config.seed, progress=config.log.progress)
+  else:
+    if not os.path.exists(model):
+      raise FileNotFoundError(
+          f"config.latency.model = {model!r}: no such file. Give a latency table / predictor "
+          "(make one with `pnas latency measure --config configs/latency/<name>.py` and "
+          "`pnas latency fit`), or use 'measure', 'macs' or 'none'"
+      )
+    predictor = load_latency_model(model, space, device="local" if check_device else None,
+                                   batch=batch if check_device else None)
+  baseline = float(predictor.of_archs([Arch.uniform(space, baseline_op)])[0])
+  target = ratio * baseline if ratio > 0 else target
+  if not target or target <= 0:
+    raise ValueError(f"config.latency.target = {target!r}: give a positive target or target_ratio")
+  loss = latency_loss(loss_name, **loss_params)
+  loss(1.0, target, target)  # a loss that cannot take this target fails now, not inside a step
+  log.info("latency model %s (%s): baseline %.4g, target %.4g", model, predictor.unit, baseline,
+           target)
+  return LatencyObjective(predictor, float(target), predictor.unit,
+                          lambda ce, e_lat: loss(ce, e_lat, target), baseline)

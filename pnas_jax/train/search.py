@@ -1,0 +1,378 @@
+"""The architecture search: warm-up, then weight steps with one arch step every N (Cai et al. 2019).
+
+    result = search(load_config("configs/search/fashion_mnist.py"), "results/search")
+
+Schedule (DESIGN.md §1, Sec. 3.2 / 4.1): `warmup_epochs` of weight steps on uniformly sampled
+paths (alpha stays at its init), then `epochs` where each weight step trains one path sampled from
+p = softmax(alpha) and, from search epoch `arch_start_epoch` on, one arch step on a held-out batch
+follows every `arch_every` weight steps. Weights: SGD Nesterov with one cosine from `warmup_lr`
+over the warm-up, then another from `lr` over the search (one optimizer state throughout). Alpha:
+Adam per block. The latency term is E[LAT] under a measured table or fitted predictor.
+
+The run is resumable and reproducible: all randomness is folded from the state's key and step
+counters, and the data position is a function of the counters (batches consumed = weight steps;
+held-out batches consumed = arch steps), so a run resumed from a checkpoint replays exactly the
+batches and samples of an uninterrupted run and ends bit-identical on CPU. SIGTERM / SIGINT save a
+checkpoint before exit; a non-finite loss stops the run, and no non-finite state is ever saved.
+Outputs (workdir): arch.json, net.config, chosen_path.msgpack (inherited weights), metrics.jsonl,
+tensorboard/, plots/*.png, summary.json, checkpoints/, config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pnas_jax.arch.derive import derive, probabilities
+from pnas_jax.arch.estimators import get_estimator, reference_reward
+from pnas_jax.arch.sampling import Sample
+from pnas_jax.checkpointing import Checkpointer, PreemptionGuard
+from pnas_jax.config_loading import plain_dict
+from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
+from pnas_jax.models.supernet import Supernet, arch_indices, child_variables
+from pnas_jax.search_space.io import save_arch, save_net_config
+from pnas_jax.search_space.space import Arch
+from pnas_jax.train import inputs
+from pnas_jax.train.evaluation import evaluate, make_evaluator
+from pnas_jax.train.latency_objective import LatencyObjective, latency_objective
+from pnas_jax.train.metrics_log import MetricsLogger
+from pnas_jax.train.monitor import NonFiniteError, Progress, all_finite, first_non_finite
+from pnas_jax.train.optim import arch_optimizer
+from pnas_jax.train.parallel import data_mesh, data_parallel, global_batch, replicate, to_host
+from pnas_jax.train.state import ARCH_FAMILY, WEIGHT_FAMILY, SearchState, create_search_state
+from pnas_jax.train.steps import arch_step, weight_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class SearchResult:
+  """What a search produced (also written to workdir/summary.json)."""
+
+  workdir: str
+  arch: Arch
+  status: str  # "done" | "preempted (SIGTERM)" | "stopped at max_steps" | ...
+  step: int
+  total_steps: int
+  expected_latency: float | None  # E[LAT] under the final p
+  arch_latency: float | None  # the derived arch's latency under the model
+  target: float | None
+  latency_unit: str | None
+  holdout_top1: float | None
+  wall_s: float
+  images_per_s: float
+  probabilities: list[list[float]]
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["arch"] = list(self.arch.ops)
+    return d
+
+
+def search_schedule(n_train: int, config: Any) -> tuple[int, int, int]:
+  """(steps_per_epoch, warmup_steps, total_steps) of a config over `n_train` training examples."""
+  spe = config.schedule.steps_per_epoch or n_train // config.data.batch_size
+  if spe < 1:
+    raise ValueError(
+        f"data.batch_size = {config.data.batch_size} is larger than the training part "
+        f"({n_train} examples after the held-out split); lower it or data.holdout"
+    )
+  warmup = round(config.schedule.warmup_epochs * spe)
+  total = warmup + round(config.schedule.epochs * spe)
+  return spe, warmup, total
+
+
+def weight_schedule(config: Any, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """Cosine from warmup_lr over the warm-up, then cosine from lr over the search steps."""
+  search_steps = max(1, total_steps - warmup_steps)
+  main = optax.cosine_decay_schedule(config.optim.lr, search_steps)
+  if warmup_steps == 0:
+    return main
+  warm = optax.cosine_decay_schedule(config.optim.warmup_lr, warmup_steps)
+  return optax.join_schedules([warm, main], [warmup_steps])
+
+
+def _weight_tx(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.add_decayed_weights(config.optim.weight_decay),
+      optax.sgd(schedule, momentum=config.optim.momentum, nesterov=config.optim.nesterov),
+  )
+
+
+def _estimator(config: Any, objective: LatencyObjective):
+  a = config.arch
+  name, k, decay, tradeoff = a.estimator, a.reinforce_k, a.reinforce_decay, a.reinforce_tradeoff
+  if name == "reinforce":
+    return get_estimator("reinforce", k=k, baseline_decay=decay,
+                         reward_fn=reference_reward(objective.target, tradeoff))
+  return get_estimator(name)
+
+
+def _is_arch_step(step: int, warmup: int, spe: int, config: Any) -> bool:
+  """After weight step `step` (0-based): search phase, past arch_start_epoch, every arch_every."""
+  j = step - warmup
+  return j >= 0 and j // spe >= config.schedule.arch_start_epoch and (
+      (j + 1) % config.schedule.arch_every == 0)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _check_config_change(workdir: str, config_dict: dict[str, Any]) -> None:
+  """A resumed run must use the config that started it (the trajectory depends on every key)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f)
+  flat_old, flat_new = _flatten(old), _flatten(json.loads(json.dumps(config_dict)))
+  # max_steps only says where this invocation stops; the rest changes the trajectory.
+  diff = sorted(k for k in set(flat_old) | set(flat_new)
+                if flat_old.get(k) != flat_new.get(k) and k != "schedule.max_steps")
+  if diff:
+    detail = ", ".join(f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in diff[:8])
+    raise ValueError(
+        f"{workdir} holds a search started with another config ({detail}); resume with the "
+        "same config or use a fresh --workdir"
+    )
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def search(config: Any, workdir: str, *, progress: bool | None = None) -> SearchResult:
+  """Runs (or resumes) the search described by `config` in `workdir`; see the module docstring."""
+  t_start = time.time()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  config_dict = plain_dict(config)
+
+  mesh = data_mesh(config.num_devices)
+  data = inputs.search_inputs(config, mesh)
+  space = data.space
+  spe, warmup_steps, total_steps = search_schedule(len(data.train), config)
+  objective = latency_objective(config, space, workdir)
+
+  model = Supernet(space, dropout_rate=config.model.dropout_rate, dw_impl=config.model.dw_impl,
+                   impl=config.model.impl)
+  weight_tx = _weight_tx(config, weight_schedule(config, warmup_steps, total_steps))
+  arch_tx = arch_optimizer(config.optim.arch_lr, config.optim.arch_b1, config.optim.arch_b2,
+                           config.optim.arch_eps)
+  key = jax.random.key(config.seed)
+  state = create_search_state(model, key, weight_tx, arch_tx, config.optim.alpha_init_std)
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
+                      config.checkpoint.keep)
+  resume_step = None
+  if ckpt.latest_step() is not None:
+    _check_config_change(workdir, config_dict)
+    resume_step, state, _ = ckpt.restore(state)
+    log.info("resuming from checkpoint %d in %s", resume_step, ckpt.directory)
+  elif is_main:
+    _write_json(os.path.join(workdir, "config.json"), config_dict)
+  state = replicate(state, mesh)
+  logger = MetricsLogger(workdir, tensorboard=config.log.tensorboard, resume_step=resume_step,
+                         enabled=is_main)
+
+  sync_bn = config.model.sync_bn
+  train_pre, eval_pre = data.train_preprocess, data.eval_preprocess
+  # One compilation for warm-up and search weight steps: the step samples uniformly while
+  # state.step < warmup_steps.
+  weight_fn = data_parallel(
+      inputs.with_preprocess(weight_step, train_pre, WEIGHT_FAMILY, "step"), mesh, sync_bn=sync_bn,
+      model=model, tx=weight_tx, sample_mode=config.optim.weight_sample,
+      label_smoothing=config.optim.label_smoothing, uniform_steps=warmup_steps)
+  arch_fn = data_parallel(
+      inputs.with_preprocess(arch_step, eval_pre, ARCH_FAMILY, "arch_step"), mesh, sync_bn=sync_bn,
+      model=model, tx=arch_tx, estimator=_estimator(config, objective), cost_fn=objective.cost_fn,
+      loss_fn=objective.loss_fn)
+  evaluator = make_evaluator(
+      lambda v, x: model.apply({"params": v["params"], "batch_stats": v["batch_stats"]}, x,
+                               Sample(active=v["active"]), train=False),
+      eval_pre, mesh)
+
+  step0, arch0 = int(to_host(state.step)), int(to_host(state.arch_step))
+  pc, pi = jax.process_count(), jax.process_index()
+  # The data position is a function of the step counters (batches consumed), so a resumed run
+  # replays the uninterrupted run's batches.
+  train_it = EpochIterator.after(step0, data.train, config.data.batch_size, config.seed,
+                                 process_index=pi, process_count=pc)
+  holdout_it = EpochIterator.after(arch0, data.holdout, config.data.arch_batch_size,
+                                   config.seed + 1, process_index=pi, process_count=pc)
+  put = functools.partial(global_batch, mesh=mesh)
+  train_batches = prefetch_to_device(train_it, config.data.prefetch, put=put)
+  holdout_batches = prefetch_to_device(holdout_it, config.data.prefetch, put=put)
+
+  def evaluate_argmax(st: SearchState) -> dict[str, Any]:
+    alpha = list(to_host(st.alpha))
+    arch = derive(alpha, space)
+    variables = {"params": st.params, "batch_stats": st.batch_stats,
+                 "active": replicate(jnp.asarray(arch_indices(space, arch), jnp.int32), mesh)}
+    res = evaluate(evaluator, variables, data.holdout, config.data.eval_batch_size, mesh,
+                   eval_max_batches)
+    probs = probabilities(alpha)
+    out = {"holdout_top1": res["top1"], "holdout_top5": res["top5"], "holdout_loss": res["loss"],
+           "arch": list(arch.ops), "probs": [p.tolist() for p in probs]}
+    if objective.predictor is not None:
+      out["expected_latency"] = objective.expected(probs)
+      out["arch_latency"] = objective.of_arch(arch)
+    return out
+
+  max_steps = config.schedule.max_steps
+  eval_max_batches, eval_every = config.eval.max_batches or None, config.eval.every_epochs
+  log_every, plots_on = config.log.every_steps, config.log.plots
+  stop_at = min(total_steps, step0 + max_steps) if max_steps else total_steps
+  bar = Progress(total_steps, step0, "search", enabled=is_main and (
+      config.log.progress if progress is None else progress))
+  pending: list[tuple[str, int, dict[str, Any]]] = []
+  last_good = resume_step
+  status = "done"
+  images = 0
+  t_loop = time.time()
+
+  def flush() -> None:
+    """Fetches pending metrics (one host sync per log interval), checks them, logs averages."""
+    if not pending:
+      return
+    fetched = to_host([m for _, _, m in pending])
+    bad = first_non_finite([(k, s, m) for (k, s, _), m in zip(pending, fetched, strict=True)])
+    if bad is not None:
+      kind, s, name = bad
+      raise NonFiniteError(
+          f"{kind} step {s}: {name} is not finite; the run stopped and kept its last good "
+          f"checkpoint ({last_good if last_good is not None else 'none yet'}). Lower optim.lr / "
+          "optim.arch_lr or check the data."
+      )
+    for kind in ("train", "arch"):
+      rows = [(s, m) for (k, s, _), m in zip(pending, fetched, strict=True) if k == kind]
+      if rows:
+        avg = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]
+               if np.ndim(rows[0][1][k]) == 0}
+        logger.write(rows[-1][0], avg, kind)
+        if kind == "train":
+          bar.update_metrics(loss=avg["loss"], acc=avg["acc"])
+        elif "expected_cost" in avg:
+          bar.update_metrics(e_lat=avg["expected_cost"])
+    pending.clear()
+
+  def save(st: SearchState, step: int) -> None:
+    nonlocal last_good
+    flush()
+    if not all_finite((st.params, st.alpha)):
+      raise NonFiniteError(
+          f"the state is not finite at step {step}; the run stopped and kept its last good "
+          f"checkpoint ({last_good if last_good is not None else 'none yet'}). Lower optim.lr / "
+          "optim.arch_lr or check the data.")
+    # The data position is (weight steps, arch steps) = batches consumed from each split.
+    ckpt.save(step, st, meta={"weight_steps": step, "arch_steps": int(to_host(st.arch_step))})
+    last_good = step
+
+  with PreemptionGuard() as guard:
+    try:
+      for step in range(step0, stop_at):
+        state, m = weight_fn(state, next(train_batches))
+        images += config.data.batch_size
+        pending.append(("train", step + 1, m))
+        if _is_arch_step(step, warmup_steps, spe, config):
+          state, am = arch_fn(state, next(holdout_batches))
+          images += config.data.arch_batch_size
+          pending.append(("arch", step + 1, am))
+        bar.advance(images / max(time.time() - t_loop, 1e-9))
+        done = step + 1
+        if done % log_every == 0:
+          flush()
+        epoch_end = done >= warmup_steps and (done - warmup_steps) % spe == 0 and done > warmup_steps
+        if epoch_end or done == total_steps:
+          search_epoch = (done - warmup_steps) / spe
+          if done == total_steps or eval_every and round(search_epoch) % eval_every == 0:
+            flush()
+            ev = evaluate_argmax(state)
+            ev["search_epoch"] = search_epoch
+            logger.write(done, ev, "eval")
+            bar.update_metrics(holdout=ev["holdout_top1"])
+        if ckpt.should_save(done) and done < total_steps:
+          save(state, done)
+        if guard.requested:
+          save(state, done)
+          status = f"preempted ({guard.signal_name})"
+          break
+      else:
+        if stop_at < total_steps:
+          save(state, stop_at)
+          status = f"stopped at max_steps (step {stop_at} of {total_steps}); rerun to continue"
+      if status == "done":
+        save(state, total_steps)
+    finally:
+      bar.close()
+      ckpt.close()
+
+  final_step = int(to_host(state.step))
+  elapsed = time.time() - t_loop
+  alpha = list(to_host(state.alpha))
+  arch = derive(alpha, space)
+  probs = probabilities(alpha)
+  records = logger.records()
+  evals = [r for r in records if r["kind"] == "eval"]
+  result = SearchResult(
+      workdir=workdir, arch=arch, status=status, step=final_step, total_steps=total_steps,
+      expected_latency=objective.expected(probs) if objective.predictor else None,
+      arch_latency=objective.of_arch(arch) if objective.predictor else None,
+      target=objective.target, latency_unit=objective.unit,
+      holdout_top1=evals[-1]["holdout_top1"] if evals else None,
+      wall_s=time.time() - t_start, images_per_s=images / max(elapsed, 1e-9),
+      probabilities=[p.tolist() for p in probs],
+  )
+  if is_main:
+    _write_outputs(workdir, space, arch, state, result, records, plots_on)
+  logger.close()
+  return result
+
+
+def _write_outputs(workdir, space, arch, state, result: SearchResult, records, plots_on) -> None:
+  meta = {"expected_latency": result.expected_latency, "arch_latency": result.arch_latency,
+          "target": result.target, "latency_unit": result.latency_unit,
+          "holdout_top1": result.holdout_top1, "step": result.step, "status": result.status,
+          "probabilities": result.probabilities}
+  save_arch(os.path.join(workdir, "arch.json"), space, arch, name="searched", meta=meta)
+  save_net_config(os.path.join(workdir, "net.config"), space, arch)
+  host = to_host({"params": state.params, "batch_stats": state.batch_stats})
+  chosen = child_variables(host, space, arch)
+  with open(os.path.join(workdir, "chosen_path.msgpack"), "wb") as f:
+    f.write(flax.serialization.to_bytes(chosen))
+  _write_json(os.path.join(workdir, "summary.json"), result.to_dict())
+  if plots_on:
+    from pnas_jax.train.search_plots import write_search_plots
+
+    write_search_plots(workdir, space, arch, records, result)
+
+
+def load_chosen_path(workdir: str, target: Any) -> Any:
+  """The chosen path's supernet variables saved by a search, shaped like `target` (ChildNet vars)."""
+  with open(os.path.join(workdir, "chosen_path.msgpack"), "rb") as f:
+    return flax.serialization.from_bytes(target, f.read())
+
+

@@ -1,0 +1,105 @@
+"""The search config's schema and defaults (DESIGN.md §1); configs/search/*.py start from it.
+
+Every field is read by pnas_jax/train/search.py (tests/test_search_configs.py checks each config
+file with config_loading.ReadTracker), so a key set here or in a config always does something.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def search_config() -> ml_collections.ConfigDict:
+  """Defaults of the paper's ImageNet search; a config file changes what its task needs."""
+  c = ml_collections.ConfigDict()
+  c.name = "search"
+  c.seed = 0
+  c.num_devices = config_dict.placeholder(int)  # None: every visible device (all hosts).
+
+  # SearchSpace fields (pnas_jax.search_space.SearchSpace); the default is the paper's space.
+  c.space = ml_collections.ConfigDict(dict(
+      stage_widths=(24, 40, 80, 96, 192, 320),
+      stage_depths=(4, 4, 4, 4, 4, 1),
+      stage_strides=(2, 2, 2, 1, 2, 1),
+      width_mult=1.0,
+      n_classes=1000,
+      resolution=224,
+      in_channels=3,
+  ))
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "tfds:imagenet2012"  # see pnas_jax/data/datasets.py for the names
+  c.data.data_dir = ""  # "": the data set's default location
+  c.data.image_size = 0  # host-side square size for variable-size sets (0: resolution / 0.875)
+  c.data.holdout = 50_000  # class-balanced held-out images for the arch steps (Sec. 4.1)
+  c.data.batch_size = 256  # global weight-step batch
+  c.data.arch_batch_size = 256  # global arch-step batch (held-out split)
+  c.data.eval_batch_size = 500
+  c.data.prefetch = 2  # batches in flight to the devices
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dropout_rate = 0.0  # the reference searches without dropout
+  c.model.dw_impl = "auto"
+  c.model.impl = "remat"  # weight-mode mixed-op backward (arch/mixed_op.py)
+  c.model.sync_bn = True  # BN statistics over the global batch (N devices == 1 device)
+
+  # 40 warm-up epochs (uniform paths, weights only), then 120 with arch steps (DESIGN.md §1).
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.warmup_epochs = 40.0
+  c.schedule.epochs = 120.0
+  c.schedule.steps_per_epoch = 0  # 0: len(train part) // batch_size
+  c.schedule.arch_every = 5  # one arch step after every 5 weight steps ...
+  c.schedule.arch_start_epoch = 1  # ... from the second search epoch on
+  c.schedule.max_steps = 0  # stop after this many weight steps in this invocation (0: run to end)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.warmup_lr = 0.05
+  c.optim.lr = 0.025
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.weight_decay = 4e-5
+  c.optim.label_smoothing = 0.1
+  c.optim.weight_sample = "single"  # weight steps' path: one sample from p
+  c.optim.arch_lr = 1e-3
+  c.optim.arch_b1 = 0.0
+  c.optim.arch_b2 = 0.999
+  c.optim.arch_eps = 1e-8
+  c.optim.alpha_init_std = 1e-3
+
+  c.arch = ml_collections.ConfigDict()
+  c.arch.estimator = "two"  # "two" | "full" | "reinforce"
+  c.arch.reinforce_k = 4
+  c.arch.reinforce_decay = 0.99
+  c.arch.reinforce_tradeoff = 0.1
+
+  # Latency term. model: "measure" (a table measured here before the search, cached in the
+  # workdir), a table / predictor file (our JSON or the reference YAML), "macs" (FLOPs-constrained),
+  # or "none" (accuracy only).
+  c.latency = ml_collections.ConfigDict()
+  c.latency.model = "macs"
+  c.latency.target = 80.0  # T, in the model's unit (ms; millions of MACs for "macs")
+  c.latency.target_ratio = 0.0  # > 0: T = ratio x the baseline arch's latency under the model
+  c.latency.baseline_op = "3x3_MBConv6"  # the hand-designed baseline (MobileNetV2-like)
+  c.latency.loss = "mul#log"
+  c.latency.loss_params = ml_collections.ConfigDict(dict(a=0.2, b=0.3))
+  c.latency.check_device = False  # a table/predictor measured elsewhere must match this device
+  c.latency.batch = 1  # measurement batch ("measure") and the batch the table must have
+  c.latency.repeats = 30
+  c.latency.clock = "process"
+  c.latency.n_networks = 0  # "measure": whole networks measured to fit the linear predictor
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 1  # evaluate the current argmax arch on the held-out split
+  c.eval.max_batches = 0  # 0: the whole held-out split
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000
+  c.checkpoint.keep = 3
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 50
+  c.log.tensorboard = True
+  c.log.progress = True
+  c.log.plots = True
+  return c
