@@ -6,9 +6,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-setup: $(STAMP)
+.PHONY: setup data demo demo-quick test lint bench clean
+
+setup: $(STAMP) data
+
+# The offline data set of the demo and of some tests: Debian's dataset-fashion-mnist (the real
+# Fashion-MNIST IDX files). Installed when missing and apt-get can run (root, or sudo without a
+# password); otherwise the message says how to get it.
+data:
+	@if [ -e $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -e $(FMNIST_DIR)/train-images-idx3-ubyte ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null)) && \
+	  echo "installed dataset-fashion-mnist"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	  sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null && echo "installed dataset-fashion-mnist"; \
+	else \
+	  echo "Fashion-MNIST is missing from $(FMNIST_DIR): run 'sudo apt-get install dataset-fashion-mnist'" \
+	       "(Debian/Ubuntu), or use 'pnas demo --data tfds:fashion_mnist' after 'tfds build fashion_mnist'."; \
+	fi
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +35,10 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/pnas zoo
+	$(VENV)/bin/pnas demo --workdir results/demo
+
+demo-quick: setup
+	$(VENV)/bin/pnas demo --workdir results/demo_quick --quick
 
 lint: setup
 	$(VENV)/bin/ruff check pnas_jax tests experiments configs

@@ -45,7 +45,13 @@ def _from_arrays(name, d, n_classes, mean, std) -> ImageDataset:
 
 
 def _fashion_mnist(data_dir: str | None, image_size: int | None) -> ImageDataset:
-  d = local_files.load_fashion_mnist(data_dir or local_files.FASHION_MNIST_DIR)
+  try:
+    d = local_files.load_fashion_mnist(data_dir or local_files.FASHION_MNIST_DIR)
+  except local_files.MissingDataError as e:
+    raise local_files.MissingDataError(
+        f"{e} Or use the TFDS data set 'tfds:fashion_mnist' (prepared once with "
+        "`tfds build fashion_mnist`)."
+    ) from None
   return _from_arrays("fashion_mnist", d, 10, (0.2860,), (0.3530,))
 
 

@@ -91,6 +91,12 @@ def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, Arch]:
   return arch_from_dict(d, source=os.fspath(path))
 
 
+def read_arch_meta(path: str | os.PathLike) -> dict[str, Any]:
+  """The 'meta' object of our arch.json ({} for a net.config or an arch.json without one)."""
+  d = _read_json(path)
+  return {} if is_net_config(d) or not isinstance(d, dict) else dict(d.get("meta") or {})
+
+
 # --- reference net.config -----------------------------------------------------------------------
 
 

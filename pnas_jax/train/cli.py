@@ -1,6 +1,10 @@
-"""`pnas search`: the architecture search from an ml_collections config.
+"""`pnas search | train | eval | export`: the loops and what follows them, from ml_collections configs.
 
   pnas search --config configs/search/fashion_mnist.py --workdir results/search [--config.x=y ...]
+  pnas train --config configs/train/fashion_mnist.py --workdir results/train \
+      --config.arch=results/search/arch.json [--config.init=results/search]
+  pnas eval results/train [--data fashion_mnist] [--split test]   (a train workdir or a zoo name)
+  pnas export results/train [--formats stablehlo,tf]
 
 Rerunning the same command in the same workdir resumes from the last checkpoint.
 Multi-host (GPU cluster / TPU pod): run the same command on every host with --multihost; JAX reads
@@ -69,6 +73,82 @@ def cmd_search(args: argparse.Namespace) -> int:
   return 0 if result.status == "done" or result.status.startswith(("preempted", "stopped")) else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+  from pnas_jax.train.retrain import train
+
+  config = load_config(args.config, args.config_overrides)
+  init_distributed(args)
+  r = train(config, args.workdir)
+  print(f"status: {r.status} (step {r.step}/{r.total_steps}, {r.wall_s:.0f} s, "
+        f"{r.images_per_s:.0f} images/s)")
+  if r.test_top1 is not None:
+    print(f"test top-1 {r.test_top1:.2f}%, top-5 {r.test_top5:.2f}%; report: "
+          f"{r.workdir}/report.md")
+  return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+  import os
+
+  import jax
+  import numpy as np
+
+  from pnas_jax.data.datasets import load_dataset
+  from pnas_jax.models import zoo
+  from pnas_jax.models.child import ChildNet
+  from pnas_jax.models.init import init_variables
+  from pnas_jax.train import inputs
+  from pnas_jax.train.evaluation import evaluate, make_evaluator
+  from pnas_jax.train.parallel import data_mesh, replicate
+  from pnas_jax.train.retrain import load_weights, trained_network
+
+  dataset = load_dataset(args.data, args.data_dir, args.image_size)
+  if os.path.isdir(args.network):
+    space, arch, variables = trained_network(args.network)
+    source = f"trained weights of {args.network}"
+  else:
+    space, arch = zoo.resolve_network(args.network, resolution=args.resolution,
+                                      n_classes=dataset.n_classes)
+    space = space.replace(in_channels=dataset.image_shape[-1])
+    x0 = np.zeros((1, space.resolution, space.resolution, space.in_channels), np.float32)
+    variables = init_variables(ChildNet(space, arch, dw_impl="lax"), jax.random.key(args.seed), x0)
+    source = f"random initialisation (seed {args.seed})"
+    if args.weights:
+      variables = load_weights(args.weights, variables)
+      source = args.weights
+  space = inputs.space_for_data(space.to_dict(), dataset)
+  model = ChildNet(space, arch)
+  _, eval_pre = inputs.preprocessors(dataset, space.resolution)
+  mesh = data_mesh()
+  evaluator = make_evaluator(lambda v, x: model.apply(v, x, train=False), eval_pre, mesh)
+  split = {"test": dataset.test, "train": dataset.train}[args.split]
+  res = evaluate(evaluator, replicate(variables, mesh), split, args.batch, mesh,
+                 args.max_batches or None)
+  res.update(network=args.network, weights=source, data=dataset.name, split=args.split,
+             resolution=space.resolution)
+  if args.json:
+    print(json.dumps(res, indent=2))
+  else:
+    print(f"{args.network} on {dataset.name}/{args.split} ({res['count']} images, "
+          f"{space.resolution}px, {source}): top-1 {res['top1']:.2f}%, top-5 {res['top5']:.2f}%, "
+          f"loss {res['loss']:.4f}")
+  return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+  from pnas_jax.export import export_network
+  from pnas_jax.search_space.io import read_arch_meta
+  from pnas_jax.train.retrain import trained_network
+
+  space, arch, variables = trained_network(args.workdir)
+  formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+  norm = read_arch_meta(f"{args.workdir}/arch.json").get("normalization")
+  paths = export_network(space, arch, variables, args.workdir, formats=formats, preprocess=norm)
+  for fmt, path in paths.items():
+    print(f"{fmt}: {path}")
+  return 0
+
+
 def run_guarded(fn):
   """Maps the errors a user can fix to one line on stderr and exit code 2."""
 
@@ -76,6 +156,7 @@ def run_guarded(fn):
     from pnas_jax.checkpointing import CheckpointError
     from pnas_jax.config_loading import ConfigError
     from pnas_jax.data.local_files import MissingDataError
+    from pnas_jax.export import ExportError
     from pnas_jax.latency.table import LatencyTableError
     from pnas_jax.search_space.space import SearchSpaceError
     from pnas_jax.train.monitor import NonFiniteError
@@ -83,7 +164,7 @@ def run_guarded(fn):
     try:
       return fn(args)
     except (ConfigError, MissingDataError, LatencyTableError, SearchSpaceError, CheckpointError,
-            NonFiniteError, ValueError, FileNotFoundError, KeyError) as e:
+            NonFiniteError, ExportError, ValueError, FileNotFoundError, KeyError) as e:
       msg = e.args[0] if isinstance(e, KeyError) and e.args else e
       print(f"pnas {args.command}: error: {msg}", file=sys.stderr)
       return 2
@@ -92,8 +173,10 @@ def run_guarded(fn):
 
 
 def add_commands(subparsers: Any) -> None:
-  """Registers `pnas search`."""
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  """Registers `pnas search`, `pnas train`, `pnas eval`, `pnas export`."""
+  # Our progress messages at INFO; libraries (orbax, absl, jax) only from WARNING up.
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("pnas_jax").setLevel(logging.INFO)
   p = subparsers.add_parser("search", help="architecture search (configs/search/*.py)")
   p.__class__ = OverrideParser
   p.add_argument("--config", required=True, help="configs/search/<name>.py[:arg]")
@@ -101,3 +184,30 @@ def add_commands(subparsers: Any) -> None:
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
   add_distributed_args(p)
   p.set_defaults(func=run_guarded(cmd_search))
+
+  p = subparsers.add_parser("train", help="train a found / zoo network (configs/train/*.py)")
+  p.__class__ = OverrideParser
+  p.add_argument("--config", required=True, help="configs/train/<name>.py[:arg]")
+  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
+  add_distributed_args(p)
+  p.set_defaults(func=run_guarded(cmd_train))
+
+  p = subparsers.add_parser("eval", help="top-1/top-5 of a trained workdir or a zoo network")
+  p.add_argument("network", help="a `pnas train` workdir, an arch.json / net.config, or a zoo name")
+  p.add_argument("--data", default="fashion_mnist", help="data set name (pnas_jax/data/datasets.py)")
+  p.add_argument("--data-dir", default=None)
+  p.add_argument("--image-size", type=int, default=None, help="host size of variable-size sets")
+  p.add_argument("--split", default="test", choices=("test", "train"))
+  p.add_argument("--resolution", type=int, default=None, help="input size (zoo / arch files)")
+  p.add_argument("--weights", default=None, help="weights.msgpack for an arch file / zoo net")
+  p.add_argument("--seed", type=int, default=0, help="random init seed when no weights are given")
+  p.add_argument("--batch", type=int, default=250)
+  p.add_argument("--max-batches", type=int, default=0)
+  p.add_argument("--json", action="store_true")
+  p.set_defaults(func=run_guarded(cmd_eval))
+
+  p = subparsers.add_parser("export", help="StableHLO (+ TF SavedModel/TFLite) of a trained net")
+  p.add_argument("workdir", help="a finished `pnas train` workdir")
+  p.add_argument("--formats", default="stablehlo,tf",
+                 help="comma-separated: stablehlo, tf (tf needs TensorFlow: pip install pnas_jax[tf])")
+  p.set_defaults(func=run_guarded(cmd_export))

@@ -37,9 +37,9 @@ class SearchInputs:
   eval_preprocess: Preprocess
 
 
-def host_image_size(config: Any) -> int | None:
+def host_image_size(config: Any, resolution: int) -> int:
   """Host-side square size for variable-size sets: data.image_size or resolution / 0.875."""
-  return config.data.image_size or round(config.space.resolution / 0.875)
+  return config.data.image_size or round(resolution / 0.875)
 
 
 def space_for_data(space_fields: dict[str, Any], dataset: ImageDataset) -> SearchSpace:
@@ -59,8 +59,10 @@ def space_for_data(space_fields: dict[str, Any], dataset: ImageDataset) -> Searc
   return space
 
 
-def load_config_dataset(config: Any) -> ImageDataset:
-  return load_dataset(config.data.name, config.data.data_dir or None, host_image_size(config))
+def load_config_dataset(config: Any, resolution: int) -> ImageDataset:
+  """config.data's data set (variable-size sets resized on the host for `resolution`)."""
+  return load_dataset(config.data.name, config.data.data_dir or None,
+                      host_image_size(config, resolution))
 
 
 def preprocessors(dataset: ImageDataset, resolution: int) -> tuple[Preprocess, Preprocess]:
@@ -71,8 +73,9 @@ def preprocessors(dataset: ImageDataset, resolution: int) -> tuple[Preprocess, P
 
 def search_inputs(config: Any, mesh: Mesh) -> SearchInputs:
   """Loads config.data, carves the class-balanced held-out split (seeded), checks batch sizes."""
-  dataset = load_config_dataset(config)
-  space = space_for_data(config.space.to_dict(), dataset)
+  space_fields = config.space.to_dict()
+  dataset = load_config_dataset(config, space_fields.get("resolution", 224))
+  space = space_for_data(space_fields, dataset)
   train_idx, holdout_idx = class_balanced_split(dataset.train.labels(), config.data.holdout,
                                                 config.seed)
   for what, b, n in (("data.batch_size", config.data.batch_size, len(train_idx)),

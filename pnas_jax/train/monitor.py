@@ -61,3 +61,60 @@ class Progress:
 
   def close(self) -> None:
     self._bar.close()
+
+
+class LoopMonitor:
+  """The bookkeeping a training loop shares: metrics buffered on device, fetched once per log
+  interval (no per-step host sync), checked for NaN/inf, averaged into metrics.jsonl/TensorBoard
+  and the progress bar; checkpoints saved only from a state known to be finite.
+
+  Attributes:
+    last_good: the step of the newest checkpoint known to be finite (None: none yet).
+  """
+
+  def __init__(self, logger: Any, bar: Progress, checkpointer: Any, last_good: int | None,
+               hint: str, bar_keys: dict[str, dict[str, str]] | None = None):
+    self.logger, self.bar, self.checkpointer = logger, bar, checkpointer
+    self.last_good = last_good
+    self.hint = hint
+    # kind -> {metric: progress-bar name}
+    self.bar_keys = bar_keys or {"train": {"loss": "loss", "acc": "acc"}}
+    self._pending: list[tuple[str, int, Any]] = []
+
+  def add(self, kind: str, step: int, metrics: Any) -> None:
+    self._pending.append((kind, step, metrics))
+
+  def _stop(self, what: str) -> NonFiniteError:
+    good = self.last_good if self.last_good is not None else "none yet"
+    return NonFiniteError(f"{what}; the run stopped and kept its last good checkpoint ({good}). "
+                          f"{self.hint}")
+
+  def flush(self) -> None:
+    """Fetches pending metrics, raises NonFiniteError on NaN/inf, logs per-kind averages."""
+    if not self._pending:
+      return
+    from pnas_jax.train.parallel import to_host
+
+    fetched = to_host([m for _, _, m in self._pending])
+    rows = [(k, s, m) for (k, s, _), m in zip(self._pending, fetched, strict=True)]
+    self._pending.clear()
+    bad = first_non_finite(rows)
+    if bad is not None:
+      kind, s, name = bad
+      raise self._stop(f"{kind} step {s}: {name} is not finite")
+    for kind in dict.fromkeys(k for k, _, _ in rows):
+      mine = [(s, m) for k, s, m in rows if k == kind]
+      avg = {k: float(np.mean([m[k] for _, m in mine])) for k in mine[0][1]
+             if np.ndim(mine[0][1][k]) == 0}
+      self.logger.write(mine[-1][0], avg, kind)
+      shown = {name: avg[k] for k, name in self.bar_keys.get(kind, {}).items() if k in avg}
+      if shown:
+        self.bar.update_metrics(**shown)
+
+  def save(self, step: int, state: Any, finite: Any, meta: dict[str, Any] | None = None) -> None:
+    """Flushes, checks `finite` (the float trees that must be finite), saves checkpoint `step`."""
+    self.flush()
+    if not all_finite(finite):
+      raise self._stop(f"the state is not finite at step {step}")
+    self.checkpointer.save(step, state, meta=meta)
+    self.last_good = step

@@ -31,7 +31,6 @@ from typing import Any
 import flax.serialization
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from pnas_jax.arch.derive import derive, probabilities
@@ -47,7 +46,7 @@ from pnas_jax.train import inputs
 from pnas_jax.train.evaluation import evaluate, make_evaluator
 from pnas_jax.train.latency_objective import LatencyObjective, latency_objective
 from pnas_jax.train.metrics_log import MetricsLogger
-from pnas_jax.train.monitor import NonFiniteError, Progress, all_finite, first_non_finite
+from pnas_jax.train.monitor import LoopMonitor, Progress
 from pnas_jax.train.optim import arch_optimizer
 from pnas_jax.train.parallel import data_mesh, data_parallel, global_batch, replicate, to_host
 from pnas_jax.train.state import ARCH_FAMILY, WEIGHT_FAMILY, SearchState, create_search_state
@@ -248,68 +247,37 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
   stop_at = min(total_steps, step0 + max_steps) if max_steps else total_steps
   bar = Progress(total_steps, step0, "search", enabled=is_main and (
       config.log.progress if progress is None else progress))
-  pending: list[tuple[str, int, dict[str, Any]]] = []
-  last_good = resume_step
+  monitor = LoopMonitor(
+      logger, bar, ckpt, resume_step, "Lower optim.lr / optim.arch_lr or check the data.",
+      {"train": {"loss": "loss", "acc": "acc"}, "arch": {"expected_cost": "E[LAT]"}})
   status = "done"
   images = 0
   t_loop = time.time()
 
-  def flush() -> None:
-    """Fetches pending metrics (one host sync per log interval), checks them, logs averages."""
-    if not pending:
-      return
-    fetched = to_host([m for _, _, m in pending])
-    bad = first_non_finite([(k, s, m) for (k, s, _), m in zip(pending, fetched, strict=True)])
-    if bad is not None:
-      kind, s, name = bad
-      raise NonFiniteError(
-          f"{kind} step {s}: {name} is not finite; the run stopped and kept its last good "
-          f"checkpoint ({last_good if last_good is not None else 'none yet'}). Lower optim.lr / "
-          "optim.arch_lr or check the data."
-      )
-    for kind in ("train", "arch"):
-      rows = [(s, m) for (k, s, _), m in zip(pending, fetched, strict=True) if k == kind]
-      if rows:
-        avg = {k: float(np.mean([m[k] for _, m in rows])) for k in rows[0][1]
-               if np.ndim(rows[0][1][k]) == 0}
-        logger.write(rows[-1][0], avg, kind)
-        if kind == "train":
-          bar.update_metrics(loss=avg["loss"], acc=avg["acc"])
-        elif "expected_cost" in avg:
-          bar.update_metrics(e_lat=avg["expected_cost"])
-    pending.clear()
-
   def save(st: SearchState, step: int) -> None:
-    nonlocal last_good
-    flush()
-    if not all_finite((st.params, st.alpha)):
-      raise NonFiniteError(
-          f"the state is not finite at step {step}; the run stopped and kept its last good "
-          f"checkpoint ({last_good if last_good is not None else 'none yet'}). Lower optim.lr / "
-          "optim.arch_lr or check the data.")
     # The data position is (weight steps, arch steps) = batches consumed from each split.
-    ckpt.save(step, st, meta={"weight_steps": step, "arch_steps": int(to_host(st.arch_step))})
-    last_good = step
+    monitor.save(step, st, (st.params, st.alpha),
+                 {"weight_steps": step, "arch_steps": int(to_host(st.arch_step))})
 
   with PreemptionGuard() as guard:
     try:
       for step in range(step0, stop_at):
         state, m = weight_fn(state, next(train_batches))
         images += config.data.batch_size
-        pending.append(("train", step + 1, m))
+        monitor.add("train", step + 1, m)
         if _is_arch_step(step, warmup_steps, spe, config):
           state, am = arch_fn(state, next(holdout_batches))
           images += config.data.arch_batch_size
-          pending.append(("arch", step + 1, am))
+          monitor.add("arch", step + 1, am)
         bar.advance(images / max(time.time() - t_loop, 1e-9))
         done = step + 1
         if done % log_every == 0:
-          flush()
+          monitor.flush()
         epoch_end = done >= warmup_steps and (done - warmup_steps) % spe == 0 and done > warmup_steps
         if epoch_end or done == total_steps:
           search_epoch = (done - warmup_steps) / spe
           if done == total_steps or eval_every and round(search_epoch) % eval_every == 0:
-            flush()
+            monitor.flush()
             ev = evaluate_argmax(state)
             ev["search_epoch"] = search_epoch
             logger.write(done, ev, "eval")

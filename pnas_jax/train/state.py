@@ -82,3 +82,19 @@ def create_search_state(
 def stream_key(key: jax.Array, family: int, counter: jax.Array, stream: int) -> jax.Array:
   """fold_in(fold_in(fold_in(key, family), counter), stream)."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, family), counter), stream)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The retrain loop's state: a ChildNet's variables, SGD state, optional EMA, step and key.
+
+  Randomness (dropout, augmentation) is folded from `key` and `step` exactly as in SearchState
+  (family WEIGHT_FAMILY), so the retrain loop resumes bit-identically too.
+  """
+
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any  # exponential moving average of params (None when EMA is off)
+  step: jax.Array
+  key: jax.Array

@@ -1,0 +1,62 @@
+"""The retrain config's schema and defaults (the paper's recipe, DESIGN.md §1); configs/train/*.py
+start from it. Every key is read by pnas_jax/train/retrain.py."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """Paper defaults: 300 epochs, SGD Nesterov 0.9, cosine from 0.05 (batch 256), weight decay 4e-5
+  not on BN/bias, label smoothing 0.1, dropout 0.1 (mobile)."""
+  c = ml_collections.ConfigDict()
+  c.name = "train"
+  c.seed = 0
+  c.num_devices = config_dict.placeholder(int)
+  # The network: an arch.json (from `pnas search`), a net.config, or a zoo name.
+  c.arch = ""
+  c.init = ""  # "": from scratch; a search workdir: inherit its chosen path's supernet weights
+  c.resolution = 0  # 0: the arch file's resolution
+  c.n_classes = 0  # 0: the data set's
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "tfds:imagenet2012"
+  c.data.data_dir = ""
+  c.data.image_size = 0  # host-side size for variable-size sets (0: resolution / 0.875)
+  c.data.batch_size = 256
+  c.data.eval_batch_size = 500
+  c.data.prefetch = 2
+  c.data.train_subset = 0  # > 0: train on the first N (seeded, class-balanced) examples only
+  c.model = ml_collections.ConfigDict()
+  c.model.dropout_rate = 0.1
+  c.model.dw_impl = "auto"
+  c.model.sync_bn = True
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 0.05
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.weight_decay = 4e-5  # not on BN scale/bias nor dense bias (1-D parameters)
+  c.optim.label_smoothing = 0.1
+  c.optim.ema_decay = 0.0  # > 0: also keep an EMA of the weights and evaluate it
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.epochs = 300.0
+  c.schedule.steps_per_epoch = 0
+  c.schedule.max_steps = 0
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 1
+  c.eval.max_batches = 0
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 2000
+  c.checkpoint.keep = 3
+  c.log = ml_collections.ConfigDict()
+  c.log.every_steps = 100
+  c.log.tensorboard = True
+  c.log.progress = True
+  # Final report: latency measured here at batch 1 and at `latency_batch`, and predicted by
+  # `latency_model` (a table / predictor file; "" for none).
+  c.report = ml_collections.ConfigDict()
+  c.report.latency_batch = 32
+  c.report.latency_repeats = 30
+  c.report.latency_clock = "process"
+  c.report.latency_model = ""
+  return c
