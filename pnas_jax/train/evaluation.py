@@ -76,3 +76,49 @@ def evaluate(
   count = max(t["count"], 1.0)
   return {"top1": 100.0 * t["correct1"] / count, "top5": 100.0 * t["correct5"] / count,
           "loss": t["loss"] / count, "count": int(t["count"])}
+
+
+def _batch_statistics(variables: Any, batch: dict[str, jax.Array], *, apply_train: Callable[..., Any],
+                      preprocess: Preprocess, axis_name: str | None = None) -> Any:
+  """The BN statistics of one (global) batch: a train-mode forward from zeroed running stats,
+  whose update is momentum * 0 + (1 - momentum) * batch, divided back by (1 - momentum)."""
+  from pnas_jax.models.layers import BN_MOMENTUM, batch_norm_axis
+
+  zeroed = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
+  images = preprocess(jax.random.key(0), batch["image"])
+  with batch_norm_axis(axis_name):
+    new = apply_train({**variables, "batch_stats": zeroed}, images)
+  return jax.tree.map(lambda s: s / (1.0 - BN_MOMENTUM), new)
+
+
+def make_bn_calibrator(apply_train: Callable[[Any, jax.Array], Any], preprocess: Preprocess,
+                       mesh: Mesh) -> Callable[..., Any]:
+  """Jitted data-parallel (variables, batch) -> that batch's BN statistics (see recalibrate_bn).
+
+  apply_train(variables, images) -> the new "batch_stats" collection of a train-mode forward.
+  """
+  return data_parallel_eval(_batch_statistics, mesh, apply_train=apply_train, preprocess=preprocess)
+
+
+def recalibrate_bn(calibrator: Callable[..., Any], variables: Any, source: Source, batch_size: int,
+                   mesh: Mesh, n_batches: int) -> Any:
+  """BN running statistics re-estimated for the network `variables` describes: the mean over the
+  first `n_batches` batches of `source` of each batch's statistics.
+
+  A supernet's running statistics mix every path that was sampled (the fixed layers see all of
+  them), so the derived architecture is evaluated with statistics of its own path, as one-shot
+  NAS evaluations do. Statistics of layers the path does not run come back as zeros; the caller
+  keeps their old values.
+  """
+  check_batch(batch_size, mesh, "batch size")
+  pc, pi = jax.process_count(), jax.process_index()
+  local = batch_size // pc
+  n_batches = max(1, min(n_batches, len(source) // batch_size))
+  total = None
+  for i in range(n_batches):
+    idx = np.arange(i * batch_size, (i + 1) * batch_size)[pi * local:(pi + 1) * local]
+    data = source.take(idx)
+    data["label"] = np.asarray(data["label"], np.int32)
+    stats = calibrator(variables, global_batch(data, mesh))
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+  return jax.tree.map(lambda s: s / n_batches, total)

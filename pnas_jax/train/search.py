@@ -39,11 +39,11 @@ from pnas_jax.arch.sampling import Sample
 from pnas_jax.checkpointing import Checkpointer, PreemptionGuard
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
-from pnas_jax.models.supernet import Supernet, arch_indices, child_variables
+from pnas_jax.models.supernet import Supernet, arch_indices, candidate_mask, child_variables
 from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train import inputs
-from pnas_jax.train.evaluation import evaluate, make_evaluator
+from pnas_jax.train.evaluation import evaluate, make_bn_calibrator, make_evaluator, recalibrate_bn
 from pnas_jax.train.latency_objective import LatencyObjective, latency_objective
 from pnas_jax.train.metrics_log import MetricsLogger
 from pnas_jax.train.monitor import LoopMonitor, Progress
@@ -213,6 +213,11 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
       lambda v, x: model.apply({"params": v["params"], "batch_stats": v["batch_stats"]}, x,
                                Sample(active=v["active"]), train=False),
       eval_pre, mesh)
+  calibrator = make_bn_calibrator(
+      lambda v, x: model.apply({"params": v["params"], "batch_stats": v["batch_stats"]}, x,
+                               Sample(active=v["active"]), train=True, mutable=["batch_stats"])[1][
+                                   "batch_stats"],
+      eval_pre, mesh)
 
   step0, arch0 = int(to_host(state.step)), int(to_host(state.arch_step))
   pc, pi = jax.process_count(), jax.process_index()
@@ -229,8 +234,14 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
   def evaluate_argmax(st: SearchState) -> dict[str, Any]:
     alpha = list(to_host(st.alpha))
     arch = derive(alpha, space)
+    active = jnp.asarray(arch_indices(space, arch), jnp.int32)
     variables = {"params": st.params, "batch_stats": st.batch_stats,
-                 "active": replicate(jnp.asarray(arch_indices(space, arch), jnp.int32), mesh)}
+                 "active": replicate(active, mesh)}
+    if bn_batches:
+      stats = recalibrate_bn(calibrator, variables, data.train, config.data.eval_batch_size, mesh,
+                             bn_batches)
+      mask = replicate(candidate_mask(st.batch_stats, space, active), mesh)
+      variables["batch_stats"] = jax.tree.map(jnp.where, mask, stats, st.batch_stats)
     res = evaluate(evaluator, variables, data.holdout, config.data.eval_batch_size, mesh,
                    eval_max_batches)
     probs = probabilities(alpha)
@@ -243,6 +254,7 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
 
   max_steps = config.schedule.max_steps
   eval_max_batches, eval_every = config.eval.max_batches or None, config.eval.every_epochs
+  bn_batches = config.eval.bn_batches
   log_every, plots_on = config.log.every_steps, config.log.plots
   stop_at = min(total_steps, step0 + max_steps) if max_steps else total_steps
   bar = Progress(total_steps, step0, "search", enabled=is_main and (

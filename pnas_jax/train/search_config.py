@@ -92,6 +92,9 @@ def search_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1  # evaluate the current argmax arch on the held-out split
   c.eval.max_batches = 0  # 0: the whole held-out split
+  # BN statistics of the argmax path re-estimated on this many training batches before evaluating
+  # it (the supernet's running statistics mix all sampled paths); 0: use them as they are.
+  c.eval.bn_batches = 10
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 1000
