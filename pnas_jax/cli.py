@@ -20,18 +20,11 @@ COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli"
 
 
 def _measure_latency_ms(space, arch, batch: int, repeats: int) -> float:
-  import jax
-  import jax.numpy as jnp
+  """Median latency of the ChildNet here (latency.measure's protocol, wall clock)."""
+  from pnas_jax.latency.measure import TimingProtocol, measure_network
 
-  from pnas_jax.latency.timing import time_fn
-  from pnas_jax.models.child import ChildNet
-  from pnas_jax.models.init import init_variables
-
-  net = ChildNet(space, arch)
-  x = jnp.zeros((batch, space.resolution, space.resolution, space.in_channels), jnp.float32)
-  variables = init_variables(net, jax.random.key(0), x)
-  fwd = jax.jit(lambda v, x: net.apply(v, x, train=False))
-  return time_fn(fwd, variables, x, warmup=3, repeats=repeats).median_ms
+  protocol = TimingProtocol(batch=batch, warmup=3, repeats=repeats, clock="wall")
+  return measure_network(space, arch, protocol).median_ms
 
 
 def network_summary(

@@ -36,21 +36,17 @@ def main() -> None:
   jax.config.update("jax_platforms", "cpu")
   import jax.numpy as jnp
   import numpy as np
+  from spaces import TINY_SPACE
 
   from pnas_jax.arch import get_estimator
   from pnas_jax.latency.expected import expected_cost, macs_table
   from pnas_jax.models.supernet import Supernet
-  from pnas_jax.search_space import SearchSpace
   from pnas_jax.train import arch_optimizer, create_search_state, weight_optimizer
   from pnas_jax.train.parallel import data_mesh, data_parallel, replicate, to_host
   from pnas_jax.train.steps import arch_step, weight_step
 
   assert len(jax.devices()) == args.devices, jax.devices()
-  space = SearchSpace(
-      stage_widths=(8, 16), stage_depths=(1, 2), stage_strides=(1, 2), candidates=(
-          "3x3_MBConv3", "5x5_MBConv3", "3x3_MBConv6"), stem_width=8, first_block_width=8,
-      tail_width=16, n_classes=10, resolution=16,
-  )
+  space = TINY_SPACE
   model = Supernet(space, dw_impl="lax")
   wtx = weight_optimizer(base_lr=0.1, total_steps=100)
   atx = arch_optimizer()

@@ -9,26 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from spaces import TINY_SPACE
 
 from pnas_jax.arch import (
-    Sample,
-    UnknownEstimatorError,
-    derive,
-    get_estimator,
-    sample_gates,
+  Sample,
+  UnknownEstimatorError,
+  derive,
+  get_estimator,
+  sample_gates,
 )
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.models.child import Head, build_op, stem_and_first_block
 from pnas_jax.models.supernet import Supernet, init_supernet
-from pnas_jax.search_space import SearchSpace
 from pnas_jax.train import arch_optimizer, arch_step, create_search_state, weight_optimizer
 
-# Blocks: 0 (8->8, shortcut: + Zero), 1 (8->16, stride 2), 2 (16->16, shortcut: + Zero).
-SPACE = SearchSpace(
-    stage_widths=(8, 16), stage_depths=(1, 2), stage_strides=(1, 2), candidates=(
-        "3x3_MBConv3", "5x5_MBConv3", "3x3_MBConv6"), stem_width=8, first_block_width=8,
-    tail_width=16, n_classes=10, resolution=16,
-)
+SPACE = TINY_SPACE
 DW = "lax"  # compiles fastest; the mixed op does not depend on the depthwise kernel.
 _TABLE = macs_table(SPACE)
 

@@ -27,7 +27,6 @@ from pnas_jax.models.child import ChildNet
 from pnas_jax.models.init import init_variables
 from pnas_jax.search_space import Arch, SearchSpace
 
-HAS_FLATBUFFERS = importlib.util.find_spec("flatbuffers") is not None
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
 SPACE = SearchSpace(
@@ -89,7 +88,6 @@ _CONSUMER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not HAS_FLATBUFFERS, reason="covered by test_stablehlo_needs_flatbuffers")
 def test_stablehlo_round_trip(tmp_path, variables, images, expected):
   path = export_stablehlo(SPACE, ARCH, variables, tmp_path / "out" / "model.stablehlo.bin")
   assert path == str(tmp_path / "out" / "model.stablehlo.bin")
@@ -110,7 +108,6 @@ def test_stablehlo_round_trip(tmp_path, variables, images, expected):
     np.testing.assert_allclose(np.load(name + ".y.npy"), expected[:b], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_FLATBUFFERS, reason="covered by test_stablehlo_needs_flatbuffers")
 def test_stablehlo_sidecar_and_fixed_batch(tmp_path, variables, images, expected):
   preprocess = {"mean": (0.485, 0.456, 0.406), "std": np.array([0.229, 0.224, 0.225])}
   path = export_stablehlo(SPACE, ARCH, variables, tmp_path / "m.bin", preprocess=preprocess)
@@ -135,7 +132,6 @@ def test_stablehlo_sidecar_and_fixed_batch(tmp_path, variables, images, expected
   np.testing.assert_allclose(fn(images[:2]), expected[:2], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_FLATBUFFERS, reason="covered by test_stablehlo_needs_flatbuffers")
 def test_stablehlo_platform_fallback(tmp_path, variables, caplog, monkeypatch):
   with pytest.raises(ValueError, match="unknown platform"):
     export_stablehlo(SPACE, ARCH, variables, tmp_path / "m.bin", platforms=("cpu", "nosuchchip"))
@@ -152,12 +148,6 @@ def test_stablehlo_platform_fallback(tmp_path, variables, caplog, monkeypatch):
   assert "exporting for ('cpu',) only" in caplog.text and "no lowering for cuda here" in caplog.text
   with open(path + ".json") as f:
     assert json.load(f)["platforms"] == ["cpu"]
-
-
-@pytest.mark.skipif(HAS_FLATBUFFERS, reason="flatbuffers is installed: the round trip runs instead")
-def test_stablehlo_needs_flatbuffers(tmp_path, variables):
-  with pytest.raises(ExportError, match="pip install flatbuffers"):
-    export_stablehlo(SPACE, ARCH, variables, tmp_path / "m.bin")
 
 
 def test_export_rejects_bad_input(tmp_path, variables):
@@ -193,7 +183,6 @@ def test_export_tf(tmp_path, variables, images, expected):
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_FLATBUFFERS, reason="covered by test_stablehlo_needs_flatbuffers")
 def test_export_network(tmp_path, variables, caplog):
   with caplog.at_level(logging.INFO, logger="pnas_jax.export"):
     out = export_network(SPACE, ARCH, variables, tmp_path)

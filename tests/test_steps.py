@@ -9,28 +9,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from spaces import TINY_SPACE
 
 from pnas_jax.arch import get_estimator
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.supernet import Supernet, child_variables
-from pnas_jax.search_space import Arch, SearchSpace
+from pnas_jax.search_space import Arch
 from pnas_jax.train import (
-    arch_optimizer,
-    arch_step,
-    create_search_state,
-    jit_step,
-    masked_update,
-    smoothed_cross_entropy,
-    weight_optimizer,
-    weight_step,
+  arch_optimizer,
+  arch_step,
+  create_search_state,
+  jit_step,
+  masked_update,
+  smoothed_cross_entropy,
+  weight_optimizer,
+  weight_step,
 )
 
-SPACE = SearchSpace(
-    stage_widths=(8, 16), stage_depths=(1, 2), stage_strides=(1, 2), candidates=(
-        "3x3_MBConv3", "5x5_MBConv3", "3x3_MBConv6"), stem_width=8, first_block_width=8,
-    tail_width=16, n_classes=10, resolution=16,
-)
+SPACE = TINY_SPACE
 MODEL = Supernet(SPACE, dw_impl="lax")
 WTX = weight_optimizer(base_lr=0.1, total_steps=100)
 ATX = arch_optimizer()

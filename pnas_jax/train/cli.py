@@ -55,6 +55,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
   config = load_config(args.config, args.config_overrides)
   init_distributed(args)
+  if args.dry_run:
+    print(json.dumps(search(config, args.workdir, dry_run=True), indent=2))
+    return 0
   result = search(config, args.workdir)
   d = result.to_dict()
   if args.json:
@@ -182,6 +185,8 @@ def add_commands(subparsers: Any) -> None:
   p.add_argument("--config", required=True, help="configs/search/<name>.py[:arg]")
   p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
+  p.add_argument("--dry-run", action="store_true",
+                 help="check the config, data and latency model; print the plan; compile nothing")
   add_distributed_args(p)
   p.set_defaults(func=run_guarded(cmd_search))
 

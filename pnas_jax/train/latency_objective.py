@@ -85,6 +85,9 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   loss_name, loss_params = lat.loss, lat.loss_params.to_dict()
   if model == "none":
     return LatencyObjective(None, None, None, None)
+  if baseline_op not in space.candidates:
+    raise ValueError(f"config.latency.baseline_op = {baseline_op!r} is not a candidate of the space "
+                     f"({', '.join(space.candidates)}); set it to one of them")
   if model == "macs":
     predictor = macs_predictor(space)
   elif model == "measure":

@@ -94,11 +94,12 @@ def search_schedule(n_train: int, config: Any) -> tuple[int, int, int]:
 
 def weight_schedule(config: Any, warmup_steps: int, total_steps: int) -> optax.Schedule:
   """Cosine from warmup_lr over the warm-up, then cosine from lr over the search steps."""
+  lr, warmup_lr = config.optim.lr, config.optim.warmup_lr
   search_steps = max(1, total_steps - warmup_steps)
-  main = optax.cosine_decay_schedule(config.optim.lr, search_steps)
+  main = optax.cosine_decay_schedule(lr, search_steps)
   if warmup_steps == 0:
     return main
-  warm = optax.cosine_decay_schedule(config.optim.warmup_lr, warmup_steps)
+  warm = optax.cosine_decay_schedule(warmup_lr, warmup_steps)
   return optax.join_schedules([warm, main], [warmup_steps])
 
 
@@ -118,11 +119,10 @@ def _estimator(config: Any, objective: LatencyObjective):
   return get_estimator(name)
 
 
-def _is_arch_step(step: int, warmup: int, spe: int, config: Any) -> bool:
+def _is_arch_step(step: int, warmup: int, spe: int, arch_every: int, arch_start_epoch: int) -> bool:
   """After weight step `step` (0-based): search phase, past arch_start_epoch, every arch_every."""
   j = step - warmup
-  return j >= 0 and j // spe >= config.schedule.arch_start_epoch and (
-      (j + 1) % config.schedule.arch_every == 0)
+  return j >= 0 and j // spe >= arch_start_epoch and (j + 1) % arch_every == 0
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -162,30 +162,64 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def search(config: Any, workdir: str, *, progress: bool | None = None) -> SearchResult:
-  """Runs (or resumes) the search described by `config` in `workdir`; see the module docstring."""
+def search(config: Any, workdir: str, *, progress: bool | None = None,
+           dry_run: bool = False) -> SearchResult | dict[str, Any]:
+  """Runs (or resumes) the search described by `config` in `workdir`; see the module docstring.
+
+  dry_run: check the config, the data and the latency model and return the plan (space, schedule,
+  target) without compiling or training anything.
+  """
   t_start = time.time()
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   config_dict = plain_dict(config)
 
+  # Every config value is read in this block, before anything is compiled: a bad value fails in
+  # seconds, and tests/test_search_configs.py checks that no key of any config goes unread.
+  run_name = config.name
   mesh = data_mesh(config.num_devices)
   data = inputs.search_inputs(config, mesh)
   space = data.space
   spe, warmup_steps, total_steps = search_schedule(len(data.train), config)
+  arch_every, arch_start = config.schedule.arch_every, config.schedule.arch_start_epoch
+  if arch_every < 1 or arch_start < 0:
+    raise ValueError(f"schedule.arch_every = {arch_every} must be >= 1 and "
+                     f"schedule.arch_start_epoch = {arch_start} >= 0")
   objective = latency_objective(config, space, workdir)
-
+  estimator = _estimator(config, objective)
   model = Supernet(space, dropout_rate=config.model.dropout_rate, dw_impl=config.model.dw_impl,
                    impl=config.model.impl)
+  sync_bn = config.model.sync_bn
   weight_tx = _weight_tx(config, weight_schedule(config, warmup_steps, total_steps))
   arch_tx = arch_optimizer(config.optim.arch_lr, config.optim.arch_b1, config.optim.arch_b2,
                            config.optim.arch_eps)
-  key = jax.random.key(config.seed)
-  state = create_search_state(model, key, weight_tx, arch_tx, config.optim.alpha_init_std)
+  weight_sample, smoothing = config.optim.weight_sample, config.optim.label_smoothing
+  alpha_std, seed = config.optim.alpha_init_std, config.seed
+  ckpt_every, ckpt_keep = config.checkpoint.every_steps, config.checkpoint.keep
+  max_steps = config.schedule.max_steps
+  eval_max_batches, eval_every = config.eval.max_batches or None, config.eval.every_epochs
+  bn_batches = config.eval.bn_batches
+  log_every, plots_on, tensorboard = config.log.every_steps, config.log.plots, config.log.tensorboard
+  log_progress = config.log.progress
+  show_progress = log_progress if progress is None else progress
+  batch_size, arch_batch_size = config.data.batch_size, config.data.arch_batch_size
+  eval_batch_size, prefetch = config.data.eval_batch_size, config.data.prefetch
+  plan = {"name": run_name, "space": space.to_dict(), "blocks": space.n_blocks,
+          "train_examples": len(data.train), "holdout_examples": len(data.holdout),
+          "steps_per_epoch": spe, "warmup_steps": warmup_steps, "total_steps": total_steps,
+          "devices": int(mesh.devices.size), "estimator": config.arch.estimator,
+          "latency_unit": objective.unit, "target": objective.target,
+          "baseline_latency": objective.baseline}
+  if dry_run:
+    return plan
+  log.info("search %s: %d blocks, %d steps (%d warm-up), %d device(s)", run_name, space.n_blocks,
+           total_steps, warmup_steps, mesh.devices.size)
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
-                      config.checkpoint.keep)
+  key = jax.random.key(seed)
+  state = create_search_state(model, key, weight_tx, arch_tx, alpha_std)
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), ckpt_every, ckpt_keep)
   resume_step = None
   if ckpt.latest_step() is not None:
     _check_config_change(workdir, config_dict)
@@ -194,20 +228,18 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
   elif is_main:
     _write_json(os.path.join(workdir, "config.json"), config_dict)
   state = replicate(state, mesh)
-  logger = MetricsLogger(workdir, tensorboard=config.log.tensorboard, resume_step=resume_step,
-                         enabled=is_main)
+  logger = MetricsLogger(workdir, tensorboard=tensorboard, resume_step=resume_step, enabled=is_main)
 
-  sync_bn = config.model.sync_bn
   train_pre, eval_pre = data.train_preprocess, data.eval_preprocess
   # One compilation for warm-up and search weight steps: the step samples uniformly while
   # state.step < warmup_steps.
   weight_fn = data_parallel(
       inputs.with_preprocess(weight_step, train_pre, WEIGHT_FAMILY, "step"), mesh, sync_bn=sync_bn,
-      model=model, tx=weight_tx, sample_mode=config.optim.weight_sample,
-      label_smoothing=config.optim.label_smoothing, uniform_steps=warmup_steps)
+      model=model, tx=weight_tx, sample_mode=weight_sample, label_smoothing=smoothing,
+      uniform_steps=warmup_steps)
   arch_fn = data_parallel(
       inputs.with_preprocess(arch_step, eval_pre, ARCH_FAMILY, "arch_step"), mesh, sync_bn=sync_bn,
-      model=model, tx=arch_tx, estimator=_estimator(config, objective), cost_fn=objective.cost_fn,
+      model=model, tx=arch_tx, estimator=estimator, cost_fn=objective.cost_fn,
       loss_fn=objective.loss_fn)
   evaluator = make_evaluator(
       lambda v, x: model.apply({"params": v["params"], "batch_stats": v["batch_stats"]}, x,
@@ -223,13 +255,13 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
   pc, pi = jax.process_count(), jax.process_index()
   # The data position is a function of the step counters (batches consumed), so a resumed run
   # replays the uninterrupted run's batches.
-  train_it = EpochIterator.after(step0, data.train, config.data.batch_size, config.seed,
-                                 process_index=pi, process_count=pc)
-  holdout_it = EpochIterator.after(arch0, data.holdout, config.data.arch_batch_size,
-                                   config.seed + 1, process_index=pi, process_count=pc)
+  train_it = EpochIterator.after(step0, data.train, batch_size, seed, process_index=pi,
+                                 process_count=pc)
+  holdout_it = EpochIterator.after(arch0, data.holdout, arch_batch_size, seed + 1,
+                                   process_index=pi, process_count=pc)
   put = functools.partial(global_batch, mesh=mesh)
-  train_batches = prefetch_to_device(train_it, config.data.prefetch, put=put)
-  holdout_batches = prefetch_to_device(holdout_it, config.data.prefetch, put=put)
+  train_batches = prefetch_to_device(train_it, prefetch, put=put)
+  holdout_batches = prefetch_to_device(holdout_it, prefetch, put=put)
 
   def evaluate_argmax(st: SearchState) -> dict[str, Any]:
     alpha = list(to_host(st.alpha))
@@ -238,12 +270,10 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
     variables = {"params": st.params, "batch_stats": st.batch_stats,
                  "active": replicate(active, mesh)}
     if bn_batches:
-      stats = recalibrate_bn(calibrator, variables, data.train, config.data.eval_batch_size, mesh,
-                             bn_batches)
+      stats = recalibrate_bn(calibrator, variables, data.train, eval_batch_size, mesh, bn_batches)
       mask = replicate(candidate_mask(st.batch_stats, space, active), mesh)
       variables["batch_stats"] = jax.tree.map(jnp.where, mask, stats, st.batch_stats)
-    res = evaluate(evaluator, variables, data.holdout, config.data.eval_batch_size, mesh,
-                   eval_max_batches)
+    res = evaluate(evaluator, variables, data.holdout, eval_batch_size, mesh, eval_max_batches)
     probs = probabilities(alpha)
     out = {"holdout_top1": res["top1"], "holdout_top5": res["top5"], "holdout_loss": res["loss"],
            "arch": list(arch.ops), "probs": [p.tolist() for p in probs]}
@@ -252,13 +282,8 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
       out["arch_latency"] = objective.of_arch(arch)
     return out
 
-  max_steps = config.schedule.max_steps
-  eval_max_batches, eval_every = config.eval.max_batches or None, config.eval.every_epochs
-  bn_batches = config.eval.bn_batches
-  log_every, plots_on = config.log.every_steps, config.log.plots
   stop_at = min(total_steps, step0 + max_steps) if max_steps else total_steps
-  bar = Progress(total_steps, step0, "search", enabled=is_main and (
-      config.log.progress if progress is None else progress))
+  bar = Progress(total_steps, step0, f"search {run_name}", enabled=is_main and show_progress)
   monitor = LoopMonitor(
       logger, bar, ckpt, resume_step, "Lower optim.lr / optim.arch_lr or check the data.",
       {"train": {"loss": "loss", "acc": "acc"}, "arch": {"expected_cost": "E[LAT]"}})
@@ -275,11 +300,11 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
     try:
       for step in range(step0, stop_at):
         state, m = weight_fn(state, next(train_batches))
-        images += config.data.batch_size
+        images += batch_size
         monitor.add("train", step + 1, m)
-        if _is_arch_step(step, warmup_steps, spe, config):
+        if _is_arch_step(step, warmup_steps, spe, arch_every, arch_start):
           state, am = arch_fn(state, next(holdout_batches))
-          images += config.data.arch_batch_size
+          images += arch_batch_size
           monitor.add("arch", step + 1, am)
         bar.advance(images / max(time.time() - t_loop, 1e-9))
         done = step + 1
@@ -327,17 +352,18 @@ def search(config: Any, workdir: str, *, progress: bool | None = None) -> Search
       probabilities=[p.tolist() for p in probs],
   )
   if is_main:
-    _write_outputs(workdir, space, arch, state, result, records, plots_on)
+    _write_outputs(workdir, run_name, space, arch, state, result, records, plots_on)
   logger.close()
   return result
 
 
-def _write_outputs(workdir, space, arch, state, result: SearchResult, records, plots_on) -> None:
+def _write_outputs(workdir, run_name, space, arch, state, result: SearchResult, records,
+                   plots_on) -> None:
   meta = {"expected_latency": result.expected_latency, "arch_latency": result.arch_latency,
           "target": result.target, "latency_unit": result.latency_unit,
           "holdout_top1": result.holdout_top1, "step": result.step, "status": result.status,
           "probabilities": result.probabilities}
-  save_arch(os.path.join(workdir, "arch.json"), space, arch, name="searched", meta=meta)
+  save_arch(os.path.join(workdir, "arch.json"), space, arch, name=run_name, meta=meta)
   save_net_config(os.path.join(workdir, "net.config"), space, arch)
   host = to_host({"params": state.params, "batch_stats": state.batch_stats})
   chosen = child_variables(host, space, arch)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from pnas_jax.search_space.space import DEFAULT_CANDIDATES
+
 
 def search_config() -> ml_collections.ConfigDict:
   """Defaults of the paper's ImageNet search; a config file changes what its task needs."""
@@ -22,6 +24,8 @@ def search_config() -> ml_collections.ConfigDict:
       stage_widths=(24, 40, 80, 96, 192, 320),
       stage_depths=(4, 4, 4, 4, 4, 1),
       stage_strides=(2, 2, 2, 1, 2, 1),
+      candidates=DEFAULT_CANDIDATES,  # + "Zero" where a block has a shortcut (zero_allowed)
+      zero_allowed=True,
       width_mult=1.0,
       n_classes=1000,
       resolution=224,
