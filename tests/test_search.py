@@ -53,9 +53,13 @@ def test_tiny_search_cli_writes_every_output(tmp_path, capsys):
   assert summary["target"] == pytest.approx(0.8 * 0.224192, rel=1e-3)
   assert summary["expected_latency"] > 0 and summary["arch_latency"] > 0
   kinds = [r["kind"] for r in _records(wd)]
-  assert {"train", "arch", "eval"} <= set(kinds)
+  assert {"train", "arch", "eval", "alpha"} <= set(kinds)
   evals = [r for r in _records(wd) if r["kind"] == "eval"]
-  assert evals[-1]["step"] == 18 and len(evals[-1]["probs"]) == space.n_blocks
+  assert evals[-1]["step"] == 18 and evals[-1]["arch"] == list(arch.ops)
+  epochs = [r for r in _records(wd) if r["kind"] == "alpha"]
+  assert [r["step"] for r in epochs] == [12, 18]  # the two search epochs of 6 steps
+  assert len(epochs[-1]["probs"]) == space.n_blocks
+  np.testing.assert_allclose(epochs[-1]["probs"][0], summary["probabilities"][0], rtol=1e-6)
   for name in ("alpha.png", "arch.png", "curves.png"):
     assert os.path.getsize(os.path.join(wd, "plots", name)) > 1000
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(wd, "tensorboard")))

@@ -4,6 +4,7 @@
   pnas latency fit --config configs/latency/cpu.py [--kind linear] [--json]
   pnas latency fit --measurements NETS.json --table TABLE.json --out PRED.json
   pnas latency expected --table FILE [--space CONFIG] (--arch FILE | --uniform | --all OPNAME)
+  pnas latency networks --config CONFIG --out FILE [NAME=]ARCH.json ...   (interleaved, one session)
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
   print(f"table: {len(table)} entries -> {config.table}")
   named = [(f"sample{i:03d}", a) for i, a in
            enumerate(measure.sample_archs(space, config.n_networks, config.seed))]
+  if config.get("baseline_op"):
+    from pnas_jax.search_space.space import Arch
+
+    named.insert(0, ("baseline", Arch.uniform(space, config.baseline_op)))
   if config.get("zoo", False):
     zoo = measure.zoo_archs(space)
     print(f"zoo: {len(zoo)} zoo networks' ops fit this space "
@@ -70,6 +75,32 @@ def cmd_measure(args: argparse.Namespace) -> int:
   if named:
     meas = measure.measure_networks(space, named, config.networks, protocol)
     print(f"networks: {len(meas.records)} measured -> {config.networks}")
+  return 0
+
+
+def cmd_networks(args: argparse.Namespace) -> int:
+  """Measures given architectures (interleaved, one session) with a latency config's protocol."""
+  from pnas_jax.latency import measure
+  from pnas_jax.search_space.io import load_arch
+
+  config = load_config(args.config, args.config_overrides)
+  measure.set_cpu_threads(config.get("cpu_threads"))
+  space = space_from_config(config)
+  named = []
+  for item in args.archs:
+    name, _, path = item.rpartition("=")
+    arch_space, arch = load_arch(path)
+    if arch_space != space:
+      raise ValueError(f"{path}: its space differs from {args.config}'s space")
+    named.append((name or path, arch))
+  meas = measure.measure_networks(space, named, args.out, protocol_from_config(config),
+                                  progress=not args.json)
+  rows = {r["name"]: r["median"] for r in meas.records}
+  if args.json:
+    print(json.dumps(rows))
+  else:
+    for name, ms in rows.items():
+      print(f"{name}: {ms:.4f} ms")
   return 0
 
 
@@ -196,6 +227,13 @@ def add_commands(subparsers: Any) -> None:
   f.add_argument("--seed", type=int, default=None)
   f.add_argument("--json", action="store_true")
   f.set_defaults(func=_run(cmd_fit))
+
+  n = sub.add_parser("networks", help="measure given arch files with a config's protocol")
+  n.add_argument("--config", required=True, help="a latency config (space, protocol)")
+  n.add_argument("--out", required=True, help="measurements JSON (resumable)")
+  n.add_argument("archs", nargs="+", metavar="[NAME=]ARCH_JSON")
+  n.add_argument("--json", action="store_true")
+  n.set_defaults(func=_run(cmd_networks))
 
   e = sub.add_parser("expected", help="expected latency (ms) of an arch or probabilities")
   e.add_argument("--table", required=True,

@@ -17,11 +17,12 @@ from pnas_jax.search_space.space import Arch, SearchSpace
 def network_report(space: SearchSpace, arch: Arch, *, batch: int = 32, repeats: int = 30,
                    clock: str = "process", latency_model: str = "",
                    dw_impl: str = "auto") -> dict[str, Any]:
-  """params, MACs, latency measured here at batch 1 and `batch`, predicted latency (if a model)."""
+  """params, MACs, latency measured here at batch 1 and `batch` (repeats 0: not measured), and
+  predicted latency (if a model)."""
   cost = net_cost(space, arch)
   out: dict[str, Any] = {"params": cost.params, "macs_m": round(cost.macs_m, 3),
                          "device": device_description(), "latency_clock": clock}
-  for b in sorted({1, batch}):
+  for b in sorted({1, batch}) if repeats > 0 else ():
     t = measure_network(space, arch, TimingProtocol(batch=b, repeats=repeats, clock=clock,
                                                     dw_impl=dw_impl))
     out[f"latency_ms_b{b}"] = t.median_ms
@@ -53,7 +54,7 @@ def write_report(workdir: str, space: SearchSpace, arch: Arch, test: dict[str, A
     f.write("\n")
   rows = [("data set", dataset), ("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}%"),
           ("params", f"{rep['params']:,}"), ("MACs", f"{rep['macs_m']:.2f} M")]
-  for b in sorted({1, config.report.latency_batch}):
+  for b in sorted({1, config.report.latency_batch}) if "latency_ms_b1" in rep else ():
     rows.append((f"latency, batch {b} (measured)", f"{rep[f'latency_ms_b{b}']:.3f} ms"))
   if "predicted_latency" in rep:
     rows.append(("latency (predicted)", f"{rep['predicted_latency']:.3f} {rep['predicted_latency_unit']}"))

@@ -274,11 +274,9 @@ def search(config: Any, workdir: str, *, progress: bool | None = None,
       mask = replicate(candidate_mask(st.batch_stats, space, active), mesh)
       variables["batch_stats"] = jax.tree.map(jnp.where, mask, stats, st.batch_stats)
     res = evaluate(evaluator, variables, data.holdout, eval_batch_size, mesh, eval_max_batches)
-    probs = probabilities(alpha)
     out = {"holdout_top1": res["top1"], "holdout_top5": res["top5"], "holdout_loss": res["loss"],
-           "arch": list(arch.ops), "probs": [p.tolist() for p in probs]}
+           "arch": list(arch.ops)}
     if objective.predictor is not None:
-      out["expected_latency"] = objective.expected(probs)
       out["arch_latency"] = objective.of_arch(arch)
     return out
 
@@ -313,6 +311,12 @@ def search(config: Any, workdir: str, *, progress: bool | None = None,
         epoch_end = done >= warmup_steps and (done - warmup_steps) % spe == 0 and done > warmup_steps
         if epoch_end or done == total_steps:
           search_epoch = (done - warmup_steps) / spe
+          # The per-epoch record of the architecture distribution (plots/alpha.png).
+          probs = probabilities(list(to_host(state.alpha)))
+          record = {"search_epoch": search_epoch, "probs": [p.tolist() for p in probs]}
+          if objective.predictor is not None:
+            record["expected_latency"] = objective.expected(probs)
+          logger.write(done, record, "alpha")
           if done == total_steps or eval_every and round(search_epoch) % eval_every == 0:
             monitor.flush()
             ev = evaluate_argmax(state)

@@ -21,12 +21,12 @@ def write_search_plots(workdir: str, space: SearchSpace, arch: Arch, records: li
   """alpha.png (per-block probabilities at each evaluation), arch.png, curves.png."""
   out_dir = os.path.join(workdir, "plots")
   paths = {}
-  evals = [r for r in records if r.get("kind") == "eval" and r.get("probs")]
-  if evals:
+  epochs = [r for r in records if r.get("kind") == "alpha" and r.get("probs")]
+  if epochs:
     paths["alpha"] = plots.plot_alpha_history(
-        [r["probs"] for r in evals], [b.candidates for b in space.blocks],
-        os.path.join(out_dir, "alpha.png"), steps=[r["step"] for r in evals],
-        title="architecture probabilities per block (x: weight step)")
+        [r["probs"] for r in epochs], [b.candidates for b in space.blocks],
+        os.path.join(out_dir, "alpha.png"), steps=[r["step"] for r in epochs],
+        title="architecture probabilities per block, per search epoch (x: weight step)")
   paths["arch"] = plots.plot_architecture(
       arch_blocks(space, arch), os.path.join(out_dir, "arch.png"),
       title=f"found architecture ({sum(op != 'Zero' for op in arch.ops)} of {len(arch)} blocks)")

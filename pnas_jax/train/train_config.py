@@ -56,7 +56,7 @@ def train_config() -> ml_collections.ConfigDict:
   # `latency_model` (a table / predictor file; "" for none).
   c.report = ml_collections.ConfigDict()
   c.report.latency_batch = 32
-  c.report.latency_repeats = 30
+  c.report.latency_repeats = 30  # 0: do not measure (e.g. when measured elsewhere, as the demo does)
   c.report.latency_clock = "process"
   c.report.latency_model = ""
   return c

@@ -1,0 +1,50 @@
+"""Smoke tests of the experiment scripts' --quick mode: they run, print the JSON and write the PNG."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, out: pathlib.Path, *args: str) -> dict:
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "experiments" / script), "--quick", "--json", "--out", str(out),
+       *args],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert json.loads(out.read_text()) == result
+  png = out.with_suffix(".png")
+  assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  return result
+
+
+def test_zoo_latency_quick(tmp_path):
+  nets = ("proxyless_mobile", "mobilenet_v2")  # two of the zoo keep the test short
+  r = _run("zoo_latency.py", tmp_path / "zoo.json", "--nets", *nets)
+  assert {"device", "resolution", "batch", "clock", "networks"} <= r.keys()
+  assert (r["resolution"], r["batch"], r["clock"]) == (64, 1, "process")
+  assert [n["name"] for n in r["networks"]] == list(nets)
+  for n in r["networks"]:
+    assert {"name", "params", "macs_m", "latency_ms_median", "latency_ms_min", "published_top1",
+            "published_latency"} <= n.keys()
+    assert 0 < n["latency_ms_min"] <= n["latency_ms_median"]
+    assert n["params"] > 1e6 and n["macs_m"] > 0
+  # params do not depend on the resolution: ours match the published counts.
+  assert r["networks"][0]["params"] == r["networks"][0]["published_params"]
+
+
+def test_bench_input_pipeline_quick(tmp_path):
+  r = _run("bench_input_pipeline.py", tmp_path / "pipe.json", "--synthetic")
+  assert {"device", "batch", "steps", "rounds", "pipeline", "resident", "pipeline_over_resident",
+          "host_batch_ms"} <= r.keys()
+  assert (r["batch"], r["steps"], r["rounds"], r["dataset"]) == (32, 8, 2, "synthetic")
+  for feed in ("pipeline", "resident"):
+    assert {"step_ms", "steps_per_s", "images_per_s", "round_step_ms"} <= r[feed].keys()
+    assert len(r[feed]["round_step_ms"]) == 2 and r[feed]["images_per_s"] > 0
+  assert r["pipeline_over_resident"] > 0 and r["host_batch_ms"]["median_ms"] > 0
