@@ -18,11 +18,13 @@ setup: $(STAMP) data
 data:
 	@if [ -e $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -e $(FMNIST_DIR)/train-images-idx3-ubyte ]; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null)) && \
-	  echo "installed dataset-fashion-mnist"; \
+	  { (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) && \
+	    echo "installed dataset-fashion-mnist" || \
+	    echo "could not install dataset-fashion-mnist with apt-get; the demo can use --data tfds:fashion_mnist"; }; \
 	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-	  sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null && echo "installed dataset-fashion-mnist"; \
+	  { sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 && echo "installed dataset-fashion-mnist" || \
+	    echo "could not install dataset-fashion-mnist with apt-get"; }; \
 	else \
 	  echo "Fashion-MNIST is missing from $(FMNIST_DIR): run 'sudo apt-get install dataset-fashion-mnist'" \
 	       "(Debian/Ubuntu), or use 'pnas demo --data tfds:fashion_mnist' after 'tfds build fashion_mnist'."; \
