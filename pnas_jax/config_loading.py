@@ -8,7 +8,9 @@ fails naming the key instead of silently adding it) and applies the overrides, e
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -73,6 +75,17 @@ def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   overrides = [a for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   return rest, overrides
+
+
+class OverrideParser(argparse.ArgumentParser):
+  """An argparse parser that collects `--config.key=value` overrides (applied by load_config) into
+  `args.config_overrides` before argparse sees the other arguments."""
+
+  def parse_known_args(self, args=None, namespace=None):
+    rest, overrides = split_config_args(list(sys.argv[1:] if args is None else args))
+    ns, extra = super().parse_known_args(rest, namespace)
+    ns.config_overrides = list(getattr(ns, "config_overrides", []) or []) + overrides
+    return ns, extra
 
 
 def leaf_keys(config: ml_collections.ConfigDict) -> list[str]:

@@ -14,17 +14,7 @@ import json
 import sys
 from typing import Any
 
-from pnas_jax.config_loading import load_config, split_config_args
-
-
-class _OverrideParser(argparse.ArgumentParser):
-  """Collects `--config.key=value` overrides (applied by load_config) before argparse sees them."""
-
-  def parse_known_args(self, args=None, namespace=None):
-    rest, overrides = split_config_args(list(sys.argv[1:] if args is None else args))
-    ns, extra = super().parse_known_args(rest, namespace)
-    ns.config_overrides = overrides
-    return ns, extra
+from pnas_jax.config_loading import OverrideParser, load_config
 
 
 def space_from_config(config: Any):
@@ -211,7 +201,7 @@ def add_commands(subparsers: Any) -> None:
   """Registers `pnas latency measure | fit | expected`."""
   p = subparsers.add_parser("latency", help="latency tables, measurement, predictor, E[LAT]")
   sub = p.add_subparsers(dest="latency_command", required=True, metavar="LATENCY_COMMAND",
-                         parser_class=_OverrideParser)
+                         parser_class=OverrideParser)
 
   m = sub.add_parser("measure", help="measure a latency table and whole networks on this device")
   m.add_argument("--config", required=True, help="configs/latency/<name>.py[:arg]")

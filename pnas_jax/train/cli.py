@@ -20,17 +20,7 @@ import logging
 import sys
 from typing import Any
 
-from pnas_jax.config_loading import load_config, split_config_args
-
-
-class OverrideParser(argparse.ArgumentParser):
-  """Collects `--config.key=value` overrides (applied by load_config) before argparse sees them."""
-
-  def parse_known_args(self, args=None, namespace=None):
-    rest, overrides = split_config_args(list(sys.argv[1:] if args is None else args))
-    ns, extra = super().parse_known_args(rest, namespace)
-    ns.config_overrides = list(getattr(ns, "config_overrides", []) or []) + overrides
-    return ns, extra
+from pnas_jax.config_loading import OverrideParser, load_config
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> None:

@@ -20,16 +20,23 @@ import optax
 
 
 def weight_optimizer(
-    base_lr: float = 0.025,
+    base_lr: float | optax.Schedule = 0.025,
     total_steps: int = 1,
     momentum: float = 0.9,
     nesterov: bool = True,
     weight_decay: float = 4e-5,
+    decay_mask: Any = None,
 ) -> optax.GradientTransformation:
-  """SGD (Nesterov) with decoupled-as-in-torch weight decay and a per-step cosine schedule."""
-  schedule = optax.cosine_decay_schedule(base_lr, max(1, int(total_steps)))
+  """SGD (Nesterov) with weight decay added to the gradient (as torch.optim.SGD).
+
+  base_lr: a float gives a per-step cosine from it over `total_steps`; a schedule is used as is.
+  decay_mask: which parameters get weight decay (a pytree of bools or a function of the params;
+  None: all).
+  """
+  schedule = (base_lr if callable(base_lr)
+              else optax.cosine_decay_schedule(base_lr, max(1, int(total_steps))))
   return optax.chain(
-      optax.add_decayed_weights(weight_decay),
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
       optax.sgd(schedule, momentum=momentum, nesterov=nesterov),
   )
 

@@ -41,16 +41,17 @@ from pnas_jax.train import inputs
 from pnas_jax.train.evaluation import evaluate, make_evaluator
 from pnas_jax.train.metrics_log import MetricsLogger
 from pnas_jax.train.monitor import LoopMonitor, Progress
+from pnas_jax.train.optim import weight_optimizer
 from pnas_jax.train.parallel import (
-    check_batch,
-    data_mesh,
-    data_parallel,
-    global_batch,
-    replicate,
-    to_host,
+  check_batch,
+  data_mesh,
+  data_parallel,
+  global_batch,
+  replicate,
+  to_host,
 )
 from pnas_jax.train.state import DROPOUT_STREAM, WEIGHT_FAMILY, TrainState, stream_key
-from pnas_jax.train.steps import smoothed_cross_entropy
+from pnas_jax.train.steps import device_dropout_key, maybe_pmean, smoothed_cross_entropy
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.msgpack"
@@ -83,20 +84,16 @@ def decay_mask(params: Any) -> Any:
 
 def train_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
   """SGD Nesterov with torch-style weight decay (kernels only) and a per-step cosine."""
-  schedule = optax.cosine_decay_schedule(config.optim.lr, max(1, total_steps))
-  return optax.chain(
-      optax.add_decayed_weights(config.optim.weight_decay, mask=decay_mask),
-      optax.sgd(schedule, momentum=config.optim.momentum, nesterov=config.optim.nesterov),
-  )
+  return weight_optimizer(config.optim.lr, total_steps, config.optim.momentum,
+                          config.optim.nesterov, config.optim.weight_decay, decay_mask=decay_mask)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ChildNet,
                tx: optax.GradientTransformation, label_smoothing: float, ema_decay: float,
                axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step of the ChildNet (dropout key per device; gradients and BN stats pmean'd)."""
-  k_drop = stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM)
-  if axis_name is not None:
-    k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(axis_name))
+  k_drop = device_dropout_key(stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM),
+                              axis_name)
 
   def loss_of(params):
     logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
@@ -104,14 +101,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ChildNe
     return smoothed_cross_entropy(logits, batch["label"], label_smoothing), (logits, upd)
 
   (loss, (logits, upd)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  pmean = (lambda x: x) if axis_name is None else (lambda x: jax.lax.pmean(x, axis_name))
-  grads, batch_stats = pmean(grads), pmean(upd["batch_stats"])
+  grads, batch_stats = maybe_pmean(grads, axis_name), maybe_pmean(upd["batch_stats"], axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
   if ema_decay > 0:
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-  metrics = pmean({"loss": loss, "acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])})
+  metrics = maybe_pmean({"loss": loss, "acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])},
+                        axis_name)
   return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema,
                        step=state.step + 1), metrics
 

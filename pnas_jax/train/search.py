@@ -47,7 +47,7 @@ from pnas_jax.train.evaluation import evaluate, make_bn_calibrator, make_evaluat
 from pnas_jax.train.latency_objective import LatencyObjective, latency_objective
 from pnas_jax.train.metrics_log import MetricsLogger
 from pnas_jax.train.monitor import LoopMonitor, Progress
-from pnas_jax.train.optim import arch_optimizer
+from pnas_jax.train.optim import arch_optimizer, weight_optimizer
 from pnas_jax.train.parallel import data_mesh, data_parallel, global_batch, replicate, to_host
 from pnas_jax.train.state import ARCH_FAMILY, WEIGHT_FAMILY, SearchState, create_search_state
 from pnas_jax.train.steps import arch_step, weight_step
@@ -101,13 +101,6 @@ def weight_schedule(config: Any, warmup_steps: int, total_steps: int) -> optax.S
     return main
   warm = optax.cosine_decay_schedule(warmup_lr, warmup_steps)
   return optax.join_schedules([warm, main], [warmup_steps])
-
-
-def _weight_tx(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-  return optax.chain(
-      optax.add_decayed_weights(config.optim.weight_decay),
-      optax.sgd(schedule, momentum=config.optim.momentum, nesterov=config.optim.nesterov),
-  )
 
 
 def _estimator(config: Any, objective: LatencyObjective):
@@ -191,7 +184,9 @@ def search(config: Any, workdir: str, *, progress: bool | None = None,
   model = Supernet(space, dropout_rate=config.model.dropout_rate, dw_impl=config.model.dw_impl,
                    impl=config.model.impl)
   sync_bn = config.model.sync_bn
-  weight_tx = _weight_tx(config, weight_schedule(config, warmup_steps, total_steps))
+  weight_tx = weight_optimizer(weight_schedule(config, warmup_steps, total_steps),
+                               momentum=config.optim.momentum, nesterov=config.optim.nesterov,
+                               weight_decay=config.optim.weight_decay)
   arch_tx = arch_optimizer(config.optim.arch_lr, config.optim.arch_b1, config.optim.arch_b2,
                            config.optim.arch_eps)
   weight_sample, smoothing = config.optim.weight_sample, config.optim.label_smoothing

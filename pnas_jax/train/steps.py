@@ -43,11 +43,13 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def _pmean(x: Any, axis_name: str | None) -> Any:
+def maybe_pmean(x: Any, axis_name: str | None) -> Any:
+  """lax.pmean over `axis_name` under data parallelism, identity on one device."""
   return x if axis_name is None else lax.pmean(x, axis_name)
 
 
-def _dropout_key(key: jax.Array, axis_name: str | None) -> jax.Array:
+def device_dropout_key(key: jax.Array, axis_name: str | None) -> jax.Array:
+  """The dropout key of this device: folded with the device index under data parallelism."""
   return key if axis_name is None else jax.random.fold_in(key, lax.axis_index(axis_name))
 
 
@@ -80,7 +82,8 @@ def weight_step(
   (the warm-up), decided inside the step so warm-up and search share one compilation.
   """
   k_gates = stream_key(state.key, WEIGHT_FAMILY, state.step, GATES_STREAM)
-  k_drop = _dropout_key(stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM), axis_name)
+  k_drop = device_dropout_key(stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM),
+                              axis_name)
   alpha = state.alpha
   if uniform_steps:
     warm = state.step < uniform_steps
@@ -100,11 +103,11 @@ def weight_step(
     return loss, (logits, upd["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  grads = _pmean(grads, axis_name)
-  batch_stats = _pmean(batch_stats, axis_name)
+  grads = maybe_pmean(grads, axis_name)
+  batch_stats = maybe_pmean(batch_stats, axis_name)
   mask = candidate_mask(state.params, model.space, sample.active)
   params, opt_state = masked_update(tx, grads, state.weight_opt_state, state.params, mask)
-  metrics = _pmean(
+  metrics = maybe_pmean(
       {"loss": loss, "acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, axis_name
   )
   metrics["active"] = sample.active  # which path was trained (identical on every device)
@@ -139,8 +142,8 @@ def arch_step(
     update_batch_stats: keep the BN running statistics of the forward (the reference does).
   """
   key = stream_key(state.key, ARCH_FAMILY, state.arch_step, GATES_STREAM)
-  k_drop = _dropout_key(stream_key(state.key, ARCH_FAMILY, state.arch_step, DROPOUT_STREAM),
-                        axis_name)
+  k_drop = device_dropout_key(
+      stream_key(state.key, ARCH_FAMILY, state.arch_step, DROPOUT_STREAM), axis_name)
 
   def forward(sample, gates):
     logits, upd = model.apply(
@@ -173,7 +176,7 @@ def arch_step(
   alpha = estimator.post_update(state.alpha, tuple(alpha), res)
   batch_stats = state.batch_stats
   if update_batch_stats and res.batch_stats is not None:
-    batch_stats = _pmean(res.batch_stats, axis_name)
+    batch_stats = maybe_pmean(res.batch_stats, axis_name)
   new_state = state.replace(
       alpha=tuple(alpha),
       arch_opt_state=tuple(opt_states),
