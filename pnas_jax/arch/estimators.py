@@ -37,6 +37,7 @@ import optax
 from jax import lax
 
 from pnas_jax.arch.sampling import Sample, one_hot_gates, sample_gates
+from pnas_jax.collectives import maybe_pmean
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import SearchSpace
 
@@ -104,10 +105,6 @@ def two_mode_shift(old: Alpha, new: Alpha, sample: Sample, update: jax.Array) ->
   return tuple(out)
 
 
-def _pmean(x: Any, axis_name: str | None) -> Any:
-  return x if axis_name is None else lax.pmean(x, axis_name)
-
-
 def _ce_acc(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
   acc = jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -150,9 +147,9 @@ class BinaryGateEstimator:
       return loss, (ce, acc, cost, new_stats)
 
     (loss, (ce, acc, cost, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(alpha)
-    grads = _pmean(grads, axis_name)
+    grads = maybe_pmean(grads, axis_name)
     update = jnp.logical_not(zero_active(space, sample.active))
-    metrics = _pmean({"arch_loss": loss, "arch_ce": ce, "arch_acc": acc}, axis_name)
+    metrics = maybe_pmean({"arch_loss": loss, "arch_ce": ce, "arch_acc": acc}, axis_name)
     metrics["expected_cost"] = cost
     metrics["n_updated_blocks"] = jnp.sum(update)
     metrics["active"] = sample.active
@@ -207,7 +204,7 @@ class ReinforceEstimator:
       sample = sample_gates(k, alpha, "single")
       logits, _ = forward(sample, None)
       _, acc = _ce_acc(logits, labels)
-      acc = _pmean(acc, axis_name)
+      acc = maybe_pmean(acc, axis_name)
       lat = cost_fn(one_hot_gates(alpha, sample)) if cost_fn is not None else None
       reward = self.reward_fn(acc, lat)
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
+from pnas_jax.json_files import write_json
 from pnas_jax.latency.measure import TimingProtocol, measure_network
 from pnas_jax.latency.timing import device_description
 from pnas_jax.models.cost import net_cost
@@ -49,9 +49,7 @@ def write_report(workdir: str, space: SearchSpace, arch: Arch, test: dict[str, A
                           latency_model=config.report.latency_model,
                           dw_impl=config.model.dw_impl),
          "train": dataclasses.asdict(result)}
-  with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump(rep, f, indent=2)
-    f.write("\n")
+  write_json(os.path.join(workdir, "report.json"), rep)
   rows = [("data set", dataset), ("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}%"),
           ("params", f"{rep['params']:,}"), ("MACs", f"{rep['macs_m']:.2f} M")]
   for b in sorted({1, config.report.latency_batch}) if "latency_ms_b1" in rep else ():

@@ -16,7 +16,6 @@ report.json and report.md; the trained variables are saved for `pnas export` / `
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -29,10 +28,12 @@ import numpy as np
 import optax
 
 from pnas_jax.checkpointing import Checkpointer, PreemptionGuard
+from pnas_jax.collectives import device_dropout_key, maybe_pmean
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.data.sources import SubsetSource
 from pnas_jax.data.split import class_balanced_split
+from pnas_jax.json_files import write_json
 from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.init import init_variables
@@ -51,7 +52,7 @@ from pnas_jax.train.parallel import (
   to_host,
 )
 from pnas_jax.train.state import DROPOUT_STREAM, WEIGHT_FAMILY, TrainState, stream_key
-from pnas_jax.train.steps import device_dropout_key, maybe_pmean, smoothed_cross_entropy
+from pnas_jax.train.steps import smoothed_cross_entropy
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.msgpack"
@@ -173,8 +174,7 @@ def train(config: Any, workdir: str, *, progress: bool | None = None) -> TrainRe
     resume_step, state, _ = ckpt.restore(state)
     log.info("resuming from checkpoint %d in %s", resume_step, ckpt.directory)
   elif is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(plain_dict(config), f, indent=2)
+    write_json(os.path.join(workdir, "config.json"), plain_dict(config))
   state = replicate(state, mesh)
   logger = MetricsLogger(workdir, tensorboard=config.log.tensorboard, resume_step=resume_step,
                          enabled=is_main)

@@ -24,10 +24,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax import lax
 
 from pnas_jax.arch.estimators import BinaryGateEstimator, CostFn, LossFn, ReinforceEstimator
 from pnas_jax.arch.sampling import sample_gates
+from pnas_jax.collectives import device_dropout_key, maybe_pmean
 from pnas_jax.models.supernet import Supernet, candidate_mask
 from pnas_jax.train.optim import masked_tensor_update, masked_update
 from pnas_jax.train.state import (
@@ -41,16 +41,6 @@ from pnas_jax.train.state import (
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-def maybe_pmean(x: Any, axis_name: str | None) -> Any:
-  """lax.pmean over `axis_name` under data parallelism, identity on one device."""
-  return x if axis_name is None else lax.pmean(x, axis_name)
-
-
-def device_dropout_key(key: jax.Array, axis_name: str | None) -> jax.Array:
-  """The dropout key of this device: folded with the device index under data parallelism."""
-  return key if axis_name is None else jax.random.fold_in(key, lax.axis_index(axis_name))
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
