@@ -5,7 +5,7 @@ The mixed op itself is `pnas_jax.arch.mixed_op` (imported as a module).
 Binary gates and their gradients follow Cai et al. 2019, Sec. 3.2; REINFORCE, Sec. 3.3.2.
 """
 
-from pnas_jax.arch.derive import derive, probabilities
+from pnas_jax.arch.derive import derive, derive_within_budget, probabilities
 from pnas_jax.arch.estimators import (
     ArchGrads,
     BinaryGateEstimator,
@@ -27,6 +27,7 @@ __all__ = [
     "Sample",
     "UnknownEstimatorError",
     "derive",
+    "derive_within_budget",
     "estimator_names",
     "fixed_sample",
     "get_estimator",

@@ -99,6 +99,10 @@ class TableSumPredictor:
     """Predictions for fixed architectures (numpy, no tracing)."""
     return self.table.fixed + one_hot_matrix(self.space, archs) @ _flat_costs(self.table)
 
+  def block_costs(self) -> tuple[float, tuple[tuple[float, ...], ...]]:
+    """(c0, c_l[j]) with LAT(arch) = c0 + sum_l c_l[arch_l] exactly (for budgeted derivation)."""
+    return float(self.table.fixed), tuple(tuple(map(float, r)) for r in self.table.per_block)
+
   def to_dict(self) -> dict[str, Any]:
     return {"kind": self.kind, "table": {"fixed": self.table.fixed,
                                         "per_block": self.table.per_block}}
@@ -138,6 +142,12 @@ class LinearPredictor:
   def of_archs(self, archs: Sequence[Arch]) -> np.ndarray:
     w = self.scale * _flat_costs(self.table) + np.concatenate([np.asarray(d) for d in self.delta])
     return self.bias + self.scale * self.table.fixed + one_hot_matrix(self.space, archs) @ w
+
+  def block_costs(self) -> tuple[float, tuple[tuple[float, ...], ...]]:
+    """(c0, c_l[j]) with LAT(arch) = c0 + sum_l c_l[arch_l] exactly (for budgeted derivation)."""
+    rows = tuple(tuple(self.scale * float(t) + float(d) for t, d in zip(tr, dr, strict=True))
+                 for tr, dr in zip(self.table.per_block, self.delta, strict=True))
+    return float(self.bias + self.scale * self.table.fixed), rows
 
   def to_dict(self) -> dict[str, Any]:
     return {"kind": self.kind, "table": {"fixed": self.table.fixed,

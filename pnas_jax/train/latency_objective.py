@@ -9,6 +9,10 @@ config.latency.model:
   a path     our table JSON, the reference's YAML table, or a fitted predictor JSON.
 The target is config.latency.target, or target_ratio x the baseline arch's latency under the same
 model (the demo's "0.7 x MobileNetV2-like baseline"). The loss binds T: loss_fn(ce, E[LAT]).
+
+config.latency.derive picks the final architecture from alpha: "argmax" (the paper's rule, per
+block) or "budget" (the most probable architecture whose modelled latency is in
+[(1 - derive_band) T, T]; arch/derive.py).
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from pnas_jax.arch.derive import derive, derive_within_budget
 from pnas_jax.latency.loss import latency_loss
 from pnas_jax.latency.predictor import Predictor, load_latency_model, macs_predictor
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
+DERIVE_MODES = ("argmax", "budget")
 
 
 @dataclasses.dataclass
@@ -36,6 +42,8 @@ class LatencyObjective:
   unit: str | None
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None
   baseline: float | None = None  # the baseline arch's latency under the model
+  derive_mode: str = "argmax"  # "argmax" | "budget" (config.latency.derive)
+  derive_band: float = 0.0  # "budget": latency in [(1 - band) T, T] (config.latency.derive_band)
 
   @property
   def cost_fn(self) -> Callable[[Sequence[jax.Array]], jax.Array] | None:
@@ -47,6 +55,13 @@ class LatencyObjective:
 
   def of_arch(self, arch: Arch) -> float:
     return float(self.predictor.of_archs([arch])[0])
+
+  def derive(self, alpha: Sequence[np.ndarray], space: SearchSpace) -> Arch:
+    """The final architecture from alpha under config.latency.derive."""
+    if self.derive_mode == "budget":
+      base, costs = self.predictor.block_costs()
+      return derive_within_budget(alpha, space, base, costs, self.target, band=self.derive_band)
+    return derive(alpha, space)
 
 
 def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_networks: int,
@@ -83,7 +98,16 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   n_networks, baseline_op = lat.n_networks, lat.baseline_op
   target, ratio = lat.target, lat.target_ratio
   loss_name, loss_params = lat.loss, lat.loss_params.to_dict()
+  derive_mode, derive_band = lat.derive, lat.derive_band
+  if derive_mode not in DERIVE_MODES:
+    raise ValueError(f"config.latency.derive = {derive_mode!r}: use one of {', '.join(DERIVE_MODES)}")
+  if not 0.0 <= derive_band < 1.0:
+    raise ValueError(f"config.latency.derive_band = {derive_band!r}: use a fraction in [0, 1) "
+                     "(0.1: the derived arch within 10% below the target)")
   if model == "none":
+    if derive_mode == "budget":
+      raise ValueError("config.latency.derive = 'budget' needs a latency model; set "
+                       "config.latency.model (or derive='argmax')")
     return LatencyObjective(None, None, None, None)
   if baseline_op not in space.candidates:
     raise ValueError(f"config.latency.baseline_op = {baseline_op!r} is not a candidate of the space "
@@ -110,5 +134,9 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   loss(1.0, target, target)  # a loss that cannot take this target fails now, not inside a step
   log.info("latency model %s (%s): baseline %.4g, target %.4g", model, predictor.unit, baseline,
            target)
-  return LatencyObjective(predictor, float(target), predictor.unit,
-                          lambda ce, e_lat: loss(ce, e_lat, target), baseline)
+  objective = LatencyObjective(predictor, float(target), predictor.unit,
+                               lambda ce, e_lat: loss(ce, e_lat, target), baseline,
+                               derive_mode, float(derive_band))
+  if derive_mode == "budget":  # an empty band fails now, naming the reachable range
+    objective.derive([np.zeros(len(b.candidates)) for b in space.blocks], space)
+  return objective

@@ -33,12 +33,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pnas_jax.arch.derive import derive, probabilities
+from pnas_jax.arch.derive import probabilities
 from pnas_jax.arch.estimators import get_estimator, reference_reward
 from pnas_jax.arch.sampling import Sample
 from pnas_jax.checkpointing import Checkpointer, PreemptionGuard
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
+from pnas_jax.json_files import write_json
 from pnas_jax.models.supernet import Supernet, arch_indices, candidate_mask, child_variables
 from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
@@ -116,14 +117,6 @@ def _is_arch_step(step: int, warmup: int, spe: int, arch_every: int, arch_start_
   """After weight step `step` (0-based): search phase, past arch_start_epoch, every arch_every."""
   j = step - warmup
   return j >= 0 and j // spe >= arch_start_epoch and (j + 1) % arch_every == 0
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(tmp, path)
 
 
 def _check_config_change(workdir: str, config_dict: dict[str, Any]) -> None:
@@ -221,7 +214,7 @@ def search(config: Any, workdir: str, *, progress: bool | None = None,
     resume_step, state, _ = ckpt.restore(state)
     log.info("resuming from checkpoint %d in %s", resume_step, ckpt.directory)
   elif is_main:
-    _write_json(os.path.join(workdir, "config.json"), config_dict)
+    write_json(os.path.join(workdir, "config.json"), config_dict)
   state = replicate(state, mesh)
   logger = MetricsLogger(workdir, tensorboard=tensorboard, resume_step=resume_step, enabled=is_main)
 
@@ -260,7 +253,7 @@ def search(config: Any, workdir: str, *, progress: bool | None = None,
 
   def evaluate_argmax(st: SearchState) -> dict[str, Any]:
     alpha = list(to_host(st.alpha))
-    arch = derive(alpha, space)
+    arch = objective.derive(alpha, space)
     active = jnp.asarray(arch_indices(space, arch), jnp.int32)
     variables = {"params": st.params, "batch_stats": st.batch_stats,
                  "active": replicate(active, mesh)}
@@ -337,7 +330,7 @@ def search(config: Any, workdir: str, *, progress: bool | None = None,
   final_step = int(to_host(state.step))
   elapsed = time.time() - t_loop
   alpha = list(to_host(state.alpha))
-  arch = derive(alpha, space)
+  arch = objective.derive(alpha, space)
   probs = probabilities(alpha)
   records = logger.records()
   evals = [r for r in records if r["kind"] == "eval"]
@@ -368,7 +361,7 @@ def _write_outputs(workdir, run_name, space, arch, state, result: SearchResult, 
   chosen = child_variables(host, space, arch)
   with open(os.path.join(workdir, "chosen_path.msgpack"), "wb") as f:
     f.write(flax.serialization.to_bytes(chosen))
-  _write_json(os.path.join(workdir, "summary.json"), result.to_dict())
+  write_json(os.path.join(workdir, "summary.json"), result.to_dict())
   if plots_on:
     from pnas_jax.train.search_plots import write_search_plots
 

@@ -92,6 +92,11 @@ def search_config() -> ml_collections.ConfigDict:
   c.latency.repeats = 30
   c.latency.clock = "process"
   c.latency.n_networks = 0  # "measure": whole networks measured to fit the linear predictor
+  # The final arch: "argmax" per block (the paper) or "budget": the most probable arch whose
+  # latency under the model is in [(1 - derive_band) T, T] (short searches, whose argmax can miss
+  # T either way; pnas_jax/arch/derive.py).
+  c.latency.derive = "argmax"
+  c.latency.derive_band = 0.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1  # evaluate the current argmax arch on the held-out split
