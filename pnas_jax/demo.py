@@ -30,7 +30,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pnas_jax import plots
+from pnas_jax.arch.derive import derive
 from pnas_jax.config_loading import load_config
+from pnas_jax.json_files import write_json
 from pnas_jax.latency.measure import sample_archs
 from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space.io import save_arch
@@ -185,11 +187,11 @@ def run_demo(workdir: str, quick: bool = False, seed: int = 0, data: str = "fash
     bar.close()
 
   return _report(workdir, space, objective, found, results, seed, quick, timings,
-                 time.time() - t0, fit_metrics)
+                 time.time() - t0, fit_metrics, search_cfg.arch.estimator)
 
 
 def _report(workdir, space, objective, found, results, seed, quick, timings, wall_s,
-            fit_metrics) -> dict[str, Any]:
+            fit_metrics, estimator) -> dict[str, Any]:
   def point(name):
     r = results[name]
     return {"accuracy": r["test_top1"], "latency_ms": r["latency_ms_b1"], "arch": r["arch"],
@@ -211,16 +213,17 @@ def _report(workdir, space, objective, found, results, seed, quick, timings, wal
       "seed": seed, "quick": quick, "device": device_description(),
       "dataset": results["found"]["dataset"], "test_examples": results["found"]["test_examples"],
       "search": {"expected_latency_ms": found.expected_latency, "holdout_top1": found.holdout_top1,
-                 "steps": found.step, "images_per_s": found.images_per_s, "status": found.status},
+                 "steps": found.step, "images_per_s": found.images_per_s, "status": found.status,
+                 "estimator": estimator, "derive": objective.derive_mode,
+                 "derive_band": objective.derive_band,
+                 "argmax_arch": list(derive(found.probabilities, space).ops)},
       "baseline_predicted_ms": objective.baseline,
       "predictor_fit": fit_metrics,
       "latency_protocol": "batch 1, single-threaded XLA in a child process, process CPU-time "
                           "clock, median, the five nets interleaved in one session",
       "timings_s": timings, "wall_s": wall_s,
   }
-  with open(os.path.join(workdir, "report.json"), "w") as fh:
-    json.dump(report, fh, indent=2)
-    fh.write("\n")
+  write_json(os.path.join(workdir, "report.json"), report)
   pts = [{"label": "found", "x": f["latency_ms"], "y": f["accuracy"], "kind": "found"},
          {"label": "baseline (3x3_MBConv6)", "x": b["latency_ms"], "y": b["accuracy"],
           "kind": "baseline"}]
@@ -250,6 +253,11 @@ def _write_markdown(workdir: str, r: dict[str, Any]) -> None:
       f"{'meets it' if f['meets_target'] else 'misses it by more than 10%'}), with test accuracy "
       f"{f['accuracy']:.2f}% vs the baseline's {b['accuracy']:.2f}% "
       f"({r['accuracy_vs_baseline']:+.2f} points).", "",
+      f"Search: {r['search']['steps']} steps, estimator {r['search']['estimator']}; the found net is "
+      + ("the per-block argmax of the probabilities" if r["search"]["derive"] == "argmax" else
+         f"the most probable architecture with predicted latency within "
+         f"{100 * r['search']['derive_band']:.0f}% below the search target (the per-block argmax "
+         f"would be {' '.join(r['search']['argmax_arch'])})") + ".", "",
       f"Latency: {r['latency_protocol']}; this machine, {r['device']}."
       + (f" Latency predictor: held-out relative RMSE {100 * r['predictor_fit']['test']['rel_rmse']:.1f}% "
          f"on {r['predictor_fit']['n_test']} networks (table sum alone: "

@@ -41,10 +41,12 @@ def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
   pred = macs_predictor(space)
   baseline = Arch.uniform(space, "3x3_MBConv6")
   objective = LatencyObjective(pred, 0.7 * float(pred.of_archs([baseline])[0]), "MMACs", None,
-                               float(pred.of_archs([baseline])[0]))
+                               float(pred.of_archs([baseline])[0]), "budget", 0.03)
   found_arch = Arch(("Zero",) + ("3x3_MBConv3",) * (space.n_blocks - 1))
+  # Probabilities whose per-block argmax is the first candidate everywhere.
+  probs = [[0.5] + [0.5 / (len(b.candidates) - 1)] * (len(b.candidates) - 1) for b in space.blocks]
   found = types.SimpleNamespace(expected_latency=3.0, holdout_top1=80.0, step=10, images_per_s=5.0,
-                                status="done", arch=found_arch)
+                                status="done", arch=found_arch, probabilities=probs)
 
   def res(arch, acc, ms):
     return {"test_top1": acc, "latency_ms_b1": ms, "arch": list(arch.ops), "params": 1000,
@@ -55,7 +57,7 @@ def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
     results[f"random{i}"] = res(baseline, 87.0 + i, 0.4 + 0.1 * i)
   fit = {"n_test": 5, "test": {"rel_rmse": 0.03}, "table_sum_test": {"rel_rmse": 0.4}}
   r = demo._report(str(tmp_path), space, objective, found, results, 7, False, {"search": 1.0}, 60.0,
-                   fit)
+                   fit, "reinforce")
   with open(tmp_path / "report.json") as f:
     assert json.load(f) == json.loads(json.dumps(r))
   assert r["seed"] == 7 and r["device"]
@@ -67,4 +69,8 @@ def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
   assert all(set(x) >= {"accuracy", "latency_ms"} for x in r["random"])
   md = (tmp_path / "report.md").read_text()
   assert "| found | 88.00 | 0.300 |" in md and "meets it" in md and "relative RMSE 3.0%" in md
+  argmax = " ".join(b.candidates[0] for b in space.blocks)
+  assert r["search"]["argmax_arch"] == argmax.split() and r["search"]["derive_band"] == 0.03
+  assert (f"estimator reinforce; the found net is the most probable architecture with predicted "
+          f"latency within 3% below the search target (the per-block argmax would be {argmax})") in md
   assert os.path.getsize(tmp_path / "pareto.png") > 1000
