@@ -39,6 +39,16 @@ def _counts(variables: Any, batch: dict[str, jax.Array], *, apply_fn: ApplyFn, p
   return out if axis_name is None else lax.psum(out, axis_name)
 
 
+def _process_share(source: Source, idx: np.ndarray) -> tuple[dict[str, np.ndarray], slice]:
+  """This process's rows of the global batch `idx` (contiguous, in process order) and their slice;
+  labels as int32."""
+  local = len(idx) // jax.process_count()
+  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  data = source.take(idx[rows])
+  data["label"] = np.asarray(data["label"], np.int32)
+  return data, rows
+
+
 def make_evaluator(apply_fn: ApplyFn, preprocess: Preprocess, mesh: Mesh) -> Callable[..., Any]:
   """A jitted data-parallel (variables, batch) -> summed counts; reuse it across evaluations."""
   return data_parallel_eval(_counts, mesh, apply_fn=apply_fn, preprocess=preprocess)
@@ -58,18 +68,14 @@ def evaluate(
   n_batches = -(-n // batch_size)
   if max_batches:
     n_batches = min(n_batches, max_batches)
-  pc, pi = jax.process_count(), jax.process_index()
-  local = batch_size // pc
   totals = None
   for i in range(n_batches):
     idx = np.arange(i * batch_size, min(n, (i + 1) * batch_size))
     mask = np.zeros(batch_size, np.float32)
     mask[: len(idx)] = 1.0
     idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1] if len(idx) else 0)])
-    sl = slice(pi * local, (pi + 1) * local)
-    data = source.take(idx[sl])
-    data["mask"] = mask[sl]
-    data["label"] = np.asarray(data["label"], np.int32)
+    data, rows = _process_share(source, idx)
+    data["mask"] = mask[rows]
     counts = evaluator(variables, global_batch(data, mesh))
     totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
   t = {k: float(v) for k, v in to_host(totals).items()}
@@ -111,14 +117,10 @@ def recalibrate_bn(calibrator: Callable[..., Any], variables: Any, source: Sourc
   keeps their old values.
   """
   check_batch(batch_size, mesh, "batch size")
-  pc, pi = jax.process_count(), jax.process_index()
-  local = batch_size // pc
   n_batches = max(1, min(n_batches, len(source) // batch_size))
   total = None
   for i in range(n_batches):
-    idx = np.arange(i * batch_size, (i + 1) * batch_size)[pi * local:(pi + 1) * local]
-    data = source.take(idx)
-    data["label"] = np.asarray(data["label"], np.int32)
+    data, _ = _process_share(source, np.arange(i * batch_size, (i + 1) * batch_size))
     stats = calibrator(variables, global_batch(data, mesh))
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   return jax.tree.map(lambda s: s / n_batches, total)
