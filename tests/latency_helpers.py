@@ -10,25 +10,21 @@ from pnas_jax.search_space.space import SearchSpace
 CONFIG_TEMPLATE = '''
 import ml_collections
 
+from pnas_jax.latency.config import latency_config
+
 
 def get_config(arg=None):
-  c = ml_collections.ConfigDict()
+  c = latency_config()
   c.space = ml_collections.ConfigDict({space!r})
-  c.batch = 1
   c.warmup = 1
   c.repeats = 3
   c.per_round = 1
   c.chunk = 4
   c.clock = "wall"
   c.cpu_threads = None
-  c.dw_impl = "auto"
-  c.seed = 0
   c.table = {table!r}
   c.networks = {networks!r}
   c.predictor = {predictor!r}
-  c.n_networks = 0
-  c.zoo = False
-  c.predictor_kind = "linear"
   c.train_fraction = 0.7
   return c
 '''

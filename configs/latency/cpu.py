@@ -13,10 +13,12 @@ experiments/latency_model.py and the offline demo use it.
 
 import ml_collections
 
+from pnas_jax.latency.config import latency_config
+
 
 def get_config(arg=None):
   del arg
-  config = ml_collections.ConfigDict()
+  config = latency_config()  # the one-core CPU timing protocol (pnas_jax/latency/config.py)
   config.name = "cpu"
   # SearchSpace fields (pnas_jax.search_space.SearchSpace).
   config.space = ml_collections.ConfigDict(dict(
@@ -28,26 +30,9 @@ def get_config(arg=None):
       n_classes=10,
       resolution=64,
   ))
-  # Timing protocol: batch, warm-up calls (the first compiles), timed repeats (median kept),
-  # taken round-robin `per_round` at a time over chunks of `chunk` layers/networks. On a CPU shared
-  # with other jobs, single-threaded execution timed with the process CPU-time clock measures what
-  # one dedicated core would take, unaffected by time spent preempted (pnas_jax/latency/timing.py).
-  config.batch = 1
-  config.warmup = 3
-  config.repeats = 60
-  config.per_round = 3
-  config.chunk = 60
-  config.clock = "process"
-  config.cpu_threads = 1  # None: XLA's default threading
-  config.dw_impl = "auto"
-  config.seed = 0
-  # Outputs (resumable: rerun the same command to continue an interrupted measurement).
   config.table = "results/latency/cpu_table.json"
   config.networks = "results/latency/cpu_networks.json"
   config.predictor = "results/latency/cpu_predictor.json"
-  # Whole networks for validation and for fitting the predictor.
   config.n_networks = 100
-  config.zoo = True  # also the zoo nets' ops, where they fit this space
-  config.predictor_kind = "linear"
-  config.train_fraction = 0.8
+  config.zoo = True
   return config

@@ -12,32 +12,19 @@ pnas_jax/latency/timing.py), in its own process so training can still use every 
 
 import os
 
-import ml_collections
-
 from pnas_jax.config_loading import load_config
+from pnas_jax.latency.config import latency_config
 
 
 def get_config(arg=None):
   del arg
   search = load_config(os.path.join(os.path.dirname(__file__), "..", "search", "fashion_mnist.py"))
-  config = ml_collections.ConfigDict()
+  config = latency_config()  # the one-core CPU timing protocol (pnas_jax/latency/config.py)
   config.name = "fashion_mnist"
   config.space = search.space.to_dict()  # one source of truth: the search config's space
-  config.batch = 1
-  config.warmup = 3
-  config.repeats = 60
-  config.per_round = 3
-  config.chunk = 60
-  config.clock = "process"
-  config.cpu_threads = 1
-  config.dw_impl = "auto"
-  config.seed = 0
   config.table = "results/latency/fashion_mnist_table.json"
   config.networks = "results/latency/fashion_mnist_networks.json"
   config.predictor = "results/latency/fashion_mnist_predictor.json"
   config.n_networks = 24
-  config.zoo = False  # the zoo's ImageNet nets do not fit this space
   config.baseline_op = "3x3_MBConv6"  # also measure the hand-designed baseline (every block this op)
-  config.predictor_kind = "linear"
-  config.train_fraction = 0.8
   return config

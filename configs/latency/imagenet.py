@@ -12,10 +12,12 @@ Measures every candidate block at every position plus the fixed layers on the de
 
 import ml_collections
 
+from pnas_jax.latency.config import latency_config
+
 
 def get_config(arg=None):
   del arg
-  config = ml_collections.ConfigDict()
+  config = latency_config()
   config.name = "imagenet"
   config.space = ml_collections.ConfigDict(dict(
       stage_widths=(24, 40, 80, 96, 192, 320),
@@ -26,20 +28,16 @@ def get_config(arg=None):
       n_classes=1000,
       resolution=224,
   ))
-  config.batch = 1
+  # A device of its own (GPU/TPU): wall clock, XLA's default threading, more repeats.
   config.warmup = 10
   config.repeats = 100
   config.per_round = 10
   config.chunk = 20
   config.clock = "wall"
   config.cpu_threads = None
-  config.dw_impl = "auto"
-  config.seed = 0
   config.table = "results/latency/imagenet_table.json"
   config.networks = "results/latency/imagenet_networks.json"
   config.predictor = "results/latency/imagenet_predictor.json"
   config.n_networks = 100
   config.zoo = True
-  config.predictor_kind = "linear"
-  config.train_fraction = 0.8
   return config

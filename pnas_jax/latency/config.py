@@ -1,0 +1,41 @@
+"""The latency-measurement config's schema and defaults; configs/latency/*.py start from it.
+
+Read by `pnas latency measure / networks / fit` (pnas_jax/latency/cli.py). The default timing
+protocol is the one-core CPU protocol: single-threaded XLA timed with the process CPU-time clock,
+which measures what one dedicated core would take even on a CPU shared with other jobs
+(pnas_jax/latency/timing.py).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def latency_config() -> ml_collections.ConfigDict:
+  """Defaults every latency config shares; a config sets its space, outputs and what differs."""
+  c = ml_collections.ConfigDict()
+  c.name = "latency"
+  # SearchSpace fields (pnas_jax.search_space.SearchSpace); empty: SearchSpace's defaults.
+  c.space = ml_collections.ConfigDict()
+  # Timing protocol: batch, warm-up calls (the first compiles), timed repeats (median kept),
+  # taken round-robin `per_round` at a time over chunks of `chunk` layers/networks.
+  c.batch = 1
+  c.warmup = 3
+  c.repeats = 60
+  c.per_round = 3
+  c.chunk = 60
+  c.clock = "process"  # "process" (CPU time of this process) or "wall"
+  c.cpu_threads = 1  # None: XLA's default threading
+  c.dw_impl = "auto"
+  c.seed = 0
+  # Outputs (resumable: rerun the same command to continue an interrupted measurement).
+  c.table = "results/latency/table.json"
+  c.networks = "results/latency/networks.json"
+  c.predictor = "results/latency/predictor.json"
+  # Whole networks for validation and for fitting the predictor (0: the table only).
+  c.n_networks = 0
+  c.zoo = False  # also the zoo nets' ops, where they fit the space
+  c.baseline_op = ""  # also measure the hand-designed baseline (every block this op); "": none
+  c.predictor_kind = "linear"
+  c.train_fraction = 0.8
+  return c
