@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import pathlib
 import statistics
@@ -31,6 +30,7 @@ import sys
 import time
 
 import jax
+from results_io import write_result
 
 from pnas_jax.config_loading import load_config
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
@@ -180,14 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
   result["host_over_resident_step"] = (result["host_batch_ms"]["median_ms"]
                                        / result["resident"]["step_ms"])
 
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
-  plot(result, out.with_suffix(".png"))
-  if args.json:
-    print(json.dumps(result))
-  else:
-    print(json.dumps(result, indent=2))
+  write_result(result, args.out, args.json, plot)
   return result
 
 

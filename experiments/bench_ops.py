@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import pathlib
 import statistics
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from results_io import write_result
 
 from pnas_jax.latency.timing import device_description, time_fn
 from pnas_jax.models import depthwise, zoo
@@ -261,15 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     result.update({"child_step_s": None, "torch_child_step_s": None,
                    "child_step_over_torch": None, "jax_params": None, "torch_params": None,
                    "torch_threads": None})
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
-  if result["child_step_s"] is not None:
-    plot(result, out.with_suffix(".png"))
-  if args.json:
-    print(json.dumps(result))
-  else:
-    print(json.dumps(result, indent=2))
+  write_result(result, args.out, args.json, plot if result["child_step_s"] is not None else None)
   return result
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from results_io import write_result
 
 from pnas_jax.arch import Sample, get_estimator
 from pnas_jax.latency.expected import expected_cost, macs_table
@@ -37,12 +37,12 @@ from pnas_jax.models.child import ChildNet
 from pnas_jax.models.supernet import Supernet
 from pnas_jax.search_space import Arch, SearchSpace
 from pnas_jax.train import (
-    arch_optimizer,
-    arch_step,
-    create_search_state,
-    smoothed_cross_entropy,
-    weight_optimizer,
-    weight_step,
+  arch_optimizer,
+  arch_step,
+  create_search_state,
+  smoothed_cross_entropy,
+  weight_optimizer,
+  weight_step,
 )
 
 SWEEP = {
@@ -291,14 +291,7 @@ def main(argv=None):
   out["weight_packed_step_memory_over_child"] = (
       s["weight_packed"]["temp_mib"] / s["child"]["temp_mib"])
   out["wall_s"] = time.perf_counter() - t0
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "bench_supernet.json"), "w") as f:
-    json.dump(out, f, indent=2)
-  plot(out, os.path.join(args.out, "bench_supernet.png"))
-  if args.json:
-    print(json.dumps(out))
-  else:
-    print(json.dumps(out, indent=2))
+  write_result(out, os.path.join(args.out, "bench_supernet.json"), args.json, plot)
 
 
 if __name__ == "__main__":

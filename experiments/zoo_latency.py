@@ -19,12 +19,12 @@ JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
 
 import numpy as np
+from results_io import write_result
 
 from pnas_jax.latency.measure import TimingProtocol, measure_network
 from pnas_jax.latency.timing import CLOCKS, device_description
@@ -124,14 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
       "networks": measure_zoo(args.resolution, args.batch, args.repeats, args.warmup, args.clock,
                               args.nets),
   }
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2) + "\n")
-  plot(result, out.with_suffix(".png"))
-  if args.json:
-    print(json.dumps(result))
-  else:
-    print(json.dumps(result, indent=2))
+  write_result(result, args.out, args.json, plot)
   return result
 
 
