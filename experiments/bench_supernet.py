@@ -31,10 +31,10 @@ import optax
 from results_io import write_result
 
 from pnas_jax.arch import Sample, get_estimator
+from pnas_jax.arch.supernet import Supernet
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.latency.timing import device_description, time_fn
 from pnas_jax.models.child import ChildNet
-from pnas_jax.models.supernet import Supernet
 from pnas_jax.search_space import Arch, SearchSpace
 from pnas_jax.train import (
   arch_optimizer,

@@ -110,9 +110,9 @@ class PhaseProgress:
 def run_demo(workdir: str, quick: bool = False, seed: int = 0, data: str = "fashion_mnist",
              data_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
   """Runs (or resumes) the whole demo in `workdir`; returns report.json's content."""
+  from pnas_jax.latency.objective import latency_objective
   from pnas_jax.latency.predictor import load_predictor
   from pnas_jax.train.inputs import load_config_dataset, space_for_data
-  from pnas_jax.train.latency_objective import latency_objective
   from pnas_jax.train.retrain import train
   from pnas_jax.train.search import search
 

@@ -18,9 +18,9 @@ from pnas_jax.arch import (
   get_estimator,
   sample_gates,
 )
+from pnas_jax.arch.supernet import Supernet, init_supernet
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.models.child import Head, build_op, stem_and_first_block
-from pnas_jax.models.supernet import Supernet, init_supernet
 from pnas_jax.train import arch_optimizer, arch_step, create_search_state, weight_optimizer
 
 SPACE = TINY_SPACE

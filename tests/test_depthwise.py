@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pnas_jax.models import depthwise, zoo
+from pnas_jax.layers import depthwise, zoo
 from pnas_jax.models.child import ChildNet
 from pnas_jax.search_space.space import Arch
 

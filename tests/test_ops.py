@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from pnas_jax.models import layers
+from pnas_jax.layers import core as layers
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.cost import block_costs, net_cost
 from pnas_jax.models.init import init_variables

@@ -12,9 +12,9 @@ import pytest
 from spaces import TINY_SPACE
 
 from pnas_jax.arch import get_estimator
+from pnas_jax.arch.supernet import Supernet, child_variables
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.models.child import ChildNet
-from pnas_jax.models.supernet import Supernet, child_variables
 from pnas_jax.search_space import Arch
 from pnas_jax.train import (
   arch_optimizer,

@@ -25,10 +25,10 @@ from typing import Any
 
 import flax.linen as nn
 
-from pnas_jax.models import blocks
+from pnas_jax.layers import blocks
 
 # (in_channels, out_channels, stride) -> module mapping NHWC to NHWC. `dw_impl` is forwarded to ops
-# that contain a depthwise convolution when the builder accepts it (see models/depthwise.py).
+# that contain a depthwise convolution when the builder accepts it (see layers/depthwise.py).
 OpBuilder = Callable[..., nn.Module]
 
 _MBCONV_RE = re.compile(r"^(\d+)x(\d+)_MBConv(\d+)$")

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from pnas_jax.layers.depthwise import output_size  # the padding rule of every conv here
 from pnas_jax.search_space import ops as ops_lib
 
 DEFAULT_CANDIDATES = (
@@ -170,8 +171,6 @@ class SearchSpace:
 
   @property
   def stem_size(self) -> int:
-    from pnas_jax.models.depthwise import output_size  # same padding rule as every conv here.
-
     return output_size(self.resolution, 3, self.stem_stride)
 
   # --- blocks -------------------------------------------------------------------------------
@@ -179,8 +178,6 @@ class SearchSpace:
   @property
   def blocks(self) -> tuple[BlockSpec, ...]:
     """Every searchable block, in order, with shapes and the per-block candidate list."""
-    from pnas_jax.models.depthwise import output_size
-
     out = []
     in_ch, size = self.first_block_channels, self.stem_size
     for stage, (w, d, s) in enumerate(

@@ -17,6 +17,7 @@ from jax import lax
 from jax.sharding import Mesh
 
 from pnas_jax.data.sources import Source
+from pnas_jax.layers.core import BN_MOMENTUM, batch_norm_axis
 from pnas_jax.train.parallel import check_batch, data_parallel_eval, global_batch, to_host
 
 # apply_fn(variables, images) -> logits (inference mode).
@@ -88,8 +89,6 @@ def _batch_statistics(variables: Any, batch: dict[str, jax.Array], *, apply_trai
                       preprocess: Preprocess, axis_name: str | None = None) -> Any:
   """The BN statistics of one (global) batch: a train-mode forward from zeroed running stats,
   whose update is momentum * 0 + (1 - momentum) * batch, divided back by (1 - momentum)."""
-  from pnas_jax.models.layers import BN_MOMENTUM, batch_norm_axis
-
   zeroed = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
   images = preprocess(jax.random.key(0), batch["image"])
   with batch_norm_axis(axis_name):

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from pnas_jax.train.parallel import to_host
+
 
 class NonFiniteError(FloatingPointError):
   """A loss or the state became NaN/inf; the message names the step and the last good checkpoint."""
@@ -36,8 +38,6 @@ def _finite(tree: Any) -> jax.Array:
 
 def all_finite(tree: Any) -> bool:
   """Every float leaf of `tree` is finite (one device reduction, one host sync)."""
-  from pnas_jax.train.parallel import to_host
-
   return bool(to_host(_finite(tree)))
 
 
@@ -93,8 +93,6 @@ class LoopMonitor:
     """Fetches pending metrics, raises NonFiniteError on NaN/inf, logs per-kind averages."""
     if not self._pending:
       return
-    from pnas_jax.train.parallel import to_host
-
     fetched = to_host([m for _, _, m in self._pending])
     rows = [(k, s, m) for (k, s, _), m in zip(self._pending, fetched, strict=True)]
     self._pending.clear()

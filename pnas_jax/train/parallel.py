@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pnas_jax.models.layers import batch_norm_axis
+from pnas_jax.layers.core import batch_norm_axis
 
 DATA_AXIS = "data"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from pnas_jax.json_files import write_json
 from pnas_jax.latency.measure import TimingProtocol, measure_network
+from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.timing import device_description
 from pnas_jax.models.cost import net_cost
 from pnas_jax.search_space.io import save_arch
@@ -27,8 +28,6 @@ def network_report(space: SearchSpace, arch: Arch, *, batch: int = 32, repeats: 
                                                     dw_impl=dw_impl))
     out[f"latency_ms_b{b}"] = t.median_ms
   if latency_model:
-    from pnas_jax.latency.predictor import load_latency_model
-
     pred = load_latency_model(latency_model, space)
     out["predicted_latency"] = float(pred.of_archs([arch])[0])
     out["predicted_latency_unit"] = pred.unit

@@ -36,16 +36,16 @@ import optax
 from pnas_jax.arch.derive import probabilities
 from pnas_jax.arch.estimators import get_estimator, reference_reward
 from pnas_jax.arch.sampling import Sample
+from pnas_jax.arch.supernet import Supernet, arch_indices, candidate_mask, child_variables
 from pnas_jax.checkpointing import Checkpointer, PreemptionGuard
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.json_files import write_json
-from pnas_jax.models.supernet import Supernet, arch_indices, candidate_mask, child_variables
+from pnas_jax.latency.objective import LatencyObjective, latency_objective
 from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train import inputs
 from pnas_jax.train.evaluation import evaluate, make_bn_calibrator, make_evaluator, recalibrate_bn
-from pnas_jax.train.latency_objective import LatencyObjective, latency_objective
 from pnas_jax.train.metrics_log import MetricsLogger
 from pnas_jax.train.monitor import LoopMonitor, Progress
 from pnas_jax.train.optim import arch_optimizer, weight_optimizer

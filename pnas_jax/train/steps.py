@@ -27,16 +27,16 @@ import optax
 
 from pnas_jax.arch.estimators import BinaryGateEstimator, CostFn, LossFn, ReinforceEstimator
 from pnas_jax.arch.sampling import sample_gates
+from pnas_jax.arch.supernet import Supernet, candidate_mask
 from pnas_jax.collectives import device_dropout_key, maybe_pmean
-from pnas_jax.models.supernet import Supernet, candidate_mask
 from pnas_jax.train.optim import masked_tensor_update, masked_update
 from pnas_jax.train.state import (
-    ARCH_FAMILY,
-    DROPOUT_STREAM,
-    GATES_STREAM,
-    WEIGHT_FAMILY,
-    SearchState,
-    stream_key,
+  ARCH_FAMILY,
+  DROPOUT_STREAM,
+  GATES_STREAM,
+  WEIGHT_FAMILY,
+  SearchState,
+  stream_key,
 )
 
 Batch = dict[str, jax.Array]
