@@ -245,14 +245,14 @@ def test_bad_config_errors(tmp_path):
 
 def test_unknown_estimator_fails_before_building_the_supernet(tmp_path, monkeypatch):
   """A typo in arch.estimator must not wait for the supernet's init (minutes for ImageNet)."""
-  from pnas_jax.arch.estimators import UnknownEstimatorError
+  from pnas_jax.errors import UnknownNameError
   from pnas_jax.train import search as search_mod
 
   def no_state(*a, **k):
     raise AssertionError("the supernet was initialised before arch.estimator was checked")
 
   monkeypatch.setattr(search_mod, "create_search_state", no_state)
-  with pytest.raises(UnknownEstimatorError, match=r"'twoo'.*full, two, reinforce"):
+  with pytest.raises(UnknownNameError, match=r"'twoo'.*full, two, reinforce"):
     _tiny(tmp_path, "--config.arch.estimator=twoo")
 
 

@@ -72,10 +72,13 @@ def search_config() -> ml_collections.ConfigDict:
   c.optim.alpha_init_std = 1e-3
 
   c.arch = ml_collections.ConfigDict()
-  c.arch.estimator = "two"  # "two" | "full" | "reinforce"
-  c.arch.reinforce_k = 4
-  c.arch.reinforce_decay = 0.99
-  c.arch.reinforce_tradeoff = 0.1
+  c.arch.estimator = "two"  # "two" | "full" | "reinforce" (arch/estimators.py: ESTIMATORS)
+  # Each estimator's options: the section named after it (keywords of its registered factory).
+  c.arch.reinforce = ml_collections.ConfigDict(dict(
+      k=4,  # architectures sampled per update
+      baseline_decay=0.99,  # moving-average reward baseline
+      tradeoff=0.1,  # reward acc * (T / lat)^tradeoff
+  ))
 
   # Latency term. model: "measure" (a table measured here before the search, cached in the
   # workdir), a table / predictor file (our JSON or the reference YAML), "macs" (FLOPs-constrained),
