@@ -24,10 +24,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from pnas_jax.errors import PnasError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PnasError, RuntimeError):
   """No usable checkpoint could be restored."""
 
 

@@ -17,8 +17,10 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from pnas_jax.errors import UserValueError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserValueError):
   """A config file that cannot be loaded or an override that does not apply."""
 
 

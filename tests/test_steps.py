@@ -20,9 +20,9 @@ from pnas_jax.train import (
   arch_optimizer,
   arch_step,
   create_search_state,
+  cross_entropy,
   jit_step,
   masked_update,
-  smoothed_cross_entropy,
   weight_optimizer,
   weight_step,
 )
@@ -132,7 +132,7 @@ def test_weight_step_equals_child_sgd_step_on_the_sampled_path():
   def loss(p):
     y, upd = child.apply({"params": p, "batch_stats": cv["batch_stats"]}, BATCH["image"],
                          train=True, mutable=["batch_stats"])
-    return smoothed_cross_entropy(y, BATCH["label"], 0.1), upd["batch_stats"]
+    return cross_entropy(y, BATCH["label"], 0.1), upd["batch_stats"]
 
   (lval, stats), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(cv["params"])
   upd, _ = WTX.update(g, WTX.init(cv["params"]), cv["params"])

@@ -15,12 +15,14 @@ import tarfile
 
 import numpy as np
 
+from pnas_jax.errors import PnasError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(PnasError, FileNotFoundError):
   """A data set's files are not where we looked; the message says how to get them."""
 
 

@@ -36,8 +36,12 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import jax
+
+from pnas_jax.errors import UserValueError
 from pnas_jax.json_files import read_json
 from pnas_jax.latency.expected import CostTable
+from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import SearchSpace
 
@@ -45,7 +49,7 @@ TABLE_FORMAT = "pnas_jax.latency_table/1"
 STATISTICS = ("median", "mean")
 
 
-class LatencyTableError(ValueError):
+class LatencyTableError(UserValueError):
   """A latency table that cannot be read, lacks a key, or does not fit the search."""
 
 
@@ -237,10 +241,6 @@ def current_header(
     batch: int, dw_impl: str | None, warmup: int, repeats: int, clock: str = "wall"
 ) -> TableHeader:
   """A header describing the device JAX runs on now (and XLA_FLAGS, e.g. CPU thread settings)."""
-  import jax
-
-  from pnas_jax.latency.timing import device_description
-
   return TableHeader(
       device=device_description(),
       backend=jax.default_backend(),
@@ -379,10 +379,6 @@ def check_header(
   value "local" means the device JAX runs on now (backend and description must both match).
   """
   if device == "local":
-    import jax
-
-    from pnas_jax.latency.timing import device_description
-
     device, backend = device_description(), backend or jax.default_backend()
   problems = []
   if device is not None and device.lower() not in header.device.lower():

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from pnas_jax.errors import UnknownNameError, UserValueError
 from pnas_jax.layers.depthwise import output_size  # the padding rule of every conv here
 from pnas_jax.search_space import ops as ops_lib
 
@@ -28,7 +29,7 @@ DEFAULT_CANDIDATES = (
 )
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(UserValueError):
   """Invalid search space, architecture or file; the message names the source and the value."""
 
 
@@ -130,11 +131,11 @@ class SearchSpace:
     for i, name in enumerate(self.candidates):
       try:
         ops_lib.get_op(name)
-      except ops_lib.UnknownOpError as e:
+      except UnknownNameError as e:
         raise SearchSpaceError(f"SearchSpace.candidates[{i}]: {e}") from None
     try:
       first = ops_lib.get_op(self.first_block_op)
-    except ops_lib.UnknownOpError as e:
+    except UnknownNameError as e:
       raise SearchSpaceError(f"SearchSpace.first_block_op: {e}") from None
     if first.needs_identity_position:
       raise SearchSpaceError(f"SearchSpace.first_block_op = {self.first_block_op!r} cannot be skipped")
@@ -276,7 +277,7 @@ class Arch:
     for i, name in enumerate(self.ops):
       try:
         ops_lib.get_op(name)
-      except ops_lib.UnknownOpError as e:
+      except UnknownNameError as e:
         raise SearchSpaceError(f"block {i}: {e}") from None
 
   @classmethod

@@ -114,7 +114,8 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 class RunDir:
   """Resume-or-start for one workdir (see the module docstring); a context manager.
 
-  Attributes (inside the `with`): checkpointer, logger, resume_step (None for a fresh run).
+  Attributes (inside the `with`): checkpointer, logger, resume_step (None for a fresh run),
+  resume_meta (the restored checkpoint's metadata).
   """
 
   def __init__(self, workdir: str, config_dict: dict[str, Any], *, kind: str, checkpoint_every: int,
@@ -130,6 +131,7 @@ class RunDir:
     self.checkpointer: Checkpointer | None = None
     self.logger: MetricsLogger | None = None
     self.resume_step: int | None = None
+    self.resume_meta: dict[str, Any] = {}
 
   def __enter__(self) -> RunDir:
     os.makedirs(self.workdir, exist_ok=True)
@@ -158,10 +160,11 @@ class RunDir:
       self.logger.close()
 
   def restore_or(self, initial: S) -> S:
-    """The state of the newest checkpoint (shaped like `initial`), or `initial` for a fresh run."""
+    """The state of the newest checkpoint (shaped like `initial`), or `initial` for a fresh run;
+    the checkpoint's metadata goes to `resume_meta`."""
     if self.resume_step is None:
       return initial
-    step, state, _ = self.checkpointer.restore(initial)
+    step, state, self.resume_meta = self.checkpointer.restore(initial)
     self.resume_step = step
     log.info("resuming %s from checkpoint %d in %s", self.kind, step, self.checkpointer.directory)
     return state
@@ -177,7 +180,11 @@ class RunDir:
           "resume with the same config, use a fresh --workdir, or pass --overwrite to start over")
 
   def _check_no_results(self) -> None:
-    found = [name for name in self._outputs if os.path.exists(os.path.join(self.workdir, name))]
+    def present(name: str) -> bool:  # an empty folder (e.g. the checkpointer's own) is no result
+      path = os.path.join(self.workdir, name)
+      return os.path.isfile(path) or os.path.isdir(path) and bool(os.listdir(path))
+
+    found = [name for name in self._outputs if present(name)]
     if found:
       raise RunStateError(
           f"{self.workdir} holds results of an earlier run ({', '.join(found)}) but no checkpoint to "
@@ -201,7 +208,7 @@ def run_loop(
     total_steps: int,
     max_steps: int,
     monitor: LoopMonitor,
-    save: Callable[[S, int], None],
+    save: Callable[[S, int, bool], None],
     hooks: Sequence[Callable[[S, int], None]] = (),
     log_every: int = 50,
 ) -> tuple[S, Outcome]:
@@ -212,7 +219,8 @@ def run_loop(
     total_steps: the schedule's length; the loop starts at run.resume_step (or 0).
     max_steps: stop after this many steps in this invocation (0: run to the end).
     monitor: buffers and checks the steps' metrics (the loop flushes it every `log_every` steps).
-    save: writes checkpoint `step` of a state (e.g. monitor.save with the trees that must be finite).
+    save: save(state, step, final) writes checkpoint `step` (e.g. monitor.save with the trees that
+      must be finite); final is True once, at the end of a finished schedule.
     hooks: called as hook(state, steps_done) after each step (per-epoch records, evaluation).
   """
   start = run.resume_step or 0
@@ -236,10 +244,10 @@ def run_loop(
                       run.workdir)
           break
         if run.checkpointer.should_save(done) and done < total_steps:
-          save(state, done)
+          save(state, done, False)
       if status is Status.DONE and stop_at < total_steps:
         status = Status.STOPPED
-      save(state, done)
+      save(state, done, status is Status.DONE)
     finally:
       monitor.bar.close()
   return state, Outcome(status, done, total_steps, images, time.time() - t0, signal_name)

@@ -117,4 +117,7 @@ def search_config() -> ml_collections.ConfigDict:
   c.log.tensorboard = True
   c.log.progress = True
   c.log.plots = True
+  # Also record the architecture probabilities and E[LAT] every this many arch steps (0: only at
+  # the end of each search epoch), so plots/alpha.png draws a curve even for a one-epoch search.
+  c.log.alpha_every = 0
   return c
