@@ -1,6 +1,8 @@
-"""`pnas search | train | eval | export`: the loops and what follows them, from ml_collections configs.
+"""`pnas search | sweep | train | eval | export`: the loops and what follows them, from configs.
 
   pnas search --config configs/search/fashion_mnist.py --workdir results/search [--config.x=y ...]
+  pnas sweep --config configs/search/fashion_mnist.py --workdir results/sweep \
+      --config.latency.target_ratios='(0.5, 0.7, 0.9)'     (one warm-up, one search per target)
   pnas train --config configs/train/fashion_mnist.py --workdir results/train \
       --config.arch=results/search/arch.json [--config.init=results/search]
   pnas eval results/train [--data fashion_mnist] [--split test]   (a train workdir or a zoo name)
@@ -63,6 +65,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"held-out top-1 of the derived arch (supernet weights): {result.holdout_top1:.2f}%")
   print(f"outputs: {result.workdir}/arch.json, net.config, metrics.jsonl, plots/")
   return result.exit_code
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+  from pnas_jax.train.sweep import sweep
+
+  config = load_config(args.config, args.config_overrides)
+  init_distributed(args)
+  r = sweep(config, args.workdir, overwrite=args.overwrite)
+  print(f"warm-up: {r.warmup.detail} ({r.warmup.step} steps, {r.warmup.wall_s:.0f} s)")
+  for label, t in r.targets:
+    lat = "" if t.arch_latency is None else f", {t.arch_latency:.4g} / {t.target:.4g} {t.latency_unit}"
+    top1 = "" if t.holdout_top1 is None else f", held-out {t.holdout_top1:.2f}%"
+    print(f"{label}: {t.detail}{lat}{top1}, {t.wall_s:.0f} s: {' '.join(t.arch.ops)}")
+  if not r.partial:
+    print(f"summary: {r.workdir}/sweep.md, sweep.json, front.png")
+  return r.exit_code
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -158,6 +176,16 @@ def add_commands(subparsers: Any) -> None:
                  help="check the config, data and latency model; print the plan; compile nothing")
   add_distributed_args(p)
   p.set_defaults(func=cmd_search)
+
+  p = subparsers.add_parser("sweep", help="one warm-up, then one search per latency target "
+                                          "(latency.target_ratios or latency.targets)")
+  p.__class__ = OverrideParser
+  p.add_argument("--config", required=True, help="configs/search/<name>.py[:arg]")
+  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="delete an earlier run's results in --workdir and start over")
+  add_distributed_args(p)
+  p.set_defaults(func=cmd_sweep)
 
   p = subparsers.add_parser("train", help="train a found / zoo network (configs/train/*.py)")
   p.__class__ = OverrideParser

@@ -87,6 +87,10 @@ def search_config() -> ml_collections.ConfigDict:
   c.latency.model = "macs"
   c.latency.target = 80.0  # T, in the model's unit (ms; millions of MACs for "macs")
   c.latency.target_ratio = 0.0  # > 0: T = ratio x the baseline arch's latency under the model
+  # `pnas sweep`: one warm-up, then one search per target, given as ratios of the baseline's
+  # latency or as absolute values (exactly one of the two non-empty; `pnas search` needs both empty).
+  c.latency.target_ratios = ()
+  c.latency.targets = ()
   c.latency.baseline_op = "3x3_MBConv6"  # the hand-designed baseline (MobileNetV2-like)
   c.latency.loss = "mul#log"
   c.latency.loss_params = ml_collections.ConfigDict(dict(a=0.2, b=0.3))
