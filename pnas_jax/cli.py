@@ -16,7 +16,8 @@ import sys
 from typing import Any
 
 # Modules contributing subcommands; each defines add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli", "pnas_jax.demo")
+COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli", "pnas_jax.demo",
+                                   "pnas_jax.interop.cli")
 
 
 def _measure_latency_ms(space, arch, batch: int, repeats: int) -> float:
