@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -203,3 +204,35 @@ def test_torch_reads_ours_and_we_read_torch(tmp_path):
     back = torch_file.load_state_dict(tmp_path / "t.pth")
     for k, v in t.items():
       np.testing.assert_array_equal(back[k].astype(np.float32), v.float().numpy())
+
+
+def test_eval_and_export_take_converted_weights(tmp_path, capsys):
+  """`pnas eval --arch FILE --weights X.pth` and `pnas export FILE --weights X.pth --out DIR`."""
+  from pnas_jax import cli
+  from pnas_jax.data.augment import normalize
+  from pnas_jax.data.datasets import synthetic
+  from pnas_jax.export import load_stablehlo
+
+  arch_file = str(tmp_path / "arch.json")
+  save_arch(arch_file, TINY_SPACE, TINY_ARCH)
+  variables = _tiny_variables(2)
+  pth = str(tmp_path / "w.pth")
+  weights_files.save_variables(pth, variables, TINY_SPACE, TINY_ARCH)
+  net = ChildNet(TINY_SPACE, TINY_ARCH, dw_impl="lax")
+
+  assert cli.main(["eval", "--arch", arch_file, "--weights", pth, "--data", "synthetic", "--batch", "128",
+                   "--json"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  data = synthetic(size=16)
+  x = normalize(data.test.images, data.mean, data.std)
+  logits = np.asarray(jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x))
+  assert out["weights"] == pth
+  assert out["top1"] == pytest.approx(100 * np.mean(logits.argmax(-1) == data.test.labels()),
+                                      abs=100 / out["count"] + 1e-9)
+
+  assert cli.main(["export", arch_file, "--weights", pth, "--out", str(tmp_path / "exp"),
+                   "--formats", "stablehlo"]) == 0
+  x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+  got = load_stablehlo(str(tmp_path / "exp" / "export" / "model.stablehlo.bin"))(x)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(net.apply(variables, x, train=False)),
+                             rtol=1e-5, atol=1e-5)
