@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import zipfile
@@ -236,3 +237,25 @@ def test_eval_and_export_take_converted_weights(tmp_path, capsys):
   got = load_stablehlo(str(tmp_path / "exp" / "export" / "model.stablehlo.bin"))(x)
   np.testing.assert_allclose(np.asarray(got), np.asarray(net.apply(variables, x, train=False)),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_corrupt_checkpoints_are_user_errors(tmp_path):
+  weights_files.save_variables(tmp_path / "ok.pth", _tiny_variables(), TINY_SPACE, TINY_ARCH)
+  with zipfile.ZipFile(tmp_path / "ok.pth") as src, zipfile.ZipFile(tmp_path / "cut.pth", "w") as dst:
+    for name in src.namelist():
+      data = src.read(name)
+      dst.writestr(name, data[: len(data) // 2] if name.endswith("data.pkl") else data)
+  with pytest.raises(UserFileError, match="cut.pth: corrupt or truncated"):
+    torch_file.load_checkpoint(tmp_path / "cut.pth")
+  # A tensor reaching outside its storage (negative stride) is refused, not read out of bounds.
+  pkl = (pickle.PROTO + bytes([2]) + pickle.GLOBAL + b"torch._utils\n_rebuild_tensor_v2\n" + pickle.MARK
+         + pickle.MARK + torch_file._op_str("storage") + pickle.GLOBAL + b"torch\nFloatStorage\n"
+         + torch_file._op_str("0") + torch_file._op_str("cpu") + pickle.BININT1 + b"\x04" + pickle.TUPLE
+         + pickle.BINPERSID + pickle.BININT1 + b"\x03" + pickle.MARK + pickle.BININT1 + b"\x04"
+         + pickle.TUPLE + pickle.MARK + pickle.BININT + struct.pack("<i", -1000) + pickle.TUPLE
+         + pickle.NEWFALSE + pickle.EMPTY_TUPLE + pickle.TUPLE + pickle.REDUCE + pickle.STOP)
+  with zipfile.ZipFile(tmp_path / "bad.pth", "w") as zf:
+    zf.writestr("archive/data.pkl", pkl)
+    zf.writestr("archive/data/0", np.zeros(4, np.float32).tobytes())
+  with pytest.raises(UserFileError, match="bad.pth: a tensor with offset 3.*does not fit"):
+    torch_file.load_checkpoint(tmp_path / "bad.pth")

@@ -90,6 +90,10 @@ class _PendingTensor:
     if flat is None:
       raise UserFileError(f"{path}: a tensor refers to a storage that the file does not hold "
                           "(truncated or corrupt checkpoint); save it again with torch.save")
+    if (len(self.size) != len(self.stride) or offset < 0 or min(self.size + self.stride, default=0) < 0
+        or offset >= max(flat.size, 1)):
+      raise UserFileError(f"{path}: a tensor with offset {offset}, size {self.size} and stride "
+                          f"{self.stride} does not fit its storage; the file is corrupt")
     if not self.size:
       return np.array(flat[offset], dtype=flat.dtype)
     extent = offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride, strict=True))
@@ -240,6 +244,18 @@ def _load_legacy(path: str) -> Any:
   return _materialise(obj, path)
 
 
+def _decoding_errors(path: str, load) -> Any:
+  """load(path), with anything a malformed file can raise turned into one UserFileError."""
+  try:
+    return load(path)
+  except UserFileError:
+    raise
+  except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, TypeError, ValueError, IndexError,
+          AttributeError, KeyError, struct.error) as e:
+    raise UserFileError(f"{path}: corrupt or truncated PyTorch checkpoint ({type(e).__name__}: "
+                        f"{e}); save it again with torch.save") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> Any:
   """The object saved in a PyTorch checkpoint file, tensors as NumPy arrays; no code is executed.
 
@@ -250,9 +266,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UserFileError(f"{path}: no such file (expected a PyTorch .pth checkpoint)")
-  if zipfile.is_zipfile(path):
-    return _load_zip(path)
-  return _load_legacy(path)
+  return _decoding_errors(path, _load_zip if zipfile.is_zipfile(path) else _load_legacy)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
