@@ -8,12 +8,12 @@ Run (on the machine to measure; a shared machine should take the benchmark lock)
 (a) The zoo: params and MACs of our Flax networks (models.cost.net_cost, 224x224, 1000 classes)
     next to the published counts, with the paper's top-1 and latency.
 (b) Cross-hardware (Sec. 4.2 of Cai et al. 2019, "hardware prefers specialised models"):
-    proxyless_gpu, proxyless_cpu, proxyless_mobile and mobilenet_v2 measured here on the default
-    JAX device: a jitted inference-mode ChildNet (latency.measure.network_call), the four nets
-    timed round-robin in one session (latency.timing.time_interleaved, so a change of load on a
-    shared machine hits all of them alike), at batch 1 (latency) and at --throughput-batch
-    (images/s); on CPU both on this CPU. Next to them, the paper's GPU (V100), CPU (Xeon) and
-    Pixel-1 figures; each column says which net is fastest.
+    proxyless_gpu, proxyless_cpu, proxyless_mobile and mobilenet_v2 measured here on this CPU and,
+    when JAX's default device is a GPU/TPU, on it too: a jitted inference-mode ChildNet
+    (latency.measure.network_call), the four nets timed round-robin in one session
+    (latency.timing.time_interleaved, so a change of load on a shared machine hits all of them
+    alike), at batch 1 (latency) and at --throughput-batch (images/s). Next to them, the paper's
+    GPU (V100), CPU (Xeon) and Pixel-1 figures; each column says which net is fastest.
 (c) Pixel-1 predictions from the reference lookup table (--mobile-table, the reference
     implementation's mobile_trim.yaml; default $PNAS_REFERENCE_DIR/mobile_trim.yaml when that is
     set): the sum of the table's entries over a net's layers. The table covers the search space at
@@ -39,7 +39,7 @@ from results_io import write_result
 
 from pnas_jax.latency.measure import TimingProtocol, network_call
 from pnas_jax.latency.table import LatencyTable, load_table, space_keys
-from pnas_jax.latency.timing import CLOCKS, device_description, time_interleaved
+from pnas_jax.latency.timing import CLOCKS, time_interleaved
 from pnas_jax.models.cost import net_cost
 from pnas_jax.models.zoo import ZOO
 from pnas_jax.search_space.space import Arch, SearchSpace
@@ -82,21 +82,32 @@ def _fastest(values: dict[str, float | None], among: tuple[str, ...]) -> str | N
   return min(known, key=known.get) if known else None
 
 
+def describe_device(device: jax.Device) -> str:
+  """latency.timing.device_description() for any device (e.g. the CPU while a GPU is the default)."""
+  if device.platform == "cpu":
+    return f"cpu: {device.device_kind} ({os.cpu_count()} cores, jax {jax.__version__})"
+  return f"{device.platform}: {device.device_kind} (jax {jax.__version__})"
+
+
 def measure_cross_hardware(resolution: int, throughput_batch: int, repeats: int, warmup: int,
-                           clock: str, nets: tuple[str, ...] = CROSS_HARDWARE_NETS) -> dict[str, Any]:
-  """(b), measured part: batch-1 latency and throughput of `nets` on the default device,
-  interleaved per batch size."""
-  out: dict[str, Any] = {"device": device_description(), "backend": jax.default_backend(),
+                           clock: str, nets: tuple[str, ...] = CROSS_HARDWARE_NETS,
+                           device: jax.Device | None = None) -> dict[str, Any]:
+  """(b), measured part: batch-1 latency and throughput of `nets` on `device` (default: JAX's),
+  the nets interleaved per batch size. Accelerators are timed with the wall clock."""
+  device = device or jax.devices()[0]
+  clock = clock if device.platform == "cpu" else "wall"
+  out: dict[str, Any] = {"device": describe_device(device), "platform": device.platform,
                          "resolution": resolution, "clock": clock, "repeats": repeats,
                          "throughput_batch": throughput_batch, "networks": {}}
   for batch, key in ((1, "latency_ms"), (throughput_batch, "throughput_ms")):
     protocol = TimingProtocol(batch=batch, warmup=warmup, repeats=repeats, per_round=max(1, repeats // 4),
                               clock=clock)
     t0 = time.perf_counter()
-    calls = [network_call(ZOO[n].space.replace(resolution=resolution), ZOO[n].arch, protocol)
-             for n in nets]
-    timings = time_interleaved(calls, warmup=warmup, repeats=repeats, per_round=protocol.per_round,
-                               clock=clock)
+    with jax.default_device(device):
+      calls = [network_call(ZOO[n].space.replace(resolution=resolution), ZOO[n].arch, protocol)
+               for n in nets]
+      timings = time_interleaved(calls, warmup=warmup, repeats=repeats, per_round=protocol.per_round,
+                                 clock=clock)
     for n, t in zip(nets, timings, strict=True):
       rec = out["networks"].setdefault(n, {})
       rec[key] = round(t.median_ms, 3)
@@ -104,23 +115,30 @@ def measure_cross_hardware(resolution: int, throughput_batch: int, repeats: int,
       if key == "throughput_ms":
         rec["images_per_s"] = round(batch * 1e3 / t.median_ms, 1)
     times = ", ".join(f"{n} {t.median_ms:.2f} ms" for n, t in zip(nets, timings, strict=True))
-    print(f"batch {batch}: {times} ({time.perf_counter() - t0:.0f} s incl. compile)", file=sys.stderr)
+    print(f"{device.platform}, batch {batch}: {times} ({time.perf_counter() - t0:.0f} s incl. compile)",
+          file=sys.stderr)
   return out
 
 
-def cross_hardware_table(measured: dict[str, Any]) -> dict[str, Any]:
-  """(b): the measured columns next to the paper's, and the fastest net of every column."""
-  nets = tuple(measured["networks"])
+def cross_hardware_table(measured: list[dict[str, Any]]) -> dict[str, Any]:
+  """(b): the measured columns (per device: batch 1, throughput batch) next to the paper's, and the
+  fastest net of every column."""
+  nets = tuple(measured[0]["networks"])
   proxyless = tuple(n for n in nets if n.startswith("proxyless"))
-  rows = []
-  for n in nets:
-    m = measured["networks"][n]
-    rows.append({"name": n, "measured_latency_ms": m["latency_ms"],
-                 "measured_throughput_ms": m["throughput_ms"], "measured_images_per_s": m["images_per_s"],
-                 **{f"paper_{d}_ms": PAPER_LATENCY_MS.get(n, {}).get(d) for d in PAPER_DEVICES}})
-  columns = {"measured_latency_ms": "measured here, batch 1",
-             "measured_throughput_ms": f"measured here, batch {measured['throughput_batch']}",
-             **{f"paper_{d}_ms": f"paper, {PAPER_DEVICES[d]}" for d in PAPER_DEVICES}}
+  columns: dict[str, str] = {}
+  rows = [{"name": n} for n in nets]
+  for m in measured:
+    plat = m["platform"]
+    columns[f"{plat}_latency_ms"] = f"this {plat.upper()}, batch 1"
+    columns[f"{plat}_throughput_ms"] = f"this {plat.upper()}, batch {m['throughput_batch']}"
+    for r in rows:
+      rec = m["networks"][r["name"]]
+      r.update({f"{plat}_latency_ms": rec["latency_ms"], f"{plat}_throughput_ms": rec["throughput_ms"],
+                f"{plat}_images_per_s": rec["images_per_s"]})
+  for d, label in PAPER_DEVICES.items():
+    columns[f"paper_{d}_ms"] = f"paper, {label}"
+    for r in rows:
+      r[f"paper_{d}_ms"] = PAPER_LATENCY_MS.get(r["name"], {}).get(d)
   fastest = {}
   for col in columns:
     vals = {r["name"]: r[col] for r in rows}
@@ -198,17 +216,20 @@ def markdown(result: dict[str, Any]) -> str:
                [[r["name"], r["params"], r["published_params"], r["macs_m"], r["published_macs_m"],
                  r["paper_top1"], r["paper_latency"]] for r in result["zoo"]])]
   if result.get("cross_hardware"):
-    ch, m = result["cross_hardware"], result["measured"]
+    ch = result["cross_hardware"]
     cols = list(ch["columns"])
     rows = [[r["name"], *[r[c] for c in cols]] for r in ch["rows"]]
     rows.append(["fastest (proxyless nets)", *[ch["fastest"][c]["proxyless"] for c in cols]])
     rows.append(["fastest (all four)", *[ch["fastest"][c]["all"] for c in cols]])
-    parts += ["", f"### (b) Cross-hardware latency, ms ({m['resolution']}x{m['resolution']})", "",
-              _md(["network", *ch["columns"].values()], rows), "",
-              f"Measured on {m['device']}: jitted inference, median of {m['repeats']} calls per net "
-              f"after warm-up, the four nets interleaved, {m['clock']} clock; throughput batch "
-              f"{m['throughput_batch']}: "
-              + ", ".join(f"{n} {v['images_per_s']:g} images/s" for n, v in m["networks"].items()) + "."]
+    res = result["measured"][0]["resolution"]
+    parts += ["", f"### (b) Cross-hardware latency, ms ({res}x{res})", "",
+              _md(["network", *ch["columns"].values()], rows)]
+    for m in result["measured"]:
+      parts += ["", f"Measured on {m['device']}: jitted inference, median of {m['repeats']} calls per "
+                f"net after warm-up, the four nets interleaved, {m['clock']} clock; throughput batch "
+                f"{m['throughput_batch']}: "
+                + ", ".join(f"{n} {v['images_per_s']:g} images/s" for n, v in m["networks"].items())
+                + "."]
   if result.get("mobile_prediction"):
     parts += ["", f"### (c) Pixel-1 latency predicted by the reference lookup table "
               f"({result['mobile_table']}), ms", "",
@@ -228,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--throughput-batch", type=int, default=8)
   p.add_argument("--repeats", type=int, default=20, help="timed calls per net and batch size")
   p.add_argument("--warmup", type=int, default=2, help="untimed calls after compiling")
-  p.add_argument("--clock", choices=sorted(CLOCKS), default="process")
+  p.add_argument("--clock", choices=sorted(CLOCKS), default="process",
+                 help="the CPU's clock (accelerators: always the wall clock)")
   p.add_argument("--no-measure", action="store_true", help="skip (b)'s measurement")
   p.add_argument("--mobile-table", default=None,
                  help="the reference Pixel-1 table (mobile_trim.yaml); default "
@@ -241,8 +263,11 @@ def main(argv: list[str] | None = None) -> dict:
   t0 = time.perf_counter()
   result: dict[str, Any] = {"zoo": zoo_table()}
   if not args.no_measure:
-    result["measured"] = measure_cross_hardware(args.resolution, args.throughput_batch, args.repeats,
-                                                args.warmup, args.clock)
+    devices = [jax.devices("cpu")[0]]  # this CPU always; the default device too when it is not one
+    if jax.default_backend() != "cpu":
+      devices.append(jax.devices()[0])
+    result["measured"] = [measure_cross_hardware(args.resolution, args.throughput_batch, args.repeats,
+                                                 args.warmup, args.clock, device=d) for d in devices]
     result["cross_hardware"] = cross_hardware_table(result["measured"])
     result["paper_devices"] = PAPER_DEVICES
   table_path = args.mobile_table

@@ -38,12 +38,18 @@ def test_cross_hardware_measured_and_fastest():
   assert set(measured["networks"]) == set(nets)
   for rec in measured["networks"].values():
     assert rec["latency_ms"] > 0 and rec["throughput_ms"] > 0 and rec["images_per_s"] > 0
-  table = paper_tables.cross_hardware_table(measured)
+  assert measured["platform"] == "cpu" and measured["clock"] == "wall"
+  table = paper_tables.cross_hardware_table([measured])
+  assert list(table["columns"]) == ["cpu_latency_ms", "cpu_throughput_ms", "paper_gpu_ms", "paper_cpu_ms",
+                                    "paper_mobile_ms"]
   # The paper's columns: each specialised net is fastest on its own hardware.
   fastest = table["fastest"]
   assert fastest["paper_gpu_ms"]["proxyless"] == "proxyless_gpu"
   assert fastest["paper_mobile_ms"]["proxyless"] == "proxyless_mobile"
-  assert fastest["measured_latency_ms"]["all"] in nets
+  assert fastest["cpu_latency_ms"]["all"] in nets
+  md = paper_tables.markdown({"zoo": paper_tables.zoo_table(), "measured": [measured],
+                              "cross_hardware": table})
+  assert "| this CPU, batch 1 | this CPU, batch 2 | paper, V100 GPU |" in md
 
 
 def test_mobile_predictions(reference_dir):
