@@ -22,6 +22,7 @@ import logging
 from typing import Any
 
 from pnas_jax.config_loading import OverrideParser, load_config
+from pnas_jax.errors import UserValueError
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -104,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
   import numpy as np
 
   from pnas_jax.data.datasets import load_dataset
-  from pnas_jax.file_io import load_msgpack
+  from pnas_jax.interop.weights_files import load_variables
   from pnas_jax.models import zoo
   from pnas_jax.models.child import ChildNet
   from pnas_jax.models.init import init_variables
@@ -113,6 +114,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
   from pnas_jax.train.parallel import data_mesh, replicate
   from pnas_jax.train.retrain import trained_network
 
+  if bool(args.network) == bool(args.arch):
+    raise UserValueError("give the network once: as NETWORK or as --arch")
+  args.network = args.network or args.arch
   dataset = load_dataset(args.data, args.data_dir, args.image_size)
   if os.path.isdir(args.network):
     space, arch, variables = trained_network(args.network)
@@ -124,8 +128,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     x0 = np.zeros((1, space.resolution, space.resolution, space.in_channels), np.float32)
     variables = init_variables(ChildNet(space, arch, dw_impl="lax"), jax.random.key(args.seed), x0)
     source = f"random initialisation (seed {args.seed})"
-    if args.weights:
-      variables = load_msgpack(args.weights, variables)
+    if args.weights:  # weights.msgpack, or a reference .pth (pnas_jax/interop)
+      variables = load_variables(args.weights, space, arch, args.network)
       source = args.weights
   space = inputs.space_for_data(space.to_dict(), dataset)
   model = ChildNet(space, arch)
@@ -151,10 +155,21 @@ def cmd_export(args: argparse.Namespace) -> int:
   from pnas_jax.search_space.io import read_arch_meta
   from pnas_jax.train.retrain import trained_network
 
-  space, arch, variables = trained_network(args.workdir)
   formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-  norm = read_arch_meta(f"{args.workdir}/arch.json").get("normalization")
-  paths = export_network(space, arch, variables, args.workdir, formats=formats, preprocess=norm)
+  if args.weights:  # a zoo name / arch file with a weights file (e.g. from `pnas convert-weights`)
+    from pnas_jax.interop.weights_files import load_variables
+    from pnas_jax.models import zoo
+
+    if not args.out:
+      raise UserValueError("--weights needs --out DIR (the export goes to DIR/export/)")
+    space, arch = zoo.resolve_network(args.workdir, resolution=args.resolution)
+    variables = load_variables(args.weights, space, arch, args.workdir)
+    paths = export_network(space, arch, variables, args.out, formats=formats)
+  else:
+    space, arch, variables = trained_network(args.workdir)
+    norm = read_arch_meta(f"{args.workdir}/arch.json").get("normalization")
+    paths = export_network(space, arch, variables, args.out or args.workdir, formats=formats,
+                           preprocess=norm)
   for fmt, path in paths.items():
     print(f"{fmt}: {path}")
   return 0
@@ -197,13 +212,16 @@ def add_commands(subparsers: Any) -> None:
   p.set_defaults(func=cmd_train)
 
   p = subparsers.add_parser("eval", help="top-1/top-5 of a trained workdir or a zoo network")
-  p.add_argument("network", help="a `pnas train` workdir, an arch.json / net.config, or a zoo name")
+  p.add_argument("network", nargs="?", help="a `pnas train` workdir, an arch.json / net.config, or a "
+                 "zoo name")
+  p.add_argument("--arch", default=None, help="the same as NETWORK (for zoo names and arch files)")
   p.add_argument("--data", default="fashion_mnist", help="data set name (pnas_jax/data/datasets.py)")
   p.add_argument("--data-dir", default=None)
   p.add_argument("--image-size", type=int, default=None, help="host size of variable-size sets")
   p.add_argument("--split", default="test", choices=("test", "train"))
   p.add_argument("--resolution", type=int, default=None, help="input size (zoo / arch files)")
-  p.add_argument("--weights", default=None, help="weights.msgpack for an arch file / zoo net")
+  p.add_argument("--weights", default=None,
+                 help="weights.msgpack or a reference .pth checkpoint for an arch file / zoo net")
   p.add_argument("--seed", type=int, default=0, help="random init seed when no weights are given")
   p.add_argument("--batch", type=int, default=250)
   p.add_argument("--max-batches", type=int, default=0)
@@ -211,7 +229,11 @@ def add_commands(subparsers: Any) -> None:
   p.set_defaults(func=cmd_eval)
 
   p = subparsers.add_parser("export", help="StableHLO (+ TF SavedModel/TFLite) of a trained net")
-  p.add_argument("workdir", help="a finished `pnas train` workdir")
+  p.add_argument("workdir", help="a finished `pnas train` workdir, or a zoo name / arch file with "
+                 "--weights")
+  p.add_argument("--weights", default=None, help="weights.msgpack or reference .pth (zoo / arch file)")
+  p.add_argument("--out", default=None, help="output directory (default: the workdir)")
+  p.add_argument("--resolution", type=int, default=None, help="input size (zoo / arch files)")
   p.add_argument("--formats", default="stablehlo,tf",
                  help="comma-separated: stablehlo, tf (tf needs TensorFlow: pip install pnas_jax[tf])")
   p.set_defaults(func=cmd_export)
