@@ -79,7 +79,7 @@ def resolve_arch(config: Any) -> tuple[SearchSpace, Arch]:
 
 
 def decay_mask(params: Any) -> Any:
-  """Weight decay on kernels only: BN scale/bias and the dense bias are 1-D (DESIGN.md §1)."""
+  """Weight decay on kernels only: BN scale/bias and the dense bias are 1-D (docs/design.md §2.10)."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 

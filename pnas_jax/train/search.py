@@ -2,7 +2,7 @@
 
     result = search(load_config("configs/search/fashion_mnist.py"), "results/search")
 
-Schedule (DESIGN.md §1, Sec. 3.2 / 4.1): `warmup_epochs` of weight steps on uniformly sampled
+Schedule (docs/design.md §2.8, Sec. 3.2 / 4.1): `warmup_epochs` of weight steps on uniformly sampled
 paths (alpha stays at its init), then `epochs` where each weight step trains one path sampled from
 p = softmax(alpha) and, from search epoch `arch_start_epoch` on, one arch step on a held-out batch
 follows every `arch_every` weight steps. Weights: SGD Nesterov with one cosine from `warmup_lr`
