@@ -3,7 +3,7 @@
     result = search(load_config("configs/search/fashion_mnist.py"), "results/search")
     plan = plan_search(config, workdir)   # what `pnas search --dry-run` prints; compiles nothing
 
-Schedule (docs/design.md §3.5, the paper's Sec. 3.2 / 4.1): `warmup_epochs` of weight steps on
+Schedule (docs/design.md §2.8, the paper's Sec. 3.2 / 4.1): `warmup_epochs` of weight steps on
 uniformly sampled paths (alpha stays at its init), then `epochs` where each weight step trains one
 path sampled from p = softmax(alpha) and, from search epoch `arch_start_epoch` on, one arch step on
 a held-out batch follows every `arch_every` weight steps. Weights: SGD Nesterov with one cosine

@@ -1,4 +1,4 @@
-"""The search config's schema and defaults (DESIGN.md §1); configs/search/*.py start from it.
+"""The search config's schema and defaults (docs/design.md §2.8); configs/search/*.py start from it.
 
 Every field is read by pnas_jax/train/search.py (tests/test_search_configs.py checks each config
 file with config_loading.ReadTracker), so a key set here or in a config always does something.
@@ -48,7 +48,7 @@ def search_config() -> ml_collections.ConfigDict:
   c.model.impl = "remat"  # weight-mode mixed-op backward (arch/mixed_op.py)
   c.model.sync_bn = True  # BN statistics over the global batch (N devices == 1 device)
 
-  # 40 warm-up epochs (uniform paths, weights only), then 120 with arch steps (DESIGN.md §1).
+  # 40 warm-up epochs (uniform paths, weights only), then 120 with arch steps (docs/design.md §2.8).
   c.schedule = ml_collections.ConfigDict()
   c.schedule.warmup_epochs = 40.0
   c.schedule.epochs = 120.0

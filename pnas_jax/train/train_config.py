@@ -1,4 +1,4 @@
-"""The retrain config's schema and defaults (the paper's recipe, DESIGN.md §1); configs/train/*.py
+"""The retrain config's schema and defaults (the paper's recipe, docs/design.md §2.10); configs/train/*.py
 start from it. Every key is read by pnas_jax/train/retrain.py."""
 
 from __future__ import annotations
