@@ -42,11 +42,17 @@ def init_distributed(args: argparse.Namespace) -> None:
                              num_processes=args.num_processes, process_id=args.process_id)
 
 
+def _load_config(args: argparse.Namespace) -> Any:
+  """The command's config with its --config.x=y overrides, after joining a multi-host run."""
+  config = load_config(args.config, args.config_overrides)
+  init_distributed(args)
+  return config
+
+
 def cmd_search(args: argparse.Namespace) -> int:
   from pnas_jax.train.search import plan_search, search
 
-  config = load_config(args.config, args.config_overrides)
-  init_distributed(args)
+  config = _load_config(args)
   if args.dry_run:
     print(json.dumps(plan_search(config, args.workdir), indent=2))
     return 0
@@ -71,8 +77,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
   from pnas_jax.train.sweep import sweep
 
-  config = load_config(args.config, args.config_overrides)
-  init_distributed(args)
+  config = _load_config(args)
   r = sweep(config, args.workdir, overwrite=args.overwrite)
   print(f"warm-up: {r.warmup.detail} ({r.warmup.step} steps, {r.warmup.wall_s:.0f} s)")
   for label, t in r.targets:
@@ -87,8 +92,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
   from pnas_jax.train.retrain import train
 
-  config = load_config(args.config, args.config_overrides)
-  init_distributed(args)
+  config = _load_config(args)
   r = train(config, args.workdir, overwrite=args.overwrite)
   print(f"status: {r.detail} (step {r.step}/{r.total_steps}, {r.wall_s:.0f} s, "
         f"{r.images_per_s:.0f} images/s)")
@@ -175,41 +179,34 @@ def cmd_export(args: argparse.Namespace) -> int:
   return 0
 
 
+def _run_command(subparsers: Any, name: str, help_text: str, config_kind: str,
+                 func: Any) -> argparse.ArgumentParser:
+  """A subcommand that runs a resumable job from a config in a workdir."""
+  p = subparsers.add_parser(name, help=help_text)
+  p.__class__ = OverrideParser
+  p.add_argument("--config", required=True, help=f"configs/{config_kind}/<name>.py[:arg]")
+  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="delete an earlier run's results in --workdir and start over")
+  add_distributed_args(p)
+  p.set_defaults(func=func)
+  return p
+
+
 def add_commands(subparsers: Any) -> None:
-  """Registers `pnas search`, `pnas train`, `pnas eval`, `pnas export`."""
+  """Registers `pnas search`, `pnas sweep`, `pnas train`, `pnas eval`, `pnas export`."""
   # Our progress messages at INFO; libraries (orbax, absl, jax) only from WARNING up.
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("pnas_jax").setLevel(logging.INFO)
-  p = subparsers.add_parser("search", help="architecture search (configs/search/*.py)")
-  p.__class__ = OverrideParser
-  p.add_argument("--config", required=True, help="configs/search/<name>.py[:arg]")
-  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
+  p = _run_command(subparsers, "search", "architecture search (configs/search/*.py)", "search",
+                   cmd_search)
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
-  p.add_argument("--overwrite", action="store_true",
-                 help="delete an earlier run's results in --workdir and start over")
   p.add_argument("--dry-run", action="store_true",
                  help="check the config, data and latency model; print the plan; compile nothing")
-  add_distributed_args(p)
-  p.set_defaults(func=cmd_search)
-
-  p = subparsers.add_parser("sweep", help="one warm-up, then one search per latency target "
-                                          "(latency.target_ratios or latency.targets)")
-  p.__class__ = OverrideParser
-  p.add_argument("--config", required=True, help="configs/search/<name>.py[:arg]")
-  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
-  p.add_argument("--overwrite", action="store_true",
-                 help="delete an earlier run's results in --workdir and start over")
-  add_distributed_args(p)
-  p.set_defaults(func=cmd_sweep)
-
-  p = subparsers.add_parser("train", help="train a found / zoo network (configs/train/*.py)")
-  p.__class__ = OverrideParser
-  p.add_argument("--config", required=True, help="configs/train/<name>.py[:arg]")
-  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
-  p.add_argument("--overwrite", action="store_true",
-                 help="delete an earlier run's results in --workdir and start over")
-  add_distributed_args(p)
-  p.set_defaults(func=cmd_train)
+  _run_command(subparsers, "sweep", "one warm-up, then one search per latency target "
+               "(latency.target_ratios or latency.targets)", "search", cmd_sweep)
+  _run_command(subparsers, "train", "train a found / zoo network (configs/train/*.py)", "train",
+               cmd_train)
 
   p = subparsers.add_parser("eval", help="top-1/top-5 of a trained workdir or a zoo network")
   p.add_argument("network", nargs="?", help="a `pnas train` workdir, an arch.json / net.config, or a "
