@@ -56,6 +56,12 @@ def get_config(arg=None):
   # 0.7 x), so the final arch is the most probable one with modelled latency in [0.97 T, T]
   # (pnas_jax/arch/derive.py): with sharp op choices it meets T by keeping blocks.
   c.arch.estimator = "reinforce"
+  # Smaller than the reference's K = 10 nets scored on 1000 images per update, for time: measured on
+  # this project's 2-core CPU (experiments/bench_reinforce.py: one run, medians of 5), one update
+  # at K = 10 / 1000 images costs 14.7 weight steps (batch 128), at K = 4 / 128 images 0.18, so with
+  # an update every 2 weight steps the reference setting makes the search phase ~7.7x longer.
+  c.arch.reinforce.k = 4
+  c.arch.reinforce.batch_size = 0  # data.arch_batch_size (128)
   c.latency.derive = "budget"
   c.latency.derive_band = 0.03
   c.checkpoint.every_steps = 200

@@ -83,6 +83,7 @@ class Estimator(Protocol):
 
   name: str
   sample_mode: str  # the gate-sampling mode its forward passes use ("single", "two", "full")
+  batch_size: int  # held-out examples per arch step (0: the config's data.arch_batch_size)
 
   def grads(self, *, space: SearchSpace, alpha: Alpha, key: jax.Array, forward: Forward,
             labels: jax.Array, cost_fn: CostFn | None = None, loss_fn: LossFn | None = None,
@@ -134,6 +135,7 @@ class BinaryGateEstimator:
   """The "full" / "two" binary-gate estimators (see the module docstring)."""
 
   name: str
+  batch_size: int = 0  # the arch step's batch: data.arch_batch_size
 
   @property
   def sample_mode(self) -> str:
@@ -197,9 +199,10 @@ def reference_reward(target: float | None = None, tradeoff: float = 0.1) -> Call
 class ReinforceEstimator:
   """REINFORCE over K sampled architectures with a moving-average baseline."""
 
-  k: int = 4
+  k: int = 10
   baseline_decay: float = 0.99
   reward_fn: Callable[[jax.Array, jax.Array | None], jax.Array] = reference_reward()
+  batch_size: int = 0  # the reward batch (0: data.arch_batch_size)
   name: str = "reinforce"
   sample_mode: str = "single"
 
@@ -267,11 +270,13 @@ def _two(*, target: float | None = None) -> BinaryGateEstimator:
 
 
 @register_estimator("reinforce")
-def _reinforce(*, target: float | None = None, k: int = 4, baseline_decay: float = 0.99,
-               tradeoff: float = 0.1, reward_fn: Callable[..., Any] | None = None
-               ) -> ReinforceEstimator:
-  """K sampled nets per update; reward acc (T / lat)^tradeoff unless `reward_fn` is given."""
-  return ReinforceEstimator(k=k, baseline_decay=baseline_decay,
+def _reinforce(*, target: float | None = None, k: int = 10, baseline_decay: float = 0.99,
+               tradeoff: float = 0.1, batch_size: int = 0,
+               reward_fn: Callable[..., Any] | None = None) -> ReinforceEstimator:
+  """K sampled nets per update, each scored on one reward batch of `batch_size` held-out images;
+  reward acc (T / lat)^tradeoff unless `reward_fn` is given. The reference's defaults: K = 10, the
+  reward batch its test batch (1000), one update every 5 weight steps."""
+  return ReinforceEstimator(k=k, baseline_decay=baseline_decay, batch_size=batch_size,
                             reward_fn=reward_fn or reference_reward(target, tradeoff))
 
 

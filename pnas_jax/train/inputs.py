@@ -72,6 +72,13 @@ def preprocessors(dataset: ImageDataset, resolution: int) -> tuple[Preprocess, P
           make_preprocess(dataset.augment, dataset.mean, dataset.std, resolution, train=False))
 
 
+def check_split_batch(what: str, batch_size: int, split_size: int | None, mesh: Mesh) -> None:
+  """A global batch that divides over the mesh and fits its split (`what` names the config key)."""
+  check_batch(batch_size, mesh, what)
+  if split_size is not None and batch_size > split_size:
+    raise UserValueError(f"{what} = {batch_size} is larger than its split ({split_size} examples)")
+
+
 def search_inputs(config: Any, mesh: Mesh) -> SearchInputs:
   """Loads config.data, carves the class-balanced held-out split (seeded), checks batch sizes."""
   space_fields = config.space.to_dict()
@@ -82,9 +89,7 @@ def search_inputs(config: Any, mesh: Mesh) -> SearchInputs:
   for what, b, n in (("data.batch_size", config.data.batch_size, len(train_idx)),
                      ("data.arch_batch_size", config.data.arch_batch_size, len(holdout_idx)),
                      ("data.eval_batch_size", config.data.eval_batch_size, None)):
-    check_batch(b, mesh, what)
-    if n is not None and b > n:
-      raise UserValueError(f"{what} = {b} is larger than its split ({n} examples)")
+    check_split_batch(what, b, n, mesh)
   train_pre, eval_pre = preprocessors(dataset, space.resolution)
   return SearchInputs(space, dataset, SubsetSource(dataset.train, train_idx),
                       SubsetSource(dataset.train, holdout_idx), train_pre, eval_pre)

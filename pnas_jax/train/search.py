@@ -152,6 +152,9 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
   schedule = SearchSchedule.from_config(config.schedule, d.batch_size, len(data.train))
   objective = latency_objective(config, data.space, os.path.abspath(workdir))
   estimator = estimator_from_config(config.arch.to_dict(), objective.target)
+  arch_batch = getattr(estimator, "batch_size", 0) or d.arch_batch_size
+  if arch_batch != d.arch_batch_size:
+    inputs.check_split_batch(f"arch.{estimator.name}.batch_size", arch_batch, len(data.holdout), mesh)
   model = Supernet(data.space, dropout_rate=config.model.dropout_rate, dw_impl=config.model.dw_impl,
                    impl=config.model.impl)
   weight_tx = weight_optimizer(schedule.learning_rate(o.lr, o.warmup_lr), momentum=o.momentum,
@@ -163,7 +166,7 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
       weight_tx=weight_tx, arch_tx=arch_tx,
       step_options={"weight_sample": o.weight_sample, "label_smoothing": o.label_smoothing,
                     "alpha_init_std": o.alpha_init_std, "sync_bn": config.model.sync_bn},
-      batches={"batch_size": d.batch_size, "arch_batch_size": d.arch_batch_size,
+      batches={"batch_size": d.batch_size, "arch_batch_size": arch_batch,
                "eval_batch_size": d.eval_batch_size, "prefetch": d.prefetch},
       eval={"every_epochs": e.every_epochs, "max_batches": e.max_batches or None,
             "bn_batches": e.bn_batches},
@@ -252,7 +255,7 @@ def _warmed_up(warmup_dir: str, like: SearchState, warmup_steps: int) -> SearchS
   return state
 
 
-def _compiled_steps(setup: SearchSetup) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def compiled_steps(setup: SearchSetup) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """The data-parallel weight step (warm-up and search share one compilation: the step samples
   uniformly while state.step < warmup_steps) and arch step."""
   data, opts, obj = setup.data, setup.step_options, setup.objective
@@ -285,7 +288,7 @@ def _batches(setup: SearchSetup, state: SearchState) -> tuple[Any, Any]:
 def _run(setup: SearchSetup, run: RunDir, state: SearchState, progress: bool | None
          ) -> tuple[SearchState, Outcome]:
   """The search loop: a weight step, then an arch step where the schedule says, per step."""
-  weight_fn, arch_fn = _compiled_steps(setup)
+  weight_fn, arch_fn = compiled_steps(setup)
   train_batches, holdout_batches = _batches(setup, state)
   s, b = setup.schedule, setup.batches
   start = int(to_host(state.step))

@@ -74,10 +74,13 @@ def search_config() -> ml_collections.ConfigDict:
   c.arch = ml_collections.ConfigDict()
   c.arch.estimator = "two"  # "two" | "full" | "reinforce" (arch/estimators.py: ESTIMATORS)
   # Each estimator's options: the section named after it (keywords of its registered factory).
+  # "reinforce": the reference's defaults (K = 10 nets per update, each scored on one reward batch
+  # of 1000 held-out images; updates every schedule.arch_every weight steps).
   c.arch.reinforce = ml_collections.ConfigDict(dict(
-      k=4,  # architectures sampled per update
+      k=10,  # architectures sampled per update
       baseline_decay=0.99,  # moving-average reward baseline
       tradeoff=0.1,  # reward acc * (T / lat)^tradeoff
+      batch_size=1000,  # held-out images per update (0: data.arch_batch_size)
   ))
 
   # Latency term. model: "measure" (a table measured here before the search, cached in the
