@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pnas_jax.json_files import read_json
+from pnas_jax.file_io import read_json
 from pnas_jax.latency.table import (
     Entry,
     LatencyTable,

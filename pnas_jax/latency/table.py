@@ -36,7 +36,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from pnas_jax.json_files import read_json
+from pnas_jax.file_io import read_json
 from pnas_jax.latency.expected import CostTable
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import SearchSpace

@@ -13,11 +13,10 @@ starts at every block that changes the width or has stride 2.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-from pnas_jax.json_files import read_json
+from pnas_jax.file_io import read_json, write_json
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import DEFAULT_CANDIDATES, Arch, SearchSpace, SearchSpaceError
 
@@ -26,7 +25,9 @@ _BN = {"momentum": 0.1, "eps": 1e-3}
 
 
 def _read_json(path: str | os.PathLike) -> Any:
-  return read_json(path, SearchSpaceError)
+  """An arch.json / net.config; a missing, binary, unreadable or invalid file (or a directory)
+  raises SearchSpaceError naming it."""
+  return read_json(path, SearchSpaceError, what="arch file")
 
 
 def is_net_config(d: Any) -> bool:
@@ -78,9 +79,7 @@ def save_arch(
     name: str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> None:
-  with open(path, "w") as f:
-    json.dump(arch_to_dict(space, arch, name, meta), f, indent=2)
-    f.write("\n")
+  write_json(path, arch_to_dict(space, arch, name, meta))
 
 
 def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, Arch]:
@@ -294,6 +293,4 @@ def load_net_config(path: str | os.PathLike, resolution: int = 224) -> tuple[Sea
 def save_net_config(
     path: str | os.PathLike, space: SearchSpace, arch: Arch, name: str = "ProxylessNASNets"
 ) -> None:
-  with open(path, "w") as f:
-    json.dump(to_net_config(space, arch, name), f, indent=4)
-    f.write("\n")
+  write_json(path, to_net_config(space, arch, name), indent=4)
