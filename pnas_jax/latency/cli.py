@@ -186,11 +186,12 @@ def cmd_expected(args: argparse.Namespace) -> int:
 def _run(fn):
   def wrapped(args: argparse.Namespace) -> int:
     from pnas_jax.config_loading import ConfigError
+    from pnas_jax.errors import PnasError
     from pnas_jax.latency.table import LatencyTableError
 
     try:
       return fn(args)
-    except (LatencyTableError, ConfigError, ValueError) as e:
+    except (PnasError, LatencyTableError, ConfigError, ValueError) as e:
       print(f"pnas latency {args.latency_command}: error: {e}", file=sys.stderr)
       return 2
 
