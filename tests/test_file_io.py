@@ -93,3 +93,13 @@ def test_arch_show_directory_exits_2(tmp_path, capsys):
 
   assert cli.main(["arch", "show", str(tmp_path)]) == 2
   assert "is a directory" in capsys.readouterr().err
+
+
+def test_arch_show_binary_file_exits_2(tmp_path, capsys):
+  from pnas_jax import cli
+
+  p = tmp_path / "weights.msgpack"
+  p.write_bytes(b"\x82\xa6params\xc4\x10" + bytes(range(128, 256)))
+  assert cli.main(["arch", "show", str(p)]) == 2
+  err = capsys.readouterr().err
+  assert "weights.msgpack: not a text arch file" in err and "Traceback" not in err
