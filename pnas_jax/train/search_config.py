@@ -155,7 +155,7 @@ RANGES: dict[str, Range] = {
     "schedule.arch_start_epoch": NON_NEGATIVE,
     "schedule.max_steps": Range(0, integer=True, note="0: run to the end"),
     "optim.warmup_lr": POSITIVE,
-    "optim.lr": POSITIVE,
+    "optim.lr": Range(0, note="0: weights frozen, BN statistics still update"),
     "optim.momentum": FRACTION,
     "optim.weight_decay": NON_NEGATIVE,
     "optim.label_smoothing": FRACTION,

@@ -84,7 +84,7 @@ RANGES: dict[str, Range] = {
     "data.prefetch": INT_GE1,
     "data.train_subset": Range(0, integer=True, note="0: the whole training set"),
     "model.dropout_rate": FRACTION,
-    "optim.lr": POSITIVE,
+    "optim.lr": Range(0, note="0: weights frozen, BN statistics still update"),
     "optim.momentum": FRACTION,
     "optim.weight_decay": NON_NEGATIVE,
     "optim.label_smoothing": FRACTION,
