@@ -32,10 +32,10 @@ import time
 import jax
 from results_io import write_result
 
+from pnas_jax.arch.supernet import Supernet
 from pnas_jax.config_loading import load_config
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.latency.timing import device_description
-from pnas_jax.models.supernet import Supernet
 from pnas_jax.train import inputs, optim, parallel, steps
 from pnas_jax.train import state as state_lib
 

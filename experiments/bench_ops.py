@@ -34,7 +34,8 @@ import optax
 from results_io import write_result
 
 from pnas_jax.latency.timing import device_description, time_fn
-from pnas_jax.models import depthwise, zoo
+from pnas_jax.layers import depthwise
+from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -31,16 +31,16 @@ import optax
 from results_io import write_result
 
 from pnas_jax.arch import Sample, get_estimator
+from pnas_jax.arch.supernet import Supernet
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.latency.timing import device_description, time_fn
 from pnas_jax.models.child import ChildNet
-from pnas_jax.models.supernet import Supernet
 from pnas_jax.search_space import Arch, SearchSpace
 from pnas_jax.train import (
   arch_optimizer,
   arch_step,
   create_search_state,
-  smoothed_cross_entropy,
+  cross_entropy,
   weight_optimizer,
   weight_step,
 )
@@ -99,7 +99,7 @@ def child_step(state, batch, *, model, tx, label_smoothing=0.1):
   def loss_of(p):
     logits, upd = model.apply({"params": p, "batch_stats": stats}, batch["image"], train=True,
                               mutable=["batch_stats"])
-    return smoothed_cross_entropy(logits, batch["label"], label_smoothing), upd["batch_stats"]
+    return cross_entropy(logits, batch["label"], label_smoothing), upd["batch_stats"]
 
   (loss, stats), g = jax.value_and_grad(loss_of, has_aux=True)(params)
   updates, opt = tx.update(g, opt, params)
@@ -114,7 +114,7 @@ def darts_step(state, batch, *, model, wtx, atx):
         {"params": params, "batch_stats": state.batch_stats}, batch["image"],
         Sample(active=jnp.zeros((len(alpha),), jnp.int32)), train=True,
         weights=tuple(jax.nn.softmax(a) for a in alpha), mutable=["batch_stats"])
-    return smoothed_cross_entropy(logits, batch["label"], 0.1), upd["batch_stats"]
+    return cross_entropy(logits, batch["label"], 0.1), upd["batch_stats"]
 
   (loss, stats), (gp, ga) = jax.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
       state.params, state.alpha)

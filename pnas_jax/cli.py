@@ -15,6 +15,9 @@ import json
 import sys
 from typing import Any
 
+from pnas_jax.compile_cache import enable_compilation_cache
+from pnas_jax.errors import PnasError
+
 # Modules contributing subcommands; each defines add_commands(subparsers).
 COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli", "pnas_jax.demo")
 
@@ -149,15 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  from pnas_jax.search_space.space import SearchSpaceError
+def _command_name(args: argparse.Namespace) -> str:
+  sub = getattr(args, "latency_command", None) or getattr(args, "arch_command", None)
+  return f"pnas {args.command}" + (f" {sub}" if sub else "")
 
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs one subcommand. A user error (PnasError: a bad value or file) prints one line naming it
+  and the fix, exit status 2; any other exception is a bug and keeps its traceback."""
+  args = build_parser().parse_args(argv)
+  enable_compilation_cache()
   try:
     return int(args.func(args) or 0)
-  except (SearchSpaceError, KeyError, FileNotFoundError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"pnas {args.command}: error: {msg}", file=sys.stderr)
+  except PnasError as e:
+    print(f"{_command_name(args)}: error: {e}", file=sys.stderr)
     return 2
 
 

@@ -32,11 +32,17 @@ from tqdm.auto import tqdm
 from pnas_jax import plots
 from pnas_jax.arch.derive import derive
 from pnas_jax.config_loading import load_config
-from pnas_jax.json_files import write_json
+from pnas_jax.errors import MissingFileError, PnasError, UserFileError
+from pnas_jax.file_io import read_json, write_json
 from pnas_jax.latency.measure import sample_archs
+from pnas_jax.latency.objective import latency_objective
+from pnas_jax.latency.predictor import load_predictor
 from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space.io import save_arch
 from pnas_jax.search_space.space import Arch
+from pnas_jax.train.inputs import load_config_dataset, space_for_data
+from pnas_jax.train.retrain import train
+from pnas_jax.train.search import search
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Phase budgets as fractions of the whole run (for the ETA; refined as phases finish).
@@ -51,7 +57,7 @@ def _config_path(kind: str, name: str) -> str:
     path = os.path.join(base, kind, f"{name}.py")
     if os.path.exists(path):
       return path
-  raise FileNotFoundError(f"configs/{kind}/{name}.py not found (run from the repository root)")
+  raise MissingFileError(f"configs/{kind}/{name}.py not found (run from the repository root)")
 
 
 def demo_overrides(quick: bool, seed: int, data: str, data_dir: str | None, latency_dir: str
@@ -81,6 +87,8 @@ def demo_overrides(quick: bool, seed: int, data: str, data_dir: str | None, late
 def _pnas(*args: str) -> str:
   """Runs `pnas ARGS` in a child process (fresh XLA flags: single-threaded latency timing)."""
   p = subprocess.run([sys.executable, "-m", "pnas_jax.cli", *args], capture_output=True, text=True)
+  if p.returncode == 2:  # a user error: the child's one-line message says what to fix
+    raise PnasError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"pnas {args[0]} failed")
   if p.returncode != 0:
     raise RuntimeError(f"pnas {' '.join(args[:2])} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
   return p.stdout
@@ -107,15 +115,30 @@ class PhaseProgress:
     self._bar.close()
 
 
+def _retrain_all(workdir: str, space: Any, nets: list[tuple[str, Arch]], overrides: list[str],
+                 bar: PhaseProgress, timings: dict[str, float]) -> dict[str, dict[str, Any]]:
+  """Trains each (name, arch) with the same budget; returns each one's report.json content."""
+  results = {}
+  arch_dir = os.path.join(workdir, "archs")
+  os.makedirs(arch_dir, exist_ok=True)
+  for i, (name, arch) in enumerate(nets):
+    bar.start(2 + i, PHASES[2 + i][0])
+    t = time.time()
+    arch_path = os.path.join(arch_dir, f"{name}.json")
+    save_arch(arch_path, space, arch, name=name)
+    cfg = load_config(_config_path("train", "fashion_mnist"),
+                      [*overrides, f"--config.arch={arch_path}", "--config.log.progress=False"])
+    res = train(cfg, os.path.join(workdir, "train", name), progress=False)
+    results[name] = read_json(os.path.join(workdir, "train", name, "report.json"), UserFileError)
+    results[name]["status"] = res.status.value
+    timings[f"train {name}"] = time.time() - t
+    bar.finish(PHASES[2 + i][1])
+  return results
+
+
 def run_demo(workdir: str, quick: bool = False, seed: int = 0, data: str = "fashion_mnist",
              data_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
   """Runs (or resumes) the whole demo in `workdir`; returns report.json's content."""
-  from pnas_jax.latency.predictor import load_predictor
-  from pnas_jax.train.inputs import load_config_dataset, space_for_data
-  from pnas_jax.train.latency_objective import latency_objective
-  from pnas_jax.train.retrain import train
-  from pnas_jax.train.search import search
-
   t0 = time.time()
   workdir = os.path.abspath(workdir)
   latency_dir = os.path.join(workdir, "latency")
@@ -136,8 +159,7 @@ def run_demo(workdir: str, quick: bool = False, seed: int = 0, data: str = "fash
       _pnas("latency", "measure", "--config", latency_cfg, *l_over)
       _pnas("latency", "fit", "--config", latency_cfg, *l_over, "--json")
     load_predictor(predictor_path, space)  # checks it fits this space
-    with open(predictor_path) as fh:
-      fit_metrics = json.load(fh).get("metrics")
+    fit_metrics = read_json(predictor_path, UserFileError).get("metrics")
     search_dir = os.path.join(workdir, "search")
     objective = latency_objective(search_cfg, space, search_dir)
     timings["latency"] = time.time() - t
@@ -155,22 +177,7 @@ def run_demo(workdir: str, quick: bool = False, seed: int = 0, data: str = "fash
     randoms = sample_archs(space, 3, seed=1000 + seed)
     nets = [("found", found.arch), ("baseline", baseline)] + [
         (f"random{i + 1}", a) for i, a in enumerate(randoms)]
-    results = {}
-    for i, (name, arch) in enumerate(nets):
-      bar.start(2 + i, PHASES[2 + i][0])
-      t = time.time()
-      arch_dir = os.path.join(workdir, "archs")
-      os.makedirs(arch_dir, exist_ok=True)
-      arch_path = os.path.join(arch_dir, f"{name}.json")
-      save_arch(arch_path, space, arch, name=name)
-      cfg = load_config(_config_path("train", "fashion_mnist"),
-                        [*t_over, f"--config.arch={arch_path}", "--config.log.progress=False"])
-      res = train(cfg, os.path.join(workdir, "train", name), progress=False)
-      with open(os.path.join(workdir, "train", name, "report.json")) as f:
-        results[name] = json.load(f)
-      results[name]["status"] = res.status
-      timings[f"train {name}"] = time.time() - t
-      bar.finish(PHASES[2 + i][1])
+    results = _retrain_all(workdir, space, nets, t_over, bar, timings)
 
     # 4. The five trained nets timed in one interleaved session (same protocol as the table).
     bar.start(len(PHASES) - 1, PHASES[-1][0])
@@ -292,8 +299,6 @@ def cmd_demo(args: Any) -> int:
 
 def add_commands(subparsers: Any) -> None:
   """Registers `pnas demo`."""
-  from pnas_jax.train.cli import run_guarded
-
   p = subparsers.add_parser("demo", help="the push-button run: latency table -> search -> retrain "
                                          "-> report (offline, Fashion-MNIST)")
   p.add_argument("--workdir", default="results/demo", help="outputs (rerun to resume)")
@@ -302,4 +307,4 @@ def add_commands(subparsers: Any) -> None:
   p.add_argument("--data", default="fashion_mnist",
                  help="fashion_mnist (Debian's IDX files) or tfds:fashion_mnist")
   p.add_argument("--data-dir", default=None)
-  p.set_defaults(func=run_guarded(cmd_demo))
+  p.set_defaults(func=cmd_demo)

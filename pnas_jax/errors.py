@@ -26,5 +26,9 @@ class UserFileError(PnasError, OSError):
   """A user-given file cannot be read or decoded (missing, a directory, binary, truncated, ...)."""
 
 
+class MissingFileError(UserFileError, FileNotFoundError):
+  """A file the user named (or a config points to) does not exist."""
+
+
 class UnknownNameError(PnasError, KeyError):
   """A name that is not registered (an op, estimator, latency loss, data set, predictor kind)."""

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pnas_jax.errors import PnasError, UserValueError
 from pnas_jax.models.child import ChildNet
 from pnas_jax.search_space.space import Arch, SearchSpace
 
@@ -47,7 +48,7 @@ KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 _TF_INSTALL = 'pip install "pnas_jax[tf]" (or: pip install tensorflow)'
 
 
-class ExportError(RuntimeError):
+class ExportError(PnasError, RuntimeError):
   """An export could not be made: a missing optional dependency or a failed conversion."""
 
 
@@ -80,7 +81,7 @@ def _normalization(preprocess: Mapping[str, Any] | None) -> dict[str, list[float
   if preprocess is None:
     return None
   if not {"mean", "std"} <= set(preprocess):
-    raise ValueError(f"preprocess needs 'mean' and 'std', got keys {sorted(preprocess)}")
+    raise UserValueError(f"preprocess needs 'mean' and 'std', got keys {sorted(preprocess)}")
   return {k: np.asarray(v, np.float64).reshape(-1).tolist() for k, v in preprocess.items()}
 
 
@@ -89,7 +90,7 @@ def _export(fn: Callable, arg: jax.ShapeDtypeStruct, platforms: Sequence[str]) -
   unknown = [p for p in platforms if p not in KNOWN_PLATFORMS]
   if unknown or not platforms:
     # jax.export accepts any name silently; an artifact for a misspelt platform would not run there.
-    raise ValueError(f"unknown platform(s) {unknown or platforms}; known: {KNOWN_PLATFORMS}")
+    raise UserValueError(f"unknown platform(s) {unknown or platforms}; known: {KNOWN_PLATFORMS}")
   try:
     return jax.export.export(jax.jit(fn), platforms=platforms)(arg)
   except Exception as e:  # any lowering failure: fall back to what surely works here
@@ -133,7 +134,7 @@ def export_stablehlo(
     shape: tuple[Any, ...] = jax.export.symbolic_shape(f"b, {h}, {w}, {c}")
   else:
     if int(batch_sizes) < 1:
-      raise ValueError(f"batch_sizes must be >= 1 or None, got {batch_sizes}")
+      raise UserValueError(f"batch_sizes must be >= 1 or None, got {batch_sizes}")
     shape = (int(batch_sizes), h, w, c)
   exported = _export(inference_fn(space, arch, variables), jax.ShapeDtypeStruct(shape, jnp.float32),
                      platforms)
@@ -286,7 +287,7 @@ def export_network(
   formats = tuple(formats)
   unknown = sorted(set(formats) - {"stablehlo", "tf"})
   if unknown:
-    raise ValueError(f"unknown export format(s) {unknown}; known: 'stablehlo', 'tf'")
+    raise UserValueError(f"unknown export format(s) {unknown}; known: 'stablehlo', 'tf'")
   out_dir = os.path.join(os.fspath(workdir), "export")
   if formats == ("tf",) and not tf_available():
     _import_tf()  # raises ExportError with the install hint

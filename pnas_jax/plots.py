@@ -68,6 +68,32 @@ def _edges(xs: Sequence[float]) -> np.ndarray:
   return np.concatenate([[2 * xs[0] - mid[0]], mid, [2 * xs[-1] - mid[-1]]])
 
 
+def _alpha_panels(history: Sequence[Sequence[Sequence[float]]], candidates: Sequence[Sequence[str]],
+                  steps: Sequence[float] | None) -> tuple[list[np.ndarray], np.ndarray]:
+  """Per block the (K_l, T) probabilities of plot_alpha_history, and the x cell edges; checked."""
+  n_blocks, n_records = len(candidates), len(history)
+  if n_blocks == 0 or n_records == 0:
+    raise ValueError(f"plot_alpha_history needs >= 1 block and record (got {n_blocks}, {n_records})")
+  probs = []  # per block: (K_l, T)
+  for b, names in enumerate(candidates):
+    cols = []
+    for t, rec in enumerate(history):
+      if len(rec) != n_blocks:
+        raise ValueError(f"history[{t}] has {len(rec)} blocks, candidates has {n_blocks}")
+      vec = np.asarray(rec[b], dtype=float).reshape(-1)
+      if len(vec) != len(names):
+        raise ValueError(f"history[{t}][{b}] has {len(vec)} probabilities for {len(names)} candidates")
+      cols.append(vec)
+    probs.append(np.stack(cols, axis=1))
+  xs = np.arange(n_records, dtype=float) if steps is None else np.asarray(steps, dtype=float)
+  if len(xs) != n_records:
+    raise ValueError(f"steps has {len(xs)} values for {n_records} records")
+  if n_records > 1 and not np.all(np.diff(xs) > 0):
+    raise ValueError("steps must be strictly increasing")
+  return probs, _edges(xs)
+
+
+
 def plot_alpha_history(
     history: Sequence[Sequence[Sequence[float]]],
     candidates: Sequence[Sequence[str]],
@@ -91,27 +117,8 @@ def plot_alpha_history(
   Raises:
     ValueError: no blocks or records, or a probability vector whose length does not match candidates.
   """
-  n_blocks, n_records = len(candidates), len(history)
-  if n_blocks == 0 or n_records == 0:
-    raise ValueError(f"plot_alpha_history needs >= 1 block and record (got {n_blocks}, {n_records})")
-  probs = []  # per block: (K_l, T)
-  for b, names in enumerate(candidates):
-    cols = []
-    for t, rec in enumerate(history):
-      if len(rec) != n_blocks:
-        raise ValueError(f"history[{t}] has {len(rec)} blocks, candidates has {n_blocks}")
-      vec = np.asarray(rec[b], dtype=float).reshape(-1)
-      if len(vec) != len(names):
-        raise ValueError(f"history[{t}][{b}] has {len(vec)} probabilities for {len(names)} candidates")
-      cols.append(vec)
-    probs.append(np.stack(cols, axis=1))
-  xs = np.arange(n_records, dtype=float) if steps is None else np.asarray(steps, dtype=float)
-  if len(xs) != n_records:
-    raise ValueError(f"steps has {len(xs)} values for {n_records} records")
-  if n_records > 1 and not np.all(np.diff(xs) > 0):
-    raise ValueError("steps must be strictly increasing")
-  x_edges = _edges(xs)
-
+  probs, x_edges = _alpha_panels(history, candidates, steps)
+  n_blocks = len(candidates)
   ncols = min(4, n_blocks)
   nrows = math.ceil(n_blocks / ncols)
   # Fixed layout in inches (constrained layout costs seconds on 21 panels with many tick labels).

@@ -39,8 +39,8 @@ def main() -> None:
   from spaces import TINY_SPACE
 
   from pnas_jax.arch import get_estimator
+  from pnas_jax.arch.supernet import Supernet
   from pnas_jax.latency.expected import expected_cost, macs_table
-  from pnas_jax.models.supernet import Supernet
   from pnas_jax.train import arch_optimizer, create_search_state, weight_optimizer
   from pnas_jax.train.parallel import data_mesh, data_parallel, replicate, to_host
   from pnas_jax.train.steps import arch_step, weight_step

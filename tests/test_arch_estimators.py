@@ -13,14 +13,14 @@ from spaces import TINY_SPACE
 
 from pnas_jax.arch import (
   Sample,
-  UnknownEstimatorError,
   derive,
   get_estimator,
   sample_gates,
 )
+from pnas_jax.arch.supernet import Supernet, init_supernet
+from pnas_jax.errors import UnknownNameError
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.models.child import Head, build_op, stem_and_first_block
-from pnas_jax.models.supernet import Supernet, init_supernet
 from pnas_jax.train import arch_optimizer, arch_step, create_search_state, weight_optimizer
 
 SPACE = TINY_SPACE
@@ -260,7 +260,7 @@ def test_sampling_distributions():
 
 def test_registry_lists_valid_names():
   assert get_estimator("two").name == "two"
-  with pytest.raises(UnknownEstimatorError, match="full, two, reinforce"):
+  with pytest.raises(UnknownNameError, match="full, two, reinforce"):
     get_estimator("darts")
 
 

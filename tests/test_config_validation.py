@@ -104,6 +104,20 @@ def test_config_file_without_get_config_is_named(tmp_path):
     load_config(str(tmp_path))
 
 
+@pytest.mark.parametrize("module, schema", [
+    ("pnas_jax.train.search_config", "search_config"), ("pnas_jax.train.train_config", "train_config"),
+    ("pnas_jax.latency.config", "latency_config")])
+def test_every_range_names_a_key_of_its_schema(module, schema):
+  import importlib
+
+  from pnas_jax.config_loading import leaf_keys
+
+  m = importlib.import_module(module)
+  keys = set(leaf_keys(getattr(m, schema)()))
+  assert set(m.RANGES) - keys == set()  # a renamed key must not leave its range unchecked
+  assert schema_of(getattr(m, schema)()) is m
+
+
 def test_range_describe_and_allows():
   r = Range(0, 1, high_open=True)
   assert r.describe() == "a number in [0, 1)" and r.allows(0) and not r.allows(1.0)

@@ -14,9 +14,9 @@ import pytest
 
 from pnas_jax import demo
 from pnas_jax.config_loading import load_config
+from pnas_jax.latency.objective import LatencyObjective
 from pnas_jax.latency.predictor import macs_predictor
 from pnas_jax.search_space import Arch
-from pnas_jax.train.latency_objective import LatencyObjective
 
 
 @pytest.mark.parametrize("quick", [False, True])

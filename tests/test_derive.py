@@ -115,7 +115,7 @@ def test_block_costs_reproduce_the_predictors():
 def test_search_objective_derives_within_its_target(tmp_path):
   """config.latency.derive wiring: 'budget' returns the brute-force best arch under T."""
   from pnas_jax.config_loading import load_config
-  from pnas_jax.train.latency_objective import latency_objective
+  from pnas_jax.latency.objective import latency_objective
 
   tiny = load_config(TINY, ["--config.latency.derive=budget"])
   space = SearchSpace(**tiny.space.to_dict())
@@ -142,7 +142,7 @@ def test_search_objective_derives_within_its_target(tmp_path):
 ])
 def test_bad_derive_settings_fail_with_the_fix(tmp_path, override, match):
   from pnas_jax.config_loading import load_config
-  from pnas_jax.train.latency_objective import latency_objective
+  from pnas_jax.latency.objective import latency_objective
 
   tiny = load_config(TINY, override)
   with pytest.raises(ValueError, match=match):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from latency_helpers import synthetic_table, tiny_space
 
+from pnas_jax.errors import UnknownNameError
 from pnas_jax.latency.expected import CostTable, expected_cost
-from pnas_jax.latency.loss import UnknownLossError, latency_loss, loss_defaults
+from pnas_jax.latency.loss import latency_loss, loss_defaults
 from pnas_jax.latency.predictor import LinearPredictor, TableSumPredictor
 from pnas_jax.latency.table import cost_table
 
@@ -87,7 +88,7 @@ def test_loss_hyperparameters_and_registry():
   assert float(loss(1.0, 12.0, 10.0)) == pytest.approx(1.2)
   loss = latency_loss("mul#log", a=1.0, b=1.0)
   assert float(loss(2.0, 100.0, 10.0)) == pytest.approx(4.0, rel=1e-6)
-  with pytest.raises(UnknownLossError, match=r"valid names: add#linear, mul#log"):
+  with pytest.raises(UnknownNameError, match=r"valid: mul#log, add#linear"):
     latency_loss("mul#linear")
   with pytest.raises(TypeError, match=r"no hyper-parameter\(s\) \['lambda'\]; valid: \['lam'\]"):
     latency_loss("add#linear", **{"lambda": 0.1})

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from pnas_jax.models import layers
+from pnas_jax.errors import UnknownNameError
+from pnas_jax.layers import core as layers
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.cost import block_costs, net_cost
 from pnas_jax.models.init import init_variables
@@ -15,7 +16,6 @@ from pnas_jax.search_space import (
   Arch,
   SearchSpace,
   SearchSpaceError,
-  UnknownOpError,
   get_op,
   register_op,
   to_net_config,
@@ -32,14 +32,14 @@ def test_builtin_ops():
 
 
 def test_unknown_op_lists_valid_names():
-  with pytest.raises(UnknownOpError) as e:
+  with pytest.raises(UnknownNameError) as e:
     get_op("3x3_DWConv")
   msg = str(e.value)
   for name in ("Identity", "Zero", "3x3_MBConv3", "7x7_MBConv6", "KxK_MBConvE"):
     assert name in msg
-  with pytest.raises(UnknownOpError, match="kernel must be square and odd"):
+  with pytest.raises(UnknownNameError, match="kernel must be square and odd"):
     get_op("3x5_MBConv3")
-  with pytest.raises(UnknownOpError, match="expand ratio >= 1"):
+  with pytest.raises(UnknownNameError, match="expand ratio >= 1"):
     get_op("3x3_MBConv0")
 
 
@@ -95,5 +95,5 @@ def test_user_op_in_space_net_and_costs(conv_op):
 
 
 def test_unregister_unknown():
-  with pytest.raises(UnknownOpError, match="not registered"):
+  with pytest.raises(UnknownNameError, match="not registered"):
     unregister_op("never_registered")

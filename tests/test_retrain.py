@@ -18,6 +18,7 @@ from pnas_jax.models.child import ChildNet
 from pnas_jax.models.init import init_variables
 from pnas_jax.search_space import Arch, SearchSpace
 from pnas_jax.search_space.io import save_arch
+from pnas_jax.train.loop import Status
 from pnas_jax.train.retrain import decay_mask, train, trained_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def trained(tmp_path_factory, arch_path):
 
 def test_train_writes_report_weights_and_metrics(trained):
   wd, result = trained
-  assert result.status == "done" and result.step == 8
+  assert result.status is Status.DONE and result.step == 8
   with open(os.path.join(wd, "report.json")) as f:
     rep = json.load(f)
   assert rep["arch"] == list(ARCH.ops) and rep["test_examples"] == 512
@@ -75,9 +76,9 @@ def test_interrupted_training_resumes_bit_identical(tmp_path, arch_path, trained
   ref_wd, _ = trained
   wd = str(tmp_path / "resumed")
   r1 = train(_config(arch_path, "--config.optim.ema_decay=0.9", "--config.schedule.max_steps=5"), wd)
-  assert r1.status.startswith("stopped at max_steps") and r1.step == 5
+  assert r1.status is Status.STOPPED and r1.step == 5
   r2 = train(_config(arch_path, "--config.optim.ema_decay=0.9"), wd)
-  assert r2.status == "done" and r2.step == 8
+  assert r2.status is Status.DONE and r2.step == 8
   _, _, a = trained_network(ref_wd)
   _, _, b = trained_network(wd)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -129,21 +130,22 @@ def test_export_round_trip_matches_trained_logits(trained, capsys):
 
 def test_training_from_inherited_supernet_weights(tmp_path, arch_path):
   """config.init = a search workdir: the ChildNet starts from that search's chosen-path weights."""
-  from pnas_jax.train.search import load_chosen_path, search
+  from pnas_jax.file_io import load_msgpack
+  from pnas_jax.train.search import CHOSEN_PATH_FILE, search
 
   tiny = os.path.join(REPO, "configs", "search", "tiny.py")
   sdir = str(tmp_path / "search")
   found = search(load_config(tiny, ["--config.schedule.epochs=1.0", "--config.eval.every_epochs=0"]),
                  sdir)
   fpath = os.path.join(sdir, "arch.json")
-  assert found.status == "done"
+  assert found.status is Status.DONE
   wd = str(tmp_path / "inherit")
   # lr 0 and no dropout randomness in the params: weights must stay the inherited ones.
   train(_config(fpath, f"--config.init={sdir}", "--config.optim.lr=0.0", "--config.schedule.epochs=0.25"),
         wd)
   space, arch, variables = trained_network(wd)
   like = init_variables(ChildNet(space, arch), jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
-  inherited = load_chosen_path(sdir, like)
+  inherited = load_msgpack(os.path.join(sdir, CHOSEN_PATH_FILE), like)
   for x, y in zip(jax.tree.leaves(inherited["params"]), jax.tree.leaves(variables["params"]),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

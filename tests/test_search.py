@@ -16,11 +16,12 @@ import pytest
 
 from pnas_jax import cli
 from pnas_jax.config_loading import load_config
+from pnas_jax.file_io import load_msgpack
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.init import init_variables
 from pnas_jax.search_space.io import load_arch, load_net_config
 from pnas_jax.train.monitor import NonFiniteError
-from pnas_jax.train.search import load_chosen_path, search
+from pnas_jax.train.search import CHOSEN_PATH_FILE, search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "search", "tiny.py")
@@ -69,7 +70,7 @@ def test_tiny_search_cli_writes_every_output(tmp_path, capsys):
   net = ChildNet(space, arch, dw_impl="lax")
   x = np.zeros((2, space.resolution, space.resolution, space.in_channels), np.float32)
   like = init_variables(net, jax.random.key(0), x)
-  inherited = load_chosen_path(wd, like)
+  inherited = load_msgpack(os.path.join(wd, CHOSEN_PATH_FILE), like)
   assert jax.tree.structure(inherited) == jax.tree.structure(like)
   assert np.isfinite(np.asarray(net.apply(inherited, x, train=False))).all()
 
@@ -121,8 +122,8 @@ def _trained_steps(workdir):
 
 
 def test_interrupted_search_resumes_bit_identical(tmp_path):
-  """SIGTERM (saves, exits 0) then kill -9 (loses the steps since the last checkpoint): the
-  resumed run ends with exactly the state of an uninterrupted run."""
+  """SIGTERM (saves, says so, exits 143, marks its outputs partial) then kill -9 (loses the steps
+  since the last checkpoint): the resumed run ends with exactly the state of an uninterrupted run."""
   ref, wd = str(tmp_path / "ref"), str(tmp_path / "interrupted")
   _run(ref)
 
@@ -130,10 +131,18 @@ def test_interrupted_search_resumes_bit_identical(tmp_path):
   _wait_for(lambda: _trained_steps(wd) >= 3, proc)  # mid warm-up, before the first checkpoint
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
-  assert proc.returncode == 0, out
-  assert "status: preempted (SIGTERM)" in out
+  assert proc.returncode == 128 + signal.SIGTERM, out
+  assert "SIGTERM received: saving checkpoint" in out
+  assert "status: interrupted by SIGTERM at step" in out and "rerun to continue" in out
   first = _checkpoints(wd)
   assert first and first[-1] < 18
+  summary = _json(os.path.join(wd, "summary.json"))
+  assert summary["status"] == "preempted" and summary["partial"] is True
+  assert _json(os.path.join(wd, "arch.json"))["meta"]["partial"] is True
+  # `pnas train` refuses the half-searched architecture unless told to accept it.
+  rc = cli.main(["train", "--config", os.path.join(REPO, "configs", "train", "fashion_mnist.py"),
+                 "--workdir", str(tmp_path / "train"), f"--config.arch={wd}/arch.json"])
+  assert rc == 2
 
   proc = _run(wd, wait=False)
   _wait_for(lambda: any(s > first[-1] + 4 for s in _checkpoints(wd)), proc)  # a periodic save ...
@@ -144,6 +153,7 @@ def test_interrupted_search_resumes_bit_identical(tmp_path):
 
   out = _run(wd)
   assert "status: done (step 18/18" in out
+  assert _json(os.path.join(wd, "arch.json"))["meta"]["partial"] is False
   a, b = _final_state(ref, 18), _final_state(wd, 18)
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert jax.tree.structure(a) == jax.tree.structure(b)

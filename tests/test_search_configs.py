@@ -1,6 +1,6 @@
 """Every configs/search/*.py loads, every key it sets is read, and the ImageNet ones take a step.
 
-Key reads: `search(..., dry_run=True)` reads every config value before compiling anything, so each
+Key reads: `plan_search(...)` (`--dry-run`) reads every config value before compiling anything, so each
 config is checked in seconds under config_loading.ReadTracker (data sets the machine lacks are
 swapped for synthetic data, latency files measured on a target device for MACs; an override is a
 read of the same key). The three ImageNet configs run their real data pipeline (tfds:imagenet2012
@@ -152,12 +152,12 @@ def _records(workdir) -> list[dict]:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_loads_and_every_key_is_read(name, tmp_path):
-  from pnas_jax.train.search import search
+  from pnas_jax.train.search import plan_search
 
   load_config(str(CONFIG_DIR / f"{name}.py"))  # unmodified
   tracker = ReadTracker(load_config(str(CONFIG_DIR / f"{name}.py"), dry_run_overrides(name)))
   with mock_imagenet() if name in IMAGENET else contextlib.nullcontext():
-    plan = search(tracker, str(tmp_path / name), dry_run=True)
+    plan = plan_search(tracker, str(tmp_path / name))
   assert plan["total_steps"] > 0 and plan["blocks"] > 0
   assert tracker.unread() == [], f"configs/search/{name}.py: keys the search never reads"
   if name == "imagenet_mobile" and MOBILE_TABLE.is_file():
@@ -245,14 +245,14 @@ def test_bad_config_errors(tmp_path):
 
 def test_unknown_estimator_fails_before_building_the_supernet(tmp_path, monkeypatch):
   """A typo in arch.estimator must not wait for the supernet's init (minutes for ImageNet)."""
-  from pnas_jax.arch.estimators import UnknownEstimatorError
+  from pnas_jax.errors import UnknownNameError
   from pnas_jax.train import search as search_mod
 
   def no_state(*a, **k):
     raise AssertionError("the supernet was initialised before arch.estimator was checked")
 
   monkeypatch.setattr(search_mod, "create_search_state", no_state)
-  with pytest.raises(UnknownEstimatorError, match=r"'twoo'.*full, two, reinforce"):
+  with pytest.raises(UnknownNameError, match=r"'twoo'.*full, two, reinforce"):
     _tiny(tmp_path, "--config.arch.estimator=twoo")
 
 

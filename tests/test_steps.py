@@ -12,17 +12,17 @@ import pytest
 from spaces import TINY_SPACE
 
 from pnas_jax.arch import get_estimator
+from pnas_jax.arch.supernet import Supernet, child_variables
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.models.child import ChildNet
-from pnas_jax.models.supernet import Supernet, child_variables
 from pnas_jax.search_space import Arch
 from pnas_jax.train import (
   arch_optimizer,
   arch_step,
   create_search_state,
+  cross_entropy,
   jit_step,
   masked_update,
-  smoothed_cross_entropy,
   weight_optimizer,
   weight_step,
 )
@@ -132,7 +132,7 @@ def test_weight_step_equals_child_sgd_step_on_the_sampled_path():
   def loss(p):
     y, upd = child.apply({"params": p, "batch_stats": cv["batch_stats"]}, BATCH["image"],
                          train=True, mutable=["batch_stats"])
-    return smoothed_cross_entropy(y, BATCH["label"], 0.1), upd["batch_stats"]
+    return cross_entropy(y, BATCH["label"], 0.1), upd["batch_stats"]
 
   (lval, stats), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(cv["params"])
   upd, _ = WTX.update(g, WTX.init(cv["params"]), cv["params"])

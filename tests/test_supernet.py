@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pnas_jax.arch.sampling import fixed_sample
+from pnas_jax.arch.supernet import Supernet, arch_indices, child_variables, init_supernet
 from pnas_jax.models.child import ChildNet
-from pnas_jax.models.supernet import Supernet, arch_indices, child_variables, init_supernet
 from pnas_jax.search_space import Arch, SearchSpace
 
 SPACE = SearchSpace(

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pnas_jax.errors import UserValueError
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 
@@ -59,7 +60,7 @@ def derive_within_budget(alpha: Sequence[np.ndarray], space: SearchSpace, base_c
   if len(block_costs) != len(alpha):
     raise ValueError(f"got {len(block_costs)} cost rows for {len(alpha)} alpha vectors")
   if not 0.0 <= band < 1.0:
-    raise ValueError(f"band = {band}: use a fraction in [0, 1) (0.1: within 10% below the target)")
+    raise UserValueError(f"band = {band}: use a fraction in [0, 1) (0.1: within 10% below the target)")
   derive(alpha, space)  # shape checks
   rows = [np.asarray(c, np.float64) for c in block_costs]
   hi = budget - base_cost
@@ -82,7 +83,7 @@ def derive_within_budget(alpha: Sequence[np.ndarray], space: SearchSpace, base_c
       cheapest = base_cost + sum(r.min() for r in rows)
       dearest = base_cost + sum(r.max() for r in rows)
       want = f"in [{lo + base_cost:.4g}, {budget:.4g}]" if band > 0 else f"<= {budget:.4g}"
-      raise ValueError(f"no architecture of the space has a latency {want}: they range from "
+      raise UserValueError(f"no architecture of the space has a latency {want}: they range from "
                        f"{cheapest:.4g} to {dearest:.4g}; change the target (or target_ratio)"
                        + (" or widen latency.derive_band" if band > 0 else ""))
     cand_cost, cand_score, parent, op = (x[keep] for x in (cand_cost, cand_score, parent, op))

@@ -1,5 +1,8 @@
 """Architecture-gradient estimators behind one registry: "full", "two" (binary gates), "reinforce".
 
+Adding one: a module with a class following `Estimator` and `@register_estimator("name")` on its
+factory (see the Estimator docstring); tests/test_arch_estimators.py registers a toy one.
+
 Binary gates (Cai et al. 2019, Sec. 3.2, "learning binarized architecture parameters", Eq. 3-4):
 with y_l = sum_j g_lj o_lj(x), g_l = one_hot(a_l), the gate gradient is
 dL/dg_lj = <dL/dy_l, o_lj(x)> (computed by the mixed op's custom VJP) and
@@ -27,17 +30,18 @@ weight), gradient mean_k (R_k - b) grad(-log p(arch_k)), then the same Adam.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from pnas_jax.arch.sampling import Sample, one_hot_gates, sample_gates
 from pnas_jax.collectives import maybe_pmean
+from pnas_jax.losses import accuracy, cross_entropy
+from pnas_jax.registry import Registry
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import SearchSpace
 
@@ -67,6 +71,26 @@ class ArchGrads:
   batch_stats: Any
   baseline: jax.Array
   metrics: dict[str, jax.Array]
+
+
+class Estimator(Protocol):
+  """What the arch step needs of an estimator; register a factory with `register_estimator`.
+
+  A new estimator is one module: a class with these members, a factory registered by name, and
+  its options as a section `arch.<name>` of the search config (passed to the factory as keywords,
+  with `target`, the latency target T or None).
+  """
+
+  name: str
+  sample_mode: str  # the gate-sampling mode its forward passes use ("single", "two", "full")
+
+  def grads(self, *, space: SearchSpace, alpha: Alpha, key: jax.Array, forward: Forward,
+            labels: jax.Array, cost_fn: CostFn | None = None, loss_fn: LossFn | None = None,
+            baseline: jax.Array | None = None, axis_name: str | None = None) -> ArchGrads:
+    """dL/dalpha per block (and which blocks to update) from one held-out batch."""
+
+  def post_update(self, old: Alpha, new: Alpha, result: ArchGrads) -> Alpha:
+    """alpha after the optimizer step (e.g. "two"'s logit shift); usually `new`."""
 
 
 def zero_active(space: SearchSpace, active: jax.Array) -> jax.Array:
@@ -105,12 +129,6 @@ def two_mode_shift(old: Alpha, new: Alpha, sample: Sample, update: jax.Array) ->
   return tuple(out)
 
 
-def _ce_acc(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
-  acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return ce, acc
-
-
 @dataclasses.dataclass(frozen=True)
 class BinaryGateEstimator:
   """The "full" / "two" binary-gate estimators (see the module docstring)."""
@@ -141,7 +159,7 @@ class BinaryGateEstimator:
       probs = mode_probs(alpha, sample, self.name)
       gates = tuple(h + p - lax.stop_gradient(p) for h, p in zip(hot, probs, strict=True))
       logits, new_stats = forward(sample, gates)
-      ce, acc = _ce_acc(logits, labels)
+      ce, acc = cross_entropy(logits, labels), accuracy(logits, labels)
       cost = cost_fn(probs) if cost_fn is not None else jnp.zeros((), jnp.float32)
       loss = loss_fn(ce, cost) if loss_fn is not None else ce
       return loss, (ce, acc, cost, new_stats)
@@ -203,7 +221,7 @@ class ReinforceEstimator:
     def one(k):
       sample = sample_gates(k, alpha, "single")
       logits, _ = forward(sample, None)
-      _, acc = _ce_acc(logits, labels)
+      acc = accuracy(logits, labels)
       acc = maybe_pmean(acc, axis_name)
       lat = cost_fn(one_hot_gates(alpha, sample)) if cost_fn is not None else None
       reward = self.reward_fn(acc, lat)
@@ -230,30 +248,44 @@ class ReinforceEstimator:
     return new
 
 
-class UnknownEstimatorError(KeyError):
-  """An estimator name that is not registered; the message lists the valid names."""
-
-  def __str__(self) -> str:
-    return str(self.args[0])
-
-
-_ESTIMATORS: dict[str, Callable[..., Any]] = {
-    "full": lambda: BinaryGateEstimator("full"),
-    "two": lambda: BinaryGateEstimator("two"),
-    "reinforce": ReinforceEstimator,
-}
+# name -> factory(*, target=None, **options) -> Estimator. The options of estimator NAME come from
+# the search config's `arch.NAME` section (absent: the factory's defaults).
+ESTIMATORS: Registry[Callable[..., Estimator]] = Registry("arch-gradient estimator")
+register_estimator = ESTIMATORS.register
 
 
-def get_estimator(name: str, **kw: Any) -> BinaryGateEstimator | ReinforceEstimator:
-  """Estimator by name; `kw` configures "reinforce" (k, baseline_decay, reward_fn)."""
-  if name not in _ESTIMATORS:
-    raise UnknownEstimatorError(
-        f"unknown arch-gradient estimator {name!r}; valid: {', '.join(_ESTIMATORS)}"
-    )
-  if kw and name != "reinforce":
-    raise TypeError(f"estimator {name!r} takes no options, got {sorted(kw)}")
-  return _ESTIMATORS[name](**kw)
+@register_estimator("full")
+def _full(*, target: float | None = None) -> BinaryGateEstimator:
+  del target
+  return BinaryGateEstimator("full")
+
+
+@register_estimator("two")
+def _two(*, target: float | None = None) -> BinaryGateEstimator:
+  del target
+  return BinaryGateEstimator("two")
+
+
+@register_estimator("reinforce")
+def _reinforce(*, target: float | None = None, k: int = 4, baseline_decay: float = 0.99,
+               tradeoff: float = 0.1, reward_fn: Callable[..., Any] | None = None
+               ) -> ReinforceEstimator:
+  """K sampled nets per update; reward acc (T / lat)^tradeoff unless `reward_fn` is given."""
+  return ReinforceEstimator(k=k, baseline_decay=baseline_decay,
+                            reward_fn=reward_fn or reference_reward(target, tradeoff))
+
+
+def get_estimator(name: str, **options: Any) -> Estimator:
+  """The estimator registered as `name`, built with `options` (e.g. k=10 for "reinforce")."""
+  return ESTIMATORS.get(name)(**options)
+
+
+def estimator_from_config(arch_config: Mapping[str, Any], target: float | None) -> Estimator:
+  """The estimator of a search config's `arch` section: arch.estimator, options from arch.<name>."""
+  name = arch_config["estimator"]
+  factory = ESTIMATORS.get(name)
+  return factory(target=target, **dict(arch_config.get(name) or {}))
 
 
 def estimator_names() -> list[str]:
-  return list(_ESTIMATORS)
+  return ESTIMATORS.names()

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from pnas_jax.errors import UserValueError
+
 # fn(params_j, batch_stats_j, x) -> (y, new_batch_stats_j)
 CandidateFn = Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]]
 IMPLS = ("packed", "remat", "plain")
@@ -301,7 +303,7 @@ def mixed_op(
       through the switch). The gate mode always uses the packed custom VJP.
   """
   if impl not in IMPLS:
-    raise ValueError(f"unknown mixed-op impl {impl!r}; valid: {', '.join(IMPLS)}")
+    raise UserValueError(f"unknown mixed-op impl {impl!r}; valid: {', '.join(IMPLS)}")
   params, stats = tuple(params), tuple(stats)
   active = jnp.asarray(active, jnp.int32)
   if gates is not None:

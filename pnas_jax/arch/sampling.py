@@ -21,6 +21,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from pnas_jax.errors import UserValueError
+
 MODES = ("uniform", "single", "two", "full")
 
 
@@ -40,7 +42,7 @@ class Sample:
 
 def check_mode(mode: str) -> None:
   if mode not in MODES:
-    raise ValueError(f"unknown gate sampling mode {mode!r}; valid: {', '.join(MODES)}")
+    raise UserValueError(f"unknown gate sampling mode {mode!r}; valid: {', '.join(MODES)}")
 
 
 def sample_gates(key: jax.Array, alpha: Sequence[jax.Array], mode: str) -> Sample:

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from pnas_jax.config_loading import OverrideParser, load_config
+from pnas_jax.errors import UserValueError
 
 
 def space_from_config(config: Any):
@@ -22,7 +23,7 @@ def space_from_config(config: Any):
   from pnas_jax.search_space.space import SearchSpace
 
   if "space" not in config:
-    raise ValueError("the config has no 'space' field (a dict of SearchSpace fields)")
+    raise UserValueError("the config has no 'space' field (a dict of SearchSpace fields)")
   space = config.space
   return SearchSpace.from_dict(space.to_dict() if hasattr(space, "to_dict") else dict(space),
                                source="config.space")
@@ -81,7 +82,7 @@ def cmd_networks(args: argparse.Namespace) -> int:
     name, _, path = item.rpartition("=")
     arch_space, arch = load_arch(path)
     if arch_space != space:
-      raise ValueError(f"{path}: its space differs from {args.config}'s space")
+      raise UserValueError(f"{path}: its space differs from {args.config}'s space")
     named.append((name or path, arch))
   meas = measure.measure_networks(space, named, args.out, protocol_from_config(config),
                                   progress=not args.json)
@@ -123,7 +124,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
   missing = [n for n, v in (("--measurements", meas_path), ("--table", table_path),
                             ("--out", out)) if not v]
   if missing:
-    raise ValueError(f"pnas latency fit needs {', '.join(missing)} (or --config with them)")
+    raise UserValueError(f"pnas latency fit needs {', '.join(missing)} (or --config with them)")
   meas = measure.load_network_measurements(meas_path)
   table = table_lib.load_table(table_path)
   costs = table_lib.cost_table(table, meas.space)
@@ -183,21 +184,6 @@ def cmd_expected(args: argparse.Namespace) -> int:
   return 0
 
 
-def _run(fn):
-  def wrapped(args: argparse.Namespace) -> int:
-    from pnas_jax.config_loading import ConfigError
-    from pnas_jax.errors import PnasError
-    from pnas_jax.latency.table import LatencyTableError
-
-    try:
-      return fn(args)
-    except (PnasError, LatencyTableError, ConfigError, ValueError) as e:
-      print(f"pnas latency {args.latency_command}: error: {e}", file=sys.stderr)
-      return 2
-
-  return wrapped
-
-
 def add_commands(subparsers: Any) -> None:
   """Registers `pnas latency measure | fit | expected`."""
   p = subparsers.add_parser("latency", help="latency tables, measurement, predictor, E[LAT]")
@@ -206,7 +192,7 @@ def add_commands(subparsers: Any) -> None:
 
   m = sub.add_parser("measure", help="measure a latency table and whole networks on this device")
   m.add_argument("--config", required=True, help="configs/latency/<name>.py[:arg]")
-  m.set_defaults(func=_run(cmd_measure))
+  m.set_defaults(func=cmd_measure)
 
   f = sub.add_parser("fit", help="fit the latency predictor on measured networks")
   f.add_argument("--config", help="a latency config naming the files (or give them below)")
@@ -217,14 +203,14 @@ def add_commands(subparsers: Any) -> None:
   f.add_argument("--train-fraction", type=float, default=None, help="default 0.8")
   f.add_argument("--seed", type=int, default=None)
   f.add_argument("--json", action="store_true")
-  f.set_defaults(func=_run(cmd_fit))
+  f.set_defaults(func=cmd_fit)
 
   n = sub.add_parser("networks", help="measure given arch files with a config's protocol")
   n.add_argument("--config", required=True, help="a latency config (space, protocol)")
   n.add_argument("--out", required=True, help="measurements JSON (resumable)")
   n.add_argument("archs", nargs="+", metavar="[NAME=]ARCH_JSON")
   n.add_argument("--json", action="store_true")
-  n.set_defaults(func=_run(cmd_networks))
+  n.set_defaults(func=cmd_networks)
 
   e = sub.add_parser("expected", help="expected latency (ms) of an arch or probabilities")
   e.add_argument("--table", required=True,
@@ -236,4 +222,4 @@ def add_commands(subparsers: Any) -> None:
   which.add_argument("--uniform", action="store_true", help="uniform probabilities per block")
   which.add_argument("--all", metavar="OPNAME", help="every block set to OPNAME where valid")
   e.add_argument("--json", action="store_true")
-  e.set_defaults(func=_run(cmd_expected))
+  e.set_defaults(func=cmd_expected)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pnas_jax.models.cost import block_costs
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 
@@ -87,8 +88,6 @@ def one_hot_probs(space: SearchSpace, arch: Arch) -> list[np.ndarray]:
 
 def macs_table(space: SearchSpace) -> CostTable:
   """MACs (millions) per candidate: the FLOPs-constrained variant of the latency term."""
-  from pnas_jax.models.cost import block_costs
-
   bc = block_costs(space)
   return CostTable(
       fixed=bc.fixed_macs / 1e6,

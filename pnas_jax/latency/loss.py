@@ -19,16 +19,17 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from pnas_jax.errors import UserValueError
+from pnas_jax.registry import Registry
+
+
+class UnknownHyperParameterError(UserValueError, TypeError):
+  """latency.loss_params names a hyper-parameter the loss does not have."""
+
+
 LossFn = Callable[[jax.Array, jax.Array, jax.Array | float], jax.Array]
 # name -> (factory(**hyper) -> LossFn, default hyper-parameters)
-_LOSSES: dict[str, tuple[Callable[..., LossFn], dict[str, float]]] = {}
-
-
-class UnknownLossError(KeyError):
-  """A latency-loss name that is not registered (the message lists the valid names)."""
-
-  def __str__(self) -> str:
-    return str(self.args[0])
+LOSSES: Registry[tuple[Callable[..., LossFn], dict[str, float]]] = Registry("latency loss")
 
 
 def register_loss(
@@ -37,38 +38,27 @@ def register_loss(
   """Decorator registering `factory(**hyper) -> loss(ce, expected_latency, target)` by name."""
 
   def decorator(factory: Callable[..., LossFn]) -> Callable[..., LossFn]:
-    if name in _LOSSES:
-      raise ValueError(f"latency loss {name!r} is already registered")
-    _LOSSES[name] = (factory, dict(defaults))
+    LOSSES.add(name, (factory, dict(defaults)))
     return factory
 
   return decorator
 
 
 def loss_names() -> list[str]:
-  return sorted(_LOSSES)
+  return LOSSES.names()
 
 
 def loss_defaults(name: str) -> dict[str, float]:
   """The default hyper-parameters of a registered loss."""
-  _check_name(name)
-  return dict(_LOSSES[name][1])
-
-
-def _check_name(name: str) -> None:
-  if name not in _LOSSES:
-    raise UnknownLossError(
-        f"unknown latency loss {name!r}; valid names: {', '.join(loss_names())}"
-    )
+  return dict(LOSSES.get(name)[1])
 
 
 def latency_loss(name: str, **hyper: float) -> LossFn:
   """Builds the named loss; unset hyper-parameters take their defaults, unknown ones are errors."""
-  _check_name(name)
-  factory, defaults = _LOSSES[name]
+  factory, defaults = LOSSES.get(name)
   unknown = sorted(set(hyper) - set(defaults))
   if unknown:
-    raise TypeError(
+    raise UnknownHyperParameterError(
         f"latency loss {name!r} has no hyper-parameter(s) {unknown}; valid: {sorted(defaults)}"
     )
   return factory(**{**defaults, **hyper})
@@ -80,7 +70,7 @@ def _mul_log(a: float, b: float) -> LossFn:
 
   def loss(ce: jax.Array, expected_latency: jax.Array, target: jax.Array | float) -> jax.Array:
     if isinstance(target, (int, float)) and target <= 1.0:
-      raise ValueError(
+      raise UserValueError(
           f"'mul#log' needs a target T > 1 (log T is the denominator), got T = {target}; express "
           "the latency in a smaller unit (e.g. us) or use 'add#linear'"
       )

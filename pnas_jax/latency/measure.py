@@ -41,8 +41,9 @@ from pnas_jax.latency.table import (
     space_keys,
 )
 from pnas_jax.latency.timing import Timing, time_fn, time_interleaved
+from pnas_jax.layers.core import Classifier, ConvBNReLU6
+from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet, build_op
-from pnas_jax.models.layers import Classifier, ConvBNReLU6
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 NETWORKS_FORMAT = "pnas_jax.latency_networks/1"
@@ -287,8 +288,6 @@ def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
 
 def zoo_archs(space: SearchSpace) -> list[tuple[str, Arch]]:
   """The zoo networks' op choices placed in `space`, where they fit its blocks (deduplicated)."""
-  from pnas_jax.models import zoo
-
   out: dict[Arch, str] = {}
   for name, e in zoo.ZOO.items():
     try:

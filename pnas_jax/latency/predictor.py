@@ -34,7 +34,7 @@ import numpy as np
 
 from pnas_jax.errors import UnknownNameError
 from pnas_jax.file_io import read_json, write_json
-from pnas_jax.latency.expected import CostTable, expected_cost
+from pnas_jax.latency.expected import CostTable, expected_cost, macs_table
 from pnas_jax.latency.table import (
     TABLE_FORMAT,
     LatencyTableError,
@@ -383,8 +383,6 @@ def load_predictor(path: str | os.PathLike, space: SearchSpace | None = None) ->
 
 def macs_predictor(space: SearchSpace) -> TableSumPredictor:
   """E[MACs] (millions) = fixed + sum_l <p_l, MACs_l>: the FLOPs-constrained variant of the loss."""
-  from pnas_jax.latency.expected import macs_table
-
   return TableSumPredictor(space, macs_table(space))
 
 

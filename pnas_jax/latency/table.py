@@ -36,9 +36,12 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import jax
+
 from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import read_json, read_text, write_json
 from pnas_jax.latency.expected import CostTable
+from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import SearchSpace
 
@@ -270,10 +273,6 @@ def current_header(
     batch: int, dw_impl: str | None, warmup: int, repeats: int, clock: str = "wall"
 ) -> TableHeader:
   """A header describing the device JAX runs on now (and XLA_FLAGS, e.g. CPU thread settings)."""
-  import jax
-
-  from pnas_jax.latency.timing import device_description
-
   return TableHeader(
       device=device_description(),
       backend=jax.default_backend(),
@@ -407,10 +406,6 @@ def check_header(
   value "local" means the device JAX runs on now (backend and description must both match).
   """
   if device == "local":
-    import jax
-
-    from pnas_jax.latency.timing import device_description
-
     device, backend = device_description(), backend or jax.default_backend()
   problems = []
   if device is not None and device.lower() not in header.device.lower():

@@ -24,12 +24,14 @@ from typing import Any
 
 import jax
 
+from pnas_jax.errors import UserValueError
+
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 
 
 def _clock(name: str) -> Callable[[], float]:
   if name not in CLOCKS:
-    raise ValueError(f"unknown clock {name!r}; valid: {', '.join(CLOCKS)}")
+    raise UserValueError(f"unknown clock {name!r}; valid: {', '.join(CLOCKS)}")
   return CLOCKS[name]
 
 

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnas_jax.models.layers import Classifier, ConvBNReLU6
+from pnas_jax.layers.core import Classifier, ConvBNReLU6
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import Arch, SearchSpace
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from pnas_jax.errors import UnknownNameError
 from pnas_jax.search_space import io as ss_io
 from pnas_jax.search_space.space import Arch, SearchSpace, SearchSpaceError
 
@@ -93,7 +94,7 @@ ZOO: dict[str, ZooEntry] = {
 
 def get(name: str) -> ZooEntry:
   if name not in ZOO:
-    raise KeyError(f"unknown zoo network {name!r}; available: {', '.join(ZOO)}")
+    raise UnknownNameError(f"unknown zoo network {name!r}; available: {', '.join(ZOO)}")
   return ZOO[name]
 
 

@@ -10,7 +10,6 @@ from pnas_jax.search_space.io import (
 )
 from pnas_jax.search_space.ops import (
     OpSpec,
-    UnknownOpError,
     get_op,
     register_op,
     registered_op_names,
@@ -32,7 +31,6 @@ __all__ = [
     "OpSpec",
     "SearchSpace",
     "SearchSpaceError",
-    "UnknownOpError",
     "from_net_config",
     "get_op",
     "load_arch",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pnas_jax.errors import UnknownNameError
 from pnas_jax.file_io import read_json, write_json
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import DEFAULT_CANDIDATES, Arch, SearchSpace, SearchSpaceError
@@ -201,7 +202,7 @@ def from_net_config(
     try:
       op = ops_lib.op_from_net_config(conv)
       ops_lib.get_op(op)
-    except (ValueError, ops_lib.UnknownOpError) as e:
+    except (ValueError, UnknownNameError) as e:
       raise SearchSpaceError(f"{where}: {e}") from None
     stride = conv.get("stride", 1)
     if stride not in (1, 2):

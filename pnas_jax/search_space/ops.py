@@ -25,20 +25,15 @@ from typing import Any
 
 import flax.linen as nn
 
-from pnas_jax.models import blocks
+from pnas_jax.errors import UnknownNameError, UserValueError
+from pnas_jax.layers import blocks
+from pnas_jax.registry import Registry
 
 # (in_channels, out_channels, stride) -> module mapping NHWC to NHWC. `dw_impl` is forwarded to ops
-# that contain a depthwise convolution when the builder accepts it (see models/depthwise.py).
+# that contain a depthwise convolution when the builder accepts it (see layers/depthwise.py).
 OpBuilder = Callable[..., nn.Module]
 
 _MBCONV_RE = re.compile(r"^(\d+)x(\d+)_MBConv(\d+)$")
-
-
-class UnknownOpError(KeyError):
-  """An op name that is neither registered nor matches a registered pattern."""
-
-  def __str__(self) -> str:  # KeyError would repr() the message.
-    return str(self.args[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +65,7 @@ class OpSpec:
     return self.kernel is not None and self.expand is not None
 
 
-_REGISTRY: dict[str, OpSpec] = {}
+OPS: Registry[OpSpec] = Registry("candidate op")
 # net.config layer name -> (mobile_inverted_conv dict) -> op name.
 _NET_CONFIG_PARSERS: dict[str, Callable[[dict[str, Any]], str]] = {}
 
@@ -96,17 +91,11 @@ def register_op(
   """
 
   def decorator(builder: OpBuilder) -> OpBuilder:
-    if name in _REGISTRY and not overwrite:
-      raise ValueError(f"op {name!r} is already registered; pass overwrite=True to replace it")
     if _MBCONV_RE.match(name):
       raise ValueError(f"op name {name!r} collides with the built-in 'KxK_MBConvE' pattern")
-    _REGISTRY[name] = OpSpec(
-        name=name,
-        build=builder,
-        needs_identity_position=needs_identity_position,
-        to_net_config=to_net_config,
-        net_config_name=net_config_name,
-    )
+    OPS.add(name, OpSpec(name=name, build=builder, needs_identity_position=needs_identity_position,
+                         to_net_config=to_net_config, net_config_name=net_config_name),
+            overwrite=overwrite)
     if net_config_name is not None:
       _NET_CONFIG_PARSERS[net_config_name] = from_net_config or (lambda _d: name)
     return builder
@@ -116,9 +105,7 @@ def register_op(
 
 def unregister_op(name: str) -> None:
   """Removes a user registration (tests and notebooks that re-run cells)."""
-  spec = _REGISTRY.pop(name, None)
-  if spec is None:
-    raise UnknownOpError(f"op {name!r} is not registered")
+  spec = OPS.remove(name)
   if spec.net_config_name is not None:
     _NET_CONFIG_PARSERS.pop(spec.net_config_name, None)
 
@@ -126,7 +113,7 @@ def unregister_op(name: str) -> None:
 def registered_op_names() -> list[str]:
   """Explicitly registered names, plus the default MBConv grid for display."""
   grid = [f"{k}x{k}_MBConv{e}" for k in (3, 5, 7) for e in (3, 6)]
-  return sorted(_REGISTRY) + grid
+  return sorted(OPS.names()) + grid
 
 
 def _mbconv_spec(name: str, kernel: int, expand: int) -> OpSpec:
@@ -149,21 +136,21 @@ def _mbconv_spec(name: str, kernel: int, expand: int) -> OpSpec:
 
 
 def get_op(name: str) -> OpSpec:
-  """Looks an op up by name; raises UnknownOpError listing the valid names."""
+  """Looks an op up by name; raises UnknownNameError listing the valid names."""
   if not isinstance(name, str):
-    raise UnknownOpError(f"op names are strings, got {name!r} ({type(name).__name__})")
-  if name in _REGISTRY:
-    return _REGISTRY[name]
+    raise UnknownNameError(f"op names are strings, got {name!r} ({type(name).__name__})")
+  if name in OPS:
+    return OPS.get(name)
   m = _MBCONV_RE.match(name)
   if m:
     kh, kw, expand = (int(g) for g in m.groups())
     if kh != kw or kh % 2 == 0 or kh < 1 or expand < 1:
-      raise UnknownOpError(
+      raise UnknownNameError(
           f"bad MBConv op {name!r}: kernel must be square and odd (e.g. 3x3, 5x5, 7x7) and the "
           "expand ratio >= 1, as in '5x5_MBConv6'"
       )
     return _mbconv_spec(name, kh, expand)
-  raise UnknownOpError(
+  raise UnknownNameError(
       f"unknown op {name!r}; valid ops: {', '.join(registered_op_names())}, or any 'KxK_MBConvE' "
       "(K odd, E >= 1). Register new ones with pnas_jax.search_space.register_op."
   )
@@ -176,16 +163,16 @@ def mbconv_name(kernel: int, expand: int) -> str:
 def op_from_net_config(layer: dict[str, Any]) -> str:
   """Maps a reference "mobile_inverted_conv" dict to an op name."""
   if not isinstance(layer, dict) or "name" not in layer:
-    raise ValueError(f"expected a layer object with a 'name', got {layer!r}")
+    raise UserValueError(f"expected a layer object with a 'name', got {layer!r}")
   lname = layer["name"]
   if lname == "MBInvertedConvLayer":
     try:
       return mbconv_name(int(layer["kernel_size"]), int(layer["expand_ratio"]))
     except KeyError as e:
-      raise ValueError(f"MBInvertedConvLayer lacks key {e.args[0]!r}") from None
+      raise UserValueError(f"MBInvertedConvLayer lacks key {e.args[0]!r}") from None
   if lname in _NET_CONFIG_PARSERS:
     return _NET_CONFIG_PARSERS[lname](layer)
-  raise ValueError(
+  raise UserValueError(
       f"unknown layer {lname!r}; known: MBInvertedConvLayer, {', '.join(sorted(_NET_CONFIG_PARSERS))}"
   )
 
@@ -214,4 +201,4 @@ register_op(
     net_config_name="ZeroLayer",
     to_net_config=lambda i, o, s: {"name": "ZeroLayer", "stride": s},
 )(lambda in_ch, out_ch, stride, **kw: blocks.Zero(out_channels=out_ch, stride=stride))
-_REGISTRY["Zero"] = dataclasses.replace(_REGISTRY["Zero"], is_zero=True)
+OPS.add("Zero", dataclasses.replace(OPS.get("Zero"), is_zero=True), overwrite=True)

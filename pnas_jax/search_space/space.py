@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from pnas_jax.errors import UnknownNameError, UserValueError
+from pnas_jax.layers.depthwise import output_size  # the padding rule of every conv here
 from pnas_jax.search_space import ops as ops_lib
 
 DEFAULT_CANDIDATES = (
@@ -27,7 +29,7 @@ DEFAULT_CANDIDATES = (
 )
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(UserValueError):
   """Invalid search space, architecture or file; the message names the source and the value."""
 
 
@@ -129,11 +131,11 @@ class SearchSpace:
     for i, name in enumerate(self.candidates):
       try:
         ops_lib.get_op(name)
-      except ops_lib.UnknownOpError as e:
+      except UnknownNameError as e:
         raise SearchSpaceError(f"SearchSpace.candidates[{i}]: {e}") from None
     try:
       first = ops_lib.get_op(self.first_block_op)
-    except ops_lib.UnknownOpError as e:
+    except UnknownNameError as e:
       raise SearchSpaceError(f"SearchSpace.first_block_op: {e}") from None
     if first.needs_identity_position:
       raise SearchSpaceError(f"SearchSpace.first_block_op = {self.first_block_op!r} cannot be skipped")
@@ -170,8 +172,6 @@ class SearchSpace:
 
   @property
   def stem_size(self) -> int:
-    from pnas_jax.models.depthwise import output_size  # same padding rule as every conv here.
-
     return output_size(self.resolution, 3, self.stem_stride)
 
   # --- blocks -------------------------------------------------------------------------------
@@ -179,8 +179,6 @@ class SearchSpace:
   @property
   def blocks(self) -> tuple[BlockSpec, ...]:
     """Every searchable block, in order, with shapes and the per-block candidate list."""
-    from pnas_jax.models.depthwise import output_size
-
     out = []
     in_ch, size = self.first_block_channels, self.stem_size
     for stage, (w, d, s) in enumerate(
@@ -279,7 +277,7 @@ class Arch:
     for i, name in enumerate(self.ops):
       try:
         ops_lib.get_op(name)
-      except ops_lib.UnknownOpError as e:
+      except UnknownNameError as e:
         raise SearchSpaceError(f"block {i}: {e}") from None
 
   @classmethod

@@ -1,5 +1,6 @@
 """Training: the search state, the two optimisers and the pure weight / arch step functions."""
 
+from pnas_jax.losses import cross_entropy
 from pnas_jax.train.optim import (
     arch_optimizer,
     masked_tensor_update,
@@ -7,7 +8,7 @@ from pnas_jax.train.optim import (
     weight_optimizer,
 )
 from pnas_jax.train.state import SearchState, create_search_state, init_alpha, stream_key
-from pnas_jax.train.steps import arch_step, jit_step, smoothed_cross_entropy, weight_step
+from pnas_jax.train.steps import arch_step, jit_step, train_step, weight_step
 
 __all__ = [
     "SearchState",
@@ -18,8 +19,9 @@ __all__ = [
     "jit_step",
     "masked_tensor_update",
     "masked_update",
-    "smoothed_cross_entropy",
+    "cross_entropy",
     "stream_key",
+    "train_step",
     "weight_optimizer",
     "weight_step",
 ]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from typing import Any
 
 from pnas_jax.config_loading import OverrideParser, load_config
@@ -41,29 +40,29 @@ def init_distributed(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-  from pnas_jax.train.search import search
+  from pnas_jax.train.search import plan_search, search
 
   config = load_config(args.config, args.config_overrides)
   init_distributed(args)
   if args.dry_run:
-    print(json.dumps(search(config, args.workdir, dry_run=True), indent=2))
+    print(json.dumps(plan_search(config, args.workdir), indent=2))
     return 0
-  result = search(config, args.workdir)
-  d = result.to_dict()
+  result = search(config, args.workdir, overwrite=args.overwrite)
   if args.json:
-    print(json.dumps(d, indent=2))
-  else:
-    unit = result.latency_unit or ""
-    print(f"status: {result.status} (step {result.step}/{result.total_steps}, "
-          f"{result.wall_s:.0f} s, {result.images_per_s:.0f} images/s)")
-    print(f"arch: {' '.join(result.arch.ops)}")
-    if result.target is not None:
-      print(f"E[LAT] {result.expected_latency:.4g} {unit}, derived arch {result.arch_latency:.4g} "
-            f"{unit}, target {result.target:.4g} {unit}")
-    if result.holdout_top1 is not None:
-      print(f"held-out top-1 of the derived arch (supernet weights): {result.holdout_top1:.2f}%")
-    print(f"outputs: {result.workdir}/arch.json, net.config, metrics.jsonl, plots/")
-  return 0 if result.status == "done" or result.status.startswith(("preempted", "stopped")) else 1
+    print(json.dumps(result.to_dict(), indent=2))
+    return result.exit_code
+  unit = result.latency_unit or ""
+  print(f"status: {result.detail} (step {result.step}/{result.total_steps}, {result.wall_s:.0f} s, "
+        f"{result.images_per_s:.0f} images/s)")
+  partial = " (PARTIAL: from an unfinished search)" if result.partial else ""
+  print(f"arch{partial}: {' '.join(result.arch.ops)}")
+  if result.target is not None:
+    print(f"E[LAT] {result.expected_latency:.4g} {unit}, derived arch {result.arch_latency:.4g} "
+          f"{unit}, target {result.target:.4g} {unit}")
+  if result.holdout_top1 is not None:
+    print(f"held-out top-1 of the derived arch (supernet weights): {result.holdout_top1:.2f}%")
+  print(f"outputs: {result.workdir}/arch.json, net.config, metrics.jsonl, plots/")
+  return result.exit_code
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -71,13 +70,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
   config = load_config(args.config, args.config_overrides)
   init_distributed(args)
-  r = train(config, args.workdir)
-  print(f"status: {r.status} (step {r.step}/{r.total_steps}, {r.wall_s:.0f} s, "
+  r = train(config, args.workdir, overwrite=args.overwrite)
+  print(f"status: {r.detail} (step {r.step}/{r.total_steps}, {r.wall_s:.0f} s, "
         f"{r.images_per_s:.0f} images/s)")
   if r.test_top1 is not None:
     print(f"test top-1 {r.test_top1:.2f}%, top-5 {r.test_top5:.2f}%; report: "
           f"{r.workdir}/report.md")
-  return 0
+  return r.exit_code
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -87,13 +86,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
   import numpy as np
 
   from pnas_jax.data.datasets import load_dataset
+  from pnas_jax.file_io import load_msgpack
   from pnas_jax.models import zoo
   from pnas_jax.models.child import ChildNet
   from pnas_jax.models.init import init_variables
   from pnas_jax.train import inputs
   from pnas_jax.train.evaluation import evaluate, make_evaluator
   from pnas_jax.train.parallel import data_mesh, replicate
-  from pnas_jax.train.retrain import load_weights, trained_network
+  from pnas_jax.train.retrain import trained_network
 
   dataset = load_dataset(args.data, args.data_dir, args.image_size)
   if os.path.isdir(args.network):
@@ -107,7 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     variables = init_variables(ChildNet(space, arch, dw_impl="lax"), jax.random.key(args.seed), x0)
     source = f"random initialisation (seed {args.seed})"
     if args.weights:
-      variables = load_weights(args.weights, variables)
+      variables = load_msgpack(args.weights, variables)
       source = args.weights
   space = inputs.space_for_data(space.to_dict(), dataset)
   model = ChildNet(space, arch)
@@ -142,29 +142,6 @@ def cmd_export(args: argparse.Namespace) -> int:
   return 0
 
 
-def run_guarded(fn):
-  """Maps the errors a user can fix to one line on stderr and exit code 2."""
-
-  def wrapped(args: argparse.Namespace) -> int:
-    from pnas_jax.checkpointing import CheckpointError
-    from pnas_jax.config_loading import ConfigError
-    from pnas_jax.data.local_files import MissingDataError
-    from pnas_jax.export import ExportError
-    from pnas_jax.latency.table import LatencyTableError
-    from pnas_jax.search_space.space import SearchSpaceError
-    from pnas_jax.train.monitor import NonFiniteError
-
-    try:
-      return fn(args)
-    except (ConfigError, MissingDataError, LatencyTableError, SearchSpaceError, CheckpointError,
-            NonFiniteError, ExportError, ValueError, FileNotFoundError, KeyError) as e:
-      msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-      print(f"pnas {args.command}: error: {msg}", file=sys.stderr)
-      return 2
-
-  return wrapped
-
-
 def add_commands(subparsers: Any) -> None:
   """Registers `pnas search`, `pnas train`, `pnas eval`, `pnas export`."""
   # Our progress messages at INFO; libraries (orbax, absl, jax) only from WARNING up.
@@ -175,17 +152,21 @@ def add_commands(subparsers: Any) -> None:
   p.add_argument("--config", required=True, help="configs/search/<name>.py[:arg]")
   p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
+  p.add_argument("--overwrite", action="store_true",
+                 help="delete an earlier run's results in --workdir and start over")
   p.add_argument("--dry-run", action="store_true",
                  help="check the config, data and latency model; print the plan; compile nothing")
   add_distributed_args(p)
-  p.set_defaults(func=run_guarded(cmd_search))
+  p.set_defaults(func=cmd_search)
 
   p = subparsers.add_parser("train", help="train a found / zoo network (configs/train/*.py)")
   p.__class__ = OverrideParser
   p.add_argument("--config", required=True, help="configs/train/<name>.py[:arg]")
   p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="delete an earlier run's results in --workdir and start over")
   add_distributed_args(p)
-  p.set_defaults(func=run_guarded(cmd_train))
+  p.set_defaults(func=cmd_train)
 
   p = subparsers.add_parser("eval", help="top-1/top-5 of a trained workdir or a zoo network")
   p.add_argument("network", help="a `pnas train` workdir, an arch.json / net.config, or a zoo name")
@@ -199,10 +180,10 @@ def add_commands(subparsers: Any) -> None:
   p.add_argument("--batch", type=int, default=250)
   p.add_argument("--max-batches", type=int, default=0)
   p.add_argument("--json", action="store_true")
-  p.set_defaults(func=run_guarded(cmd_eval))
+  p.set_defaults(func=cmd_eval)
 
   p = subparsers.add_parser("export", help="StableHLO (+ TF SavedModel/TFLite) of a trained net")
   p.add_argument("workdir", help="a finished `pnas train` workdir")
   p.add_argument("--formats", default="stablehlo,tf",
                  help="comma-separated: stablehlo, tf (tf needs TensorFlow: pip install pnas_jax[tf])")
-  p.set_defaults(func=run_guarded(cmd_export))
+  p.set_defaults(func=cmd_export)

@@ -12,12 +12,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 from jax.sharding import Mesh
 
+from pnas_jax.arch.sampling import Sample
+from pnas_jax.arch.supernet import Supernet, arch_indices, candidate_mask
 from pnas_jax.data.sources import Source
-from pnas_jax.train.parallel import check_batch, data_parallel_eval, global_batch, to_host
+from pnas_jax.layers.core import BN_MOMENTUM, batch_norm_axis
+from pnas_jax.losses import correct, cross_entropy
+from pnas_jax.search_space.space import Arch
+from pnas_jax.train.parallel import check_batch, data_parallel_eval, global_batch, replicate, to_host
 
 # apply_fn(variables, images) -> logits (inference mode).
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -31,9 +35,9 @@ def _counts(variables: Any, batch: dict[str, jax.Array], *, apply_fn: ApplyFn, p
   labels, mask = batch["label"], batch["mask"]
   top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
   out = {
-      "correct1": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      "correct1": jnp.sum(correct(logits, labels) * mask),
       "correct5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
-      "loss": jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask),
+      "loss": jnp.sum(cross_entropy(logits, labels, mean=False) * mask),
       "count": jnp.sum(mask),
   }
   return out if axis_name is None else lax.psum(out, axis_name)
@@ -88,8 +92,6 @@ def _batch_statistics(variables: Any, batch: dict[str, jax.Array], *, apply_trai
                       preprocess: Preprocess, axis_name: str | None = None) -> Any:
   """The BN statistics of one (global) batch: a train-mode forward from zeroed running stats,
   whose update is momentum * 0 + (1 - momentum) * batch, divided back by (1 - momentum)."""
-  from pnas_jax.models.layers import BN_MOMENTUM, batch_norm_axis
-
   zeroed = jax.tree.map(jnp.zeros_like, variables["batch_stats"])
   images = preprocess(jax.random.key(0), batch["image"])
   with batch_norm_axis(axis_name):
@@ -124,3 +126,38 @@ def recalibrate_bn(calibrator: Callable[..., Any], variables: Any, source: Sourc
     stats = calibrator(variables, global_batch(data, mesh))
     total = stats if total is None else jax.tree.map(jnp.add, total, stats)
   return jax.tree.map(lambda s: s / n_batches, total)
+
+
+class PathEvaluator:
+  """Accuracy of one architecture inside the supernet, with the weights it inherits.
+
+  The path's BN statistics are re-estimated on `bn_batches` training batches first (the running
+  statistics of a supernet mix every sampled path); layers off the path keep theirs. Used for the
+  search's argmax-path evaluation and for ranking architectures by their supernet accuracy.
+  """
+
+  def __init__(self, model: Supernet, preprocess: Preprocess, mesh: Mesh):
+    self.model, self.mesh = model, mesh
+
+    def variables(v):
+      return {"params": v["params"], "batch_stats": v["batch_stats"]}
+
+    self._evaluator = make_evaluator(
+        lambda v, x: model.apply(variables(v), x, Sample(active=v["active"]), train=False),
+        preprocess, mesh)
+    self._calibrator = make_bn_calibrator(
+        lambda v, x: model.apply(variables(v), x, Sample(active=v["active"]), train=True,
+                                 mutable=["batch_stats"])[1]["batch_stats"],
+        preprocess, mesh)
+
+  def __call__(self, params: Any, batch_stats: Any, arch: Arch, *, holdout: Source, train: Source,
+               batch_size: int, bn_batches: int, max_batches: int | None = None) -> dict[str, float]:
+    """{"top1", "top5", "loss", "count"} of `arch` on `holdout` (params/batch_stats replicated)."""
+    space = self.model.space
+    active = jnp.asarray(arch_indices(space, arch), jnp.int32)
+    v = {"params": params, "batch_stats": batch_stats, "active": replicate(active, self.mesh)}
+    if bn_batches:
+      stats = recalibrate_bn(self._calibrator, v, train, batch_size, self.mesh, bn_batches)
+      mask = replicate(candidate_mask(batch_stats, space, active), self.mesh)
+      v["batch_stats"] = jax.tree.map(jnp.where, mask, stats, batch_stats)
+    return evaluate(self._evaluator, v, holdout, batch_size, self.mesh, max_batches)

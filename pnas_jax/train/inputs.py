@@ -19,6 +19,7 @@ from pnas_jax.data.augment import make_preprocess
 from pnas_jax.data.datasets import ImageDataset, load_dataset
 from pnas_jax.data.sources import Source, SubsetSource
 from pnas_jax.data.split import class_balanced_split
+from pnas_jax.errors import UserValueError
 from pnas_jax.search_space.space import SearchSpace, SearchSpaceError
 from pnas_jax.train.parallel import check_batch
 from pnas_jax.train.state import stream_key
@@ -83,7 +84,7 @@ def search_inputs(config: Any, mesh: Mesh) -> SearchInputs:
                      ("data.eval_batch_size", config.data.eval_batch_size, None)):
     check_batch(b, mesh, what)
     if n is not None and b > n:
-      raise ValueError(f"{what} = {b} is larger than its split ({n} examples)")
+      raise UserValueError(f"{what} = {b} is larger than its split ({n} examples)")
   train_pre, eval_pre = preprocessors(dataset, space.resolution)
   return SearchInputs(space, dataset, SubsetSource(dataset.train, train_idx),
                       SubsetSource(dataset.train, holdout_idx), train_pre, eval_pre)

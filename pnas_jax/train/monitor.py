@@ -12,8 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from pnas_jax.errors import PnasError
+from pnas_jax.train.metrics_log import to_python
+from pnas_jax.train.parallel import to_host
 
-class NonFiniteError(FloatingPointError):
+
+class NonFiniteError(PnasError, FloatingPointError):
   """A loss or the state became NaN/inf; the message names the step and the last good checkpoint."""
 
 
@@ -36,8 +40,6 @@ def _finite(tree: Any) -> jax.Array:
 
 def all_finite(tree: Any) -> bool:
   """Every float leaf of `tree` is finite (one device reduction, one host sync)."""
-  from pnas_jax.train.parallel import to_host
-
   return bool(to_host(_finite(tree)))
 
 
@@ -73,13 +75,15 @@ class LoopMonitor:
   """
 
   def __init__(self, logger: Any, bar: Progress, checkpointer: Any, last_good: int | None,
-               hint: str, bar_keys: dict[str, dict[str, str]] | None = None):
+               hint: str, bar_keys: dict[str, dict[str, str]] | None = None,
+               pending: Sequence[Sequence[Any]] = ()):
     self.logger, self.bar, self.checkpointer = logger, bar, checkpointer
     self.last_good = last_good
     self.hint = hint
     # kind -> {metric: progress-bar name}
     self.bar_keys = bar_keys or {"train": {"loss": "loss", "acc": "acc"}}
-    self._pending: list[tuple[str, int, Any]] = []
+    # Rows not yet logged; a resumed run starts with those its checkpoint carried (see save).
+    self._pending: list[tuple[str, int, Any]] = [(k, int(s), m) for k, s, m in pending]
 
   def add(self, kind: str, step: int, metrics: Any) -> None:
     self._pending.append((kind, step, metrics))
@@ -89,19 +93,22 @@ class LoopMonitor:
     return NonFiniteError(f"{what}; the run stopped and kept its last good checkpoint ({good}). "
                           f"{self.hint}")
 
+  def _fetch(self) -> list[tuple[str, int, Any]]:
+    """The pending rows on the host (kept pending); NonFiniteError on NaN/inf."""
+    fetched = to_host([m for _, _, m in self._pending])
+    self._pending = [(k, s, m) for (k, s, _), m in zip(self._pending, fetched, strict=True)]
+    bad = first_non_finite(self._pending)
+    if bad is not None:
+      kind, s, name = bad
+      raise self._stop(f"{kind} step {s}: {name} is not finite")
+    return self._pending
+
   def flush(self) -> None:
     """Fetches pending metrics, raises NonFiniteError on NaN/inf, logs per-kind averages."""
     if not self._pending:
       return
-    from pnas_jax.train.parallel import to_host
-
-    fetched = to_host([m for _, _, m in self._pending])
-    rows = [(k, s, m) for (k, s, _), m in zip(self._pending, fetched, strict=True)]
+    rows = list(self._fetch())
     self._pending.clear()
-    bad = first_non_finite(rows)
-    if bad is not None:
-      kind, s, name = bad
-      raise self._stop(f"{kind} step {s}: {name} is not finite")
     for kind in dict.fromkeys(k for k, _, _ in rows):
       mine = [(s, m) for k, s, m in rows if k == kind]
       avg = {k: float(np.mean([m[k] for _, m in mine])) for k in mine[0][1]
@@ -111,10 +118,19 @@ class LoopMonitor:
       if shown:
         self.bar.update_metrics(**shown)
 
-  def save(self, step: int, state: Any, finite: Any, meta: dict[str, Any] | None = None) -> None:
-    """Flushes, checks `finite` (the float trees that must be finite), saves checkpoint `step`."""
-    self.flush()
+  def save(self, step: int, state: Any, finite: Any, meta: dict[str, Any] | None = None,
+           final: bool = False) -> None:
+    """Checks the pending metrics and `finite` (the float trees that must be finite), then saves
+    checkpoint `step`.
+
+    The pending metrics go into the checkpoint rather than the log (unless `final`): a log record
+    averages the steps since the previous log point, and a run resumed from this checkpoint logs
+    the same records with the same values as one that was never stopped.
+    """
+    if final:
+      self.flush()
+    pending = [[k, s, to_python(m)] for k, s, m in self._fetch()]
     if not all_finite(finite):
       raise self._stop(f"the state is not finite at step {step}")
-    self.checkpointer.save(step, state, meta=meta)
+    self.checkpointer.save(step, state, meta={**(meta or {}), "pending_metrics": pending})
     self.last_good = step

@@ -25,7 +25,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from pnas_jax.models.layers import batch_norm_axis
+from pnas_jax.errors import UserValueError
+from pnas_jax.layers.core import batch_norm_axis
 
 DATA_AXIS = "data"
 
@@ -35,12 +36,12 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
   devices = jax.devices()
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
-      raise ValueError(
+      raise UserValueError(
           f"num_devices = {num_devices} but {len(devices)} device(s) are visible "
           f"({devices[0].platform}); use a value in [1, {len(devices)}] or None for all"
       )
     if jax.process_count() > 1 and num_devices != len(devices):
-      raise ValueError("num_devices must be None (all devices) in a multi-process run")
+      raise UserValueError("num_devices must be None (all devices) in a multi-process run")
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -49,7 +50,7 @@ def check_batch(global_batch: int, mesh: Mesh, what: str = "batch") -> int:
   """The per-device batch; raises naming the sizes when the global batch does not divide."""
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(
+    raise UserValueError(
         f"{what} = {global_batch} is not divisible by the {n} devices of the mesh; use a multiple "
         f"of {n} (e.g. {max(n, global_batch // n * n)})"
     )

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
-from pnas_jax.json_files import write_json
+from pnas_jax.file_io import write_bytes_atomic, write_json
 from pnas_jax.latency.measure import TimingProtocol, measure_network
+from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.timing import device_description
 from pnas_jax.models.cost import net_cost
 from pnas_jax.search_space.io import save_arch
@@ -27,8 +27,6 @@ def network_report(space: SearchSpace, arch: Arch, *, batch: int = 32, repeats: 
                                                     dw_impl=dw_impl))
     out[f"latency_ms_b{b}"] = t.median_ms
   if latency_model:
-    from pnas_jax.latency.predictor import load_latency_model
-
     pred = load_latency_model(latency_model, space)
     out["predicted_latency"] = float(pred.of_archs([arch])[0])
     out["predicted_latency_unit"] = pred.unit
@@ -48,7 +46,7 @@ def write_report(workdir: str, space: SearchSpace, arch: Arch, test: dict[str, A
                           repeats=config.report.latency_repeats, clock=config.report.latency_clock,
                           latency_model=config.report.latency_model,
                           dw_impl=config.model.dw_impl),
-         "train": dataclasses.asdict(result)}
+         "train": result.to_dict()}
   write_json(os.path.join(workdir, "report.json"), rep)
   rows = [("data set", dataset), ("test top-1 / top-5", f"{test['top1']:.2f}% / {test['top5']:.2f}%"),
           ("params", f"{rep['params']:,}"), ("MACs", f"{rep['macs_m']:.2f} M")]
@@ -60,6 +58,5 @@ def write_report(workdir: str, space: SearchSpace, arch: Arch, test: dict[str, A
            ("architecture", " ".join(arch.ops))]
   md = "\n".join([f"# {os.path.basename(workdir)}", "", "| | |", "|---|---|",
                   *[f"| {k} | {v} |" for k, v in rows], ""])
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(md)
+  write_bytes_atomic(os.path.join(workdir, "report.md"), md.encode())
   return rep

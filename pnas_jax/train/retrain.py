@@ -6,11 +6,13 @@
 A ChildNet for config.arch (an arch.json, a net.config or a zoo name) is trained from scratch or
 from the search's chosen-path weights (config.init = the search workdir), with SGD Nesterov, a
 per-step cosine from optim.lr, weight decay on conv/dense kernels only, label smoothing and an
-optional EMA of the weights. Data parallelism, device-side augmentation, checkpoint/resume (bit
-identical), NaN stop and metrics are the search loop's (parallel.py, inputs.py, monitor.py,
-checkpointing.py). At the end the test split is evaluated and a report (accuracy, params, MACs,
-latency measured here at batch 1 and at report.latency_batch, predicted latency) is written as
-report.json and report.md; the trained variables are saved for `pnas export` / `pnas eval`.
+optional EMA of the weights (docs/design.md §2.10). The loop, data parallelism, device-side
+augmentation, checkpoint/resume (bit identical), NaN stop and metrics are the search's (loop.py,
+parallel.py, inputs.py, monitor.py). At the end the test split is evaluated and a report
+(accuracy, params, MACs, latency measured here at batch 1 and at report.latency_batch, predicted
+latency) is written as report.json and report.md; the trained variables are saved for
+`pnas export` / `pnas eval`. An architecture from an unfinished search is refused unless
+config.allow_partial_arch is set.
 """
 
 from __future__ import annotations
@@ -21,26 +23,26 @@ import os
 import time
 from typing import Any
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pnas_jax.checkpointing import Checkpointer, PreemptionGuard
-from pnas_jax.collectives import device_dropout_key, maybe_pmean
 from pnas_jax.config_loading import plain_dict
+from pnas_jax.data.datasets import ImageDataset
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
-from pnas_jax.data.sources import SubsetSource
+from pnas_jax.data.sources import Source, SubsetSource
 from pnas_jax.data.split import class_balanced_split
-from pnas_jax.json_files import write_json
+from pnas_jax.errors import UserFileError, UserValueError
+from pnas_jax.file_io import load_msgpack, save_msgpack
 from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.init import init_variables
+from pnas_jax.search_space.io import load_arch, read_arch_meta
 from pnas_jax.search_space.space import Arch, SearchSpace
 from pnas_jax.train import inputs
 from pnas_jax.train.evaluation import evaluate, make_evaluator
-from pnas_jax.train.metrics_log import MetricsLogger
+from pnas_jax.train.loop import RunDir, Status, run_loop
 from pnas_jax.train.monitor import LoopMonitor, Progress
 from pnas_jax.train.optim import weight_optimizer
 from pnas_jax.train.parallel import (
@@ -51,35 +53,54 @@ from pnas_jax.train.parallel import (
   replicate,
   to_host,
 )
-from pnas_jax.train.state import DROPOUT_STREAM, WEIGHT_FAMILY, TrainState, stream_key
-from pnas_jax.train.steps import smoothed_cross_entropy
+from pnas_jax.train.report import write_report
+from pnas_jax.train.search import CHOSEN_PATH_FILE
+from pnas_jax.train.state import WEIGHT_FAMILY, TrainState
+from pnas_jax.train.steps import train_step
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.msgpack"
+TRAIN_OUTPUTS = (WEIGHTS_FILE, "arch.json", "report.json", "report.md")
 
 
 @dataclasses.dataclass
 class TrainResult:
   workdir: str
-  status: str
+  status: Status
+  detail: str  # Outcome.describe()
   step: int
   total_steps: int
   test_top1: float | None
   test_top5: float | None
   wall_s: float
   images_per_s: float
+  exit_code: int = 0
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**dataclasses.asdict(self), "status": self.status.value}
 
 
 def resolve_arch(config: Any) -> tuple[SearchSpace, Arch]:
-  """config.arch (an arch.json, a net.config or a zoo name) at config.resolution (0: its own)."""
+  """config.arch (an arch.json, a net.config or a zoo name) at config.resolution (0: its own).
+
+  An arch.json written by a search that did not finish is refused unless
+  config.allow_partial_arch: training it would silently continue on a half-searched network.
+  """
   if not config.arch:
-    raise ValueError("config.arch is empty: give --config.arch=PATH (arch.json / net.config) or a "
-                     f"zoo name ({', '.join(zoo.ZOO)})")
+    raise UserValueError("config.arch is empty: give --config.arch=PATH (arch.json / net.config) or "
+                         f"a zoo name ({', '.join(zoo.ZOO)})")
+  allow_partial = config.allow_partial_arch
+  meta = read_arch_meta(config.arch) if os.path.isfile(config.arch) else {}
+  if meta.get("partial") and not allow_partial:
+    raise UserValueError(
+        f"{config.arch} comes from a search that did not finish (status {meta.get('status')!r} at "
+        f"step {meta.get('step')} of {meta.get('total_steps')}); rerun the search in its workdir to "
+        "finish it, or pass --config.allow_partial_arch=True to train it anyway")
   return zoo.resolve_network(config.arch, resolution=config.resolution or None)
 
 
 def decay_mask(params: Any) -> Any:
-  """Weight decay on kernels only: BN scale/bias and the dense bias are 1-D (DESIGN.md §1)."""
+  """Weight decay on kernels only: BN scale/bias and the dense bias are 1-D (docs/design.md §2.10)."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
@@ -89,52 +110,24 @@ def train_optimizer(config: Any, total_steps: int) -> optax.GradientTransformati
                           config.optim.nesterov, config.optim.weight_decay, decay_mask=decay_mask)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: ChildNet,
-               tx: optax.GradientTransformation, label_smoothing: float, ema_decay: float,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of the ChildNet (dropout key per device; gradients and BN stats pmean'd)."""
-  k_drop = device_dropout_key(stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM),
-                              axis_name)
+@dataclasses.dataclass
+class TrainSetup:
+  """Everything a retrain reads from its config, resolved and checked."""
 
-  def loss_of(params):
-    logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                              train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
-    return smoothed_cross_entropy(logits, batch["label"], label_smoothing), (logits, upd)
-
-  (loss, (logits, upd)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  grads, batch_stats = maybe_pmean(grads, axis_name), maybe_pmean(upd["batch_stats"], axis_name)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema = state.ema_params
-  if ema_decay > 0:
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
-  metrics = maybe_pmean({"loss": loss, "acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])},
-                        axis_name)
-  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema,
-                       step=state.step + 1), metrics
+  config: Any
+  mesh: Any
+  space: SearchSpace
+  arch: Arch
+  dataset: ImageDataset
+  train_source: Source
+  steps_per_epoch: int
+  total_steps: int
+  model: ChildNet
+  tx: optax.GradientTransformation
 
 
-def save_weights(path: str, variables: Any) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.to_bytes(variables))
-  os.replace(tmp, path)
-
-
-def load_weights(path: str, like: Any) -> Any:
-  with open(path, "rb") as f:
-    return flax.serialization.from_bytes(like, f.read())
-
-
-def train(config: Any, workdir: str, *, progress: bool | None = None) -> TrainResult:
-  """Trains (or resumes) config.arch in `workdir`; writes weights, metrics, report."""
-  from pnas_jax.train.report import write_report
-  from pnas_jax.train.search import load_chosen_path
-
-  t_start = time.time()
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
+def setup_train(config: Any) -> TrainSetup:
+  """The network (with this data set's classes and channels), the data, the schedule, the model."""
   mesh = data_mesh(config.num_devices)
   space, arch = resolve_arch(config)
   dataset = inputs.load_config_dataset(config, space.resolution)
@@ -151,114 +144,111 @@ def train(config: Any, workdir: str, *, progress: bool | None = None) -> TrainRe
     check_batch(b, mesh, what)
   spe = config.schedule.steps_per_epoch or len(train_src) // config.data.batch_size
   total_steps = max(1, round(config.schedule.epochs * spe))
-  train_pre, eval_pre = inputs.preprocessors(dataset, space.resolution)
-
   model = ChildNet(space, arch, dropout_rate=config.model.dropout_rate, dw_impl=config.model.dw_impl)
-  tx = train_optimizer(config, total_steps)
+  return TrainSetup(config, mesh, space, arch, dataset, train_src, spe, total_steps, model,
+                    train_optimizer(config, total_steps))
+
+
+def initial_state(setup: TrainSetup) -> TrainState:
+  """Fresh variables (or the search's chosen-path weights with config.init), SGD state, EMA."""
+  config, space = setup.config, setup.space
   x0 = jnp.zeros((1, space.resolution, space.resolution, space.in_channels), jnp.float32)
   k_init, k_state = jax.random.split(jax.random.key(config.seed))
-  variables = init_variables(model, k_init, x0)
+  variables = init_variables(setup.model, k_init, x0)
   if config.init:
-    variables = load_chosen_path(config.init, variables)
+    variables = load_msgpack(os.path.join(config.init, CHOSEN_PATH_FILE), variables)
     log.info("initialised from the chosen path of %s", config.init)
   params = variables["params"]
-  state = TrainState(params=params, batch_stats=variables.get("batch_stats", {}),
-                     opt_state=tx.init(params),
-                     ema_params=jax.tree.map(jnp.copy, params) if config.optim.ema_decay > 0 else None,
-                     step=jnp.zeros((), jnp.int32), key=k_state)
+  ema = jax.tree.map(jnp.copy, params) if config.optim.ema_decay > 0 else None
+  return TrainState(params=params, batch_stats=variables.get("batch_stats", {}),
+                    opt_state=setup.tx.init(params), ema_params=ema,
+                    step=jnp.zeros((), jnp.int32), key=k_state)
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.every_steps,
-                      config.checkpoint.keep)
-  resume_step = None
-  if ckpt.latest_step() is not None:
-    resume_step, state, _ = ckpt.restore(state)
-    log.info("resuming from checkpoint %d in %s", resume_step, ckpt.directory)
-  elif is_main:
-    write_json(os.path.join(workdir, "config.json"), plain_dict(config))
-  state = replicate(state, mesh)
-  logger = MetricsLogger(workdir, tensorboard=config.log.tensorboard, resume_step=resume_step,
-                         enabled=is_main)
-  step_fn = data_parallel(
-      inputs.with_preprocess(train_step, train_pre, WEIGHT_FAMILY, "step"), mesh,
-      sync_bn=config.model.sync_bn, model=model, tx=tx,
-      label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay)
-  evaluator = make_evaluator(lambda v, x: model.apply(v, x, train=False), eval_pre, mesh)
-  eval_every, eval_max = config.eval.every_epochs, config.eval.max_batches or None
-  log_every = config.log.every_steps
 
-  def eval_vars(st):
-    return {"params": st.params if st.ema_params is None else st.ema_params,
-            "batch_stats": st.batch_stats}
+def _eval_vars(state: TrainState) -> dict[str, Any]:
+  return {"params": state.params if state.ema_params is None else state.ema_params,
+          "batch_stats": state.batch_stats}
 
-  step0 = int(to_host(state.step))
-  it = EpochIterator.after(step0, train_src, config.data.batch_size, config.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count())
-  batches = prefetch_to_device(it, config.data.prefetch,
-                               put=lambda b: global_batch(b, mesh))
-  max_steps = config.schedule.max_steps
-  stop_at = min(total_steps, step0 + max_steps) if max_steps else total_steps
-  bar = Progress(total_steps, step0, f"train {os.path.basename(workdir)}", enabled=is_main and (
-      config.log.progress if progress is None else progress))
-  monitor = LoopMonitor(logger, bar, ckpt, resume_step, "Lower optim.lr or check the data.")
-  status, images, t_loop = "done", 0, time.time()
-  with PreemptionGuard() as guard:
-    try:
-      for step in range(step0, stop_at):
-        state, m = step_fn(state, next(batches))
-        images += config.data.batch_size
-        done = step + 1
-        monitor.add("train", done, m)
-        bar.advance(images / max(time.time() - t_loop, 1e-9))
-        if done % log_every == 0:
-          monitor.flush()
-        if eval_every and done % (spe * eval_every) == 0 and done < total_steps:
-          monitor.flush()
-          ev = evaluate(evaluator, eval_vars(state), dataset.test, config.data.eval_batch_size, mesh,
-                        eval_max)
-          logger.write(done, {f"test_{k}": v for k, v in ev.items()}, "eval")
-          bar.update_metrics(test=ev["top1"])
-        if ckpt.should_save(done) and done < total_steps:
-          monitor.save(done, state, state.params)
-        if guard.requested:
-          monitor.save(done, state, state.params)
-          status = f"preempted ({guard.signal_name})"
-          break
-      else:
-        if stop_at < total_steps:
-          monitor.save(stop_at, state, state.params)
-          status = f"stopped at max_steps (step {stop_at} of {total_steps}); rerun to continue"
-      if status == "done":
-        monitor.save(total_steps, state, state.params)
-    finally:
-      bar.close()
-      ckpt.close()
-  elapsed = time.time() - t_loop
-  test = None
-  if status == "done":
-    test = evaluate(evaluator, eval_vars(state), dataset.test, config.data.eval_batch_size, mesh)
-    logger.write(total_steps, {f"test_{k}": v for k, v in test.items()}, "eval")
-  result = TrainResult(workdir, status, int(to_host(state.step)), total_steps,
-                       test["top1"] if test else None, test["top5"] if test else None,
-                       time.time() - t_start, images / max(elapsed, 1e-9))
-  if is_main:
-    final = to_host(eval_vars(state))
-    save_weights(os.path.join(workdir, WEIGHTS_FILE), final)
-    if test is not None:
-      write_report(workdir, space, arch, test, config, dataset, result)
-  logger.close()
+
+def train(config: Any, workdir: str, *, progress: bool | None = None,
+          overwrite: bool = False) -> TrainResult:
+  """Trains (or resumes) config.arch in `workdir`; writes weights, metrics, report.
+
+  overwrite: delete an earlier run's results in `workdir` and start over.
+  """
+  t_start = time.time()
+  setup = setup_train(config)
+  with RunDir(workdir, plain_dict(config), kind="training", checkpoint_every=config.checkpoint.every_steps,
+              keep=config.checkpoint.keep, tensorboard=config.log.tensorboard, overwrite=overwrite,
+              outputs=TRAIN_OUTPUTS) as run:
+    state = replicate(run.restore_or(initial_state(setup)), setup.mesh)
+    state, outcome, evaluator = _run(setup, run, state, progress)
+    test = None
+    if not outcome.partial:
+      test = evaluate(evaluator, _eval_vars(state), setup.dataset.test, config.data.eval_batch_size,
+                      setup.mesh)
+      run.logger.write(setup.total_steps, {f"test_{k}": v for k, v in test.items()}, "eval")
+    result = TrainResult(run.workdir, outcome.status, outcome.describe(), int(to_host(state.step)),
+                         setup.total_steps, test["top1"] if test else None,
+                         test["top5"] if test else None, time.time() - t_start,
+                         outcome.images_per_s, outcome.exit_code())
+    if run.is_main:
+      save_msgpack(os.path.join(run.workdir, WEIGHTS_FILE), to_host(_eval_vars(state)))
+      if test is not None:
+        write_report(run.workdir, setup.space, setup.arch, test, config, setup.dataset, result)
   return result
+
+
+def _run(setup: TrainSetup, run: RunDir, state: TrainState, progress: bool | None):
+  """The retrain loop: one SGD step per batch, the test split evaluated every eval.every_epochs."""
+  config = setup.config
+  train_pre, eval_pre = inputs.preprocessors(setup.dataset, setup.space.resolution)
+  step_fn = data_parallel(
+      inputs.with_preprocess(train_step, train_pre, WEIGHT_FAMILY, "step"),
+      setup.mesh, sync_bn=config.model.sync_bn, model=setup.model, tx=setup.tx,
+      label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay)
+  evaluator = make_evaluator(lambda v, x: setup.model.apply(v, x, train=False), eval_pre, setup.mesh)
+  it = EpochIterator.after(int(to_host(state.step)), setup.train_source, config.data.batch_size,
+                           config.seed, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  batches = prefetch_to_device(it, config.data.prefetch, put=lambda b: global_batch(b, setup.mesh))
+  show = config.log.progress if progress is None else progress
+  bar = Progress(setup.total_steps, run.resume_step or 0, f"train {os.path.basename(run.workdir)}",
+                 enabled=run.is_main and show)
+  monitor = LoopMonitor(run.logger, bar, run.checkpointer, run.resume_step,
+                        "Lower optim.lr or check the data.",
+                        pending=run.resume_meta.get("pending_metrics", ()))
+  eval_every, eval_max = config.eval.every_epochs, config.eval.max_batches or None
+
+  def one_step(st: TrainState, step: int) -> tuple[TrainState, int]:
+    st, m = step_fn(st, next(batches))
+    monitor.add("train", step + 1, m)
+    return st, config.data.batch_size
+
+  def evaluate_now(st: TrainState, done: int) -> None:
+    if eval_every and done % (setup.steps_per_epoch * eval_every) == 0 and done < setup.total_steps:
+      monitor.flush()
+      ev = evaluate(evaluator, _eval_vars(st), setup.dataset.test, config.data.eval_batch_size,
+                    setup.mesh, eval_max)
+      run.logger.write(done, {f"test_{k}": v for k, v in ev.items()}, "eval")
+      bar.update_metrics(test=ev["top1"])
+
+  state, outcome = run_loop(
+      state, one_step, run=run, total_steps=setup.total_steps, max_steps=config.schedule.max_steps,
+      monitor=monitor, save=lambda st, s, final: monitor.save(s, st, st.params, final=final),
+      hooks=(evaluate_now,),
+      log_every=config.log.every_steps)
+  return state, outcome, evaluator
 
 
 def trained_network(workdir: str) -> tuple[SearchSpace, Arch, Any]:
   """(space, arch, variables) of a finished `pnas train` workdir (for eval and export)."""
-  from pnas_jax.search_space.io import load_arch
-
   path = os.path.join(workdir, "arch.json")
   if not os.path.exists(path) or not os.path.exists(os.path.join(workdir, WEIGHTS_FILE)):
-    raise FileNotFoundError(f"{workdir} is not a finished `pnas train` workdir (no arch.json / "
+    raise UserFileError(f"{workdir} is not a finished `pnas train` workdir (no arch.json / "
                             f"{WEIGHTS_FILE}); train first or pass a zoo name")
   space, arch = load_arch(path)
   model = ChildNet(space, arch, dw_impl="lax")
   x0 = np.zeros((1, space.resolution, space.resolution, space.in_channels), np.float32)
   like = init_variables(model, jax.random.key(0), x0)
-  return space, arch, load_weights(os.path.join(workdir, WEIGHTS_FILE), like)
+  return space, arch, load_msgpack(os.path.join(workdir, WEIGHTS_FILE), like)

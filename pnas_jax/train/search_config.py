@@ -84,10 +84,13 @@ def search_config() -> ml_collections.ConfigDict:
   c.optim.alpha_init_std = 1e-3
 
   c.arch = ml_collections.ConfigDict()
-  c.arch.estimator = "two"  # "two" | "full" | "reinforce"
-  c.arch.reinforce_k = 4
-  c.arch.reinforce_decay = 0.99
-  c.arch.reinforce_tradeoff = 0.1
+  c.arch.estimator = "two"  # "two" | "full" | "reinforce" (arch/estimators.py: ESTIMATORS)
+  # Each estimator's options: the section named after it (keywords of its registered factory).
+  c.arch.reinforce = ml_collections.ConfigDict(dict(
+      k=4,  # architectures sampled per update
+      baseline_decay=0.99,  # moving-average reward baseline
+      tradeoff=0.1,  # reward acc * (T / lat)^tradeoff
+  ))
 
   # Latency term. model: "measure" (a table measured here before the search, cached in the
   # workdir), a table / predictor file (our JSON or the reference YAML), "macs" (FLOPs-constrained),
@@ -129,6 +132,9 @@ def search_config() -> ml_collections.ConfigDict:
   c.log.tensorboard = True
   c.log.progress = True
   c.log.plots = True
+  # Also record the architecture probabilities and E[LAT] every this many arch steps (0: only at
+  # the end of each search epoch), so plots/alpha.png draws a curve even for a one-epoch search.
+  c.log.alpha_every = 0
   return c
 
 
@@ -164,9 +170,9 @@ RANGES: dict[str, Range] = {
     "optim.arch_b2": FRACTION,
     "optim.arch_eps": POSITIVE,
     "optim.alpha_init_std": NON_NEGATIVE,
-    "arch.reinforce_k": INT_GE1,
-    "arch.reinforce_decay": Range(0, 1),
-    "arch.reinforce_tradeoff": NON_NEGATIVE,
+    "arch.reinforce.k": INT_GE1,
+    "arch.reinforce.baseline_decay": Range(0, 1),
+    "arch.reinforce.tradeoff": NON_NEGATIVE,
     "latency.target": Range(0, note="0: use target_ratio"),
     "latency.target_ratio": Range(0, note="0: use target"),
     "latency.batch": INT_GE1,

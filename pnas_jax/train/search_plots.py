@@ -18,7 +18,7 @@ def arch_blocks(space: SearchSpace, arch: Arch) -> list[dict[str, Any]]:
 
 def write_search_plots(workdir: str, space: SearchSpace, arch: Arch, records: list[dict[str, Any]],
                        result: Any) -> dict[str, str]:
-  """alpha.png (per-block probabilities at each evaluation), arch.png, curves.png."""
+  """alpha.png (per-block probabilities at each alpha record), arch.png, curves.png."""
   out_dir = os.path.join(workdir, "plots")
   paths = {}
   epochs = [r for r in records if r.get("kind") == "alpha" and r.get("probs")]
@@ -26,7 +26,7 @@ def write_search_plots(workdir: str, space: SearchSpace, arch: Arch, records: li
     paths["alpha"] = plots.plot_alpha_history(
         [r["probs"] for r in epochs], [b.candidates for b in space.blocks],
         os.path.join(out_dir, "alpha.png"), steps=[r["step"] for r in epochs],
-        title="architecture probabilities per block, per search epoch (x: weight step)")
+        title="architecture probabilities per block over the search (x: weight step)")
   paths["arch"] = plots.plot_architecture(
       arch_blocks(space, arch), os.path.join(out_dir, "arch.png"),
       title=f"found architecture ({sum(op != 'Zero' for op in arch.ops)} of {len(arch)} blocks)")

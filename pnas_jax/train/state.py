@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pnas_jax.models.supernet import Supernet, init_supernet
+from pnas_jax.arch.supernet import Supernet, init_supernet
 
 WEIGHT_FAMILY, ARCH_FAMILY = 0, 1
 GATES_STREAM, DROPOUT_STREAM = 0, 1

@@ -1,4 +1,5 @@
-"""Pure search steps `(state, batch) -> (state, metrics)`, collaborators bound by functools.partial.
+"""Pure steps `(state, batch) -> (state, metrics)`: the search's weight and arch steps and the
+retrain step, collaborators bound by functools.partial.
 
 The key lives in the state (see train/state.py for the fold_in scheme), so a step's randomness is a
 function of the state alone. `batch` is {"image": NHWC float, "label": int}. Bind the collaborators
@@ -25,30 +26,49 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pnas_jax.arch.estimators import BinaryGateEstimator, CostFn, LossFn, ReinforceEstimator
+from pnas_jax.arch.estimators import CostFn, Estimator, LossFn
 from pnas_jax.arch.sampling import sample_gates
+from pnas_jax.arch.supernet import Supernet, candidate_mask
 from pnas_jax.collectives import device_dropout_key, maybe_pmean
-from pnas_jax.models.supernet import Supernet, candidate_mask
+from pnas_jax.losses import accuracy, cross_entropy
+from pnas_jax.models.child import ChildNet
 from pnas_jax.train.optim import masked_tensor_update, masked_update
 from pnas_jax.train.state import (
-    ARCH_FAMILY,
-    DROPOUT_STREAM,
-    GATES_STREAM,
-    WEIGHT_FAMILY,
-    SearchState,
-    stream_key,
+  ARCH_FAMILY,
+  DROPOUT_STREAM,
+  GATES_STREAM,
+  WEIGHT_FAMILY,
+  SearchState,
+  TrainState,
+  stream_key,
 )
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
-  """Mean CE against (1 - eps) one_hot + eps / C (the reference's label smoothing)."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-  if smoothing > 0:
-    targets = optax.smooth_labels(targets, smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+def _supervised_update(
+    apply_fn: Callable[[Any], tuple[jax.Array, Any]],
+    params: Any,
+    labels: jax.Array,
+    label_smoothing: float,
+    axis_name: str | None,
+) -> tuple[Any, Any, Metrics]:
+  """The supervised core of the weight step and the retrain step.
+
+  apply_fn(params) -> (logits, new batch_stats) is a train-mode forward. Returns the gradients of
+  the label-smoothed cross-entropy, the new BN statistics and {"loss", "acc"}, each averaged over
+  `axis_name` under data parallelism.
+  """
+
+  def loss_of(p):
+    logits, batch_stats = apply_fn(p)
+    return cross_entropy(logits, labels, label_smoothing), (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+  metrics = {"loss": loss, "acc": accuracy(logits, labels)}
+  return maybe_pmean(grads, axis_name), maybe_pmean(batch_stats, axis_name), maybe_pmean(
+      metrics, axis_name)
 
 
 def weight_step(
@@ -80,31 +100,44 @@ def weight_step(
     alpha = tuple(jnp.where(warm, jnp.zeros_like(a), a) for a in alpha)
   sample = sample_gates(k_gates, alpha, sample_mode)
 
-  def loss_of(params):
-    logits, upd = model.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        batch["image"],
-        sample,
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": k_drop},
-    )
-    loss = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
-    return loss, (logits, upd["batch_stats"])
+  def apply_fn(params):
+    logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                              sample, train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+    return logits, upd["batch_stats"]
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-  grads = maybe_pmean(grads, axis_name)
-  batch_stats = maybe_pmean(batch_stats, axis_name)
+  grads, batch_stats, metrics = _supervised_update(apply_fn, state.params, batch["label"],
+                                                   label_smoothing, axis_name)
   mask = candidate_mask(state.params, model.space, sample.active)
   params, opt_state = masked_update(tx, grads, state.weight_opt_state, state.params, mask)
-  metrics = maybe_pmean(
-      {"loss": loss, "acc": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, axis_name
-  )
   metrics["active"] = sample.active  # which path was trained (identical on every device)
   new_state = state.replace(
       params=params, batch_stats=batch_stats, weight_opt_state=opt_state, step=state.step + 1
   )
   return new_state, metrics
+
+
+def train_step(state: TrainState, batch: Batch, *, model: ChildNet, tx: optax.GradientTransformation,
+               label_smoothing: float, ema_decay: float, axis_name: str | None = None
+               ) -> tuple[TrainState, Metrics]:
+  """One SGD step of a ChildNet (the retrain): the weight step's core on a fixed architecture,
+  plus an optional EMA of the weights, ema <- d ema + (1 - d) params."""
+  k_drop = device_dropout_key(stream_key(state.key, WEIGHT_FAMILY, state.step, DROPOUT_STREAM),
+                              axis_name)
+
+  def apply_fn(params):
+    logits, upd = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                              train=True, mutable=["batch_stats"], rngs={"dropout": k_drop})
+    return logits, upd["batch_stats"]
+
+  grads, batch_stats, metrics = _supervised_update(apply_fn, state.params, batch["label"],
+                                                   label_smoothing, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema_decay > 0:
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema,
+                       step=state.step + 1), metrics
 
 
 def arch_step(
@@ -113,7 +146,7 @@ def arch_step(
     *,
     model: Supernet,
     tx: optax.GradientTransformation,
-    estimator: BinaryGateEstimator | ReinforceEstimator,
+    estimator: Estimator,
     cost_fn: CostFn | None = None,
     loss_fn: LossFn | None = None,
     update_batch_stats: bool = True,

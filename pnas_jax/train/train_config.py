@@ -26,6 +26,7 @@ def train_config() -> ml_collections.ConfigDict:
   c.num_devices = config_dict.placeholder(int)
   # The network: an arch.json (from `pnas search`), a net.config, or a zoo name.
   c.arch = ""
+  c.allow_partial_arch = False  # train an arch.json from a search that did not finish
   c.init = ""  # "": from scratch; a search workdir: inherit its chosen path's supernet weights
   c.resolution = 0  # 0: the arch file's resolution
   c.n_classes = 0  # 0: the data set's

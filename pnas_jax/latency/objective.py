@@ -27,8 +27,18 @@ import jax
 import numpy as np
 
 from pnas_jax.arch.derive import derive, derive_within_budget
+from pnas_jax.errors import MissingFileError, UserValueError
+from pnas_jax.latency import measure
 from pnas_jax.latency.loss import latency_loss
-from pnas_jax.latency.predictor import Predictor, load_latency_model, macs_predictor
+from pnas_jax.latency.measure import TimingProtocol
+from pnas_jax.latency.predictor import (
+  Predictor,
+  TableSumPredictor,
+  fit_linear,
+  load_latency_model,
+  macs_predictor,
+)
+from pnas_jax.latency.table import cost_table
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -71,10 +81,6 @@ def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_netwo
   The baseline arch (every block `baseline_op`) is always among the measured networks, so the
   target derived from it rests on a measurement.
   """
-  from pnas_jax.latency import measure
-  from pnas_jax.latency.predictor import TableSumPredictor, fit_linear
-  from pnas_jax.latency.table import cost_table
-
   os.makedirs(directory, exist_ok=True)
   table = measure.measure_table(space, os.path.join(directory, "table.json"), protocol, progress)
   costs = cost_table(table, space)
@@ -89,8 +95,6 @@ def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_netwo
 
 def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyObjective:
   """Builds the model, target and loss of config.latency (checked before anything is jitted)."""
-  from pnas_jax.latency.measure import TimingProtocol
-
   lat = config.latency
   model, check_device, batch = lat.model, lat.check_device, lat.batch
   protocol = TimingProtocol(batch=batch, repeats=lat.repeats, clock=lat.clock,
@@ -100,17 +104,17 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   loss_name, loss_params = lat.loss, lat.loss_params.to_dict()
   derive_mode, derive_band = lat.derive, lat.derive_band
   if derive_mode not in DERIVE_MODES:
-    raise ValueError(f"config.latency.derive = {derive_mode!r}: use one of {', '.join(DERIVE_MODES)}")
+    raise UserValueError(f"config.latency.derive = {derive_mode!r}: use one of {', '.join(DERIVE_MODES)}")
   if not 0.0 <= derive_band < 1.0:
-    raise ValueError(f"config.latency.derive_band = {derive_band!r}: use a fraction in [0, 1) "
+    raise UserValueError(f"config.latency.derive_band = {derive_band!r}: use a fraction in [0, 1) "
                      "(0.1: the derived arch within 10% below the target)")
   if model == "none":
     if derive_mode == "budget":
-      raise ValueError("config.latency.derive = 'budget' needs a latency model; set "
+      raise UserValueError("config.latency.derive = 'budget' needs a latency model; set "
                        "config.latency.model (or derive='argmax')")
     return LatencyObjective(None, None, None, None)
   if baseline_op not in space.candidates:
-    raise ValueError(f"config.latency.baseline_op = {baseline_op!r} is not a candidate of the space "
+    raise UserValueError(f"config.latency.baseline_op = {baseline_op!r} is not a candidate of the space "
                      f"({', '.join(space.candidates)}); set it to one of them")
   if model == "macs":
     predictor = macs_predictor(space)
@@ -119,7 +123,7 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
                                   baseline_op, config.seed, progress=config.log.progress)
   else:
     if not os.path.exists(model):
-      raise FileNotFoundError(
+      raise MissingFileError(
           f"config.latency.model = {model!r}: no such file. Give a latency table / predictor "
           "(make one with `pnas latency measure --config configs/latency/<name>.py` and "
           "`pnas latency fit`), or use 'measure', 'macs' or 'none'"
@@ -129,7 +133,7 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   baseline = float(predictor.of_archs([Arch.uniform(space, baseline_op)])[0])
   target = ratio * baseline if ratio > 0 else target
   if not target or target <= 0:
-    raise ValueError(f"config.latency.target = {target!r}: give a positive target or target_ratio")
+    raise UserValueError(f"config.latency.target = {target!r}: give a positive target or target_ratio")
   loss = latency_loss(loss_name, **loss_params)
   loss(1.0, target, target)  # a loss that cannot take this target fails now, not inside a step
   log.info("latency model %s (%s): baseline %.4g, target %.4g", model, predictor.unit, baseline,

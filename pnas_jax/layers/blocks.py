@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pnas_jax.models import layers
+from pnas_jax.layers import core as layers
 
 
 class MBConv(nn.Module):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pnas_jax.models import depthwise
+from pnas_jax.layers import depthwise
 
 BN_MOMENTUM = 0.9  # Flax convention: running = momentum * running + (1 - momentum) * batch.
 BN_EPSILON = 1e-3

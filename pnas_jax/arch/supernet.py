@@ -102,7 +102,7 @@ class Supernet(nn.Module):
   Attributes:
     space: the search space.
     dropout_rate: dropout before the classifier (active with train=True, rng "dropout").
-    dw_impl: depthwise implementation (models/depthwise.py).
+    dw_impl: depthwise implementation (layers/depthwise.py).
     impl: weight-mode mixed-op backward ("remat", "packed" custom VJP, "plain"; see
       arch/mixed_op.py for the measurements behind the default).
   """

@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pnas_jax.errors import UserValueError
+
 IMPLS = ("auto", "lax", "shift", "shift_autodiff")
 
 
@@ -222,7 +224,7 @@ _IMPL_FNS = {
 def resolve_impl(impl: str) -> str:
   """'auto' -> 'shift' on CPU, 'lax' elsewhere."""
   if impl not in IMPLS:
-    raise ValueError(f"unknown depthwise impl {impl!r}; valid: {', '.join(IMPLS)}")
+    raise UserValueError(f"unknown depthwise impl {impl!r}; valid: {', '.join(IMPLS)}")
   if impl == "auto":
     return "shift" if jax.default_backend() == "cpu" else "lax"
   return impl
