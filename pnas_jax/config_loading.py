@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib
 import math
 import os
 import sys
@@ -100,10 +99,13 @@ SCHEMAS = (
 def schema_of(config: ml_collections.ConfigDict) -> Any | None:
   """The schema module `config` was built from, or None: the first schema whose every top-level
   key the config has, a section (ConfigDict) where the schema has one. (Sections such as `space`
-  or `latency.loss_params` are often replaced whole by config files, so deeper keys may differ.)"""
+  or `latency.loss_params` are often replaced whole by config files, so deeper keys may differ.)
+  Only schemas already imported are considered: a config built from one has imported it."""
   for entry in SCHEMAS:
     module_name, fn = entry.split(":")
-    module = importlib.import_module(module_name)
+    module = sys.modules.get(module_name)
+    if module is None:
+      continue
     schema = getattr(module, fn)()
     if all(k in config and isinstance(config[k], ml_collections.ConfigDict)
            == isinstance(v, ml_collections.ConfigDict) for k, v in schema.items()):
