@@ -24,7 +24,7 @@ import os
 import socket
 from typing import Any
 
-from pnas_jax.errors import PnasError
+from pnas_jax.errors import PnasError, UserFileError
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,12 @@ class WorkdirLock:
     self._file = None
 
   def acquire(self) -> WorkdirLock:
-    os.makedirs(self.workdir, exist_ok=True)
-    f = open(self.path, "a+")  # noqa: SIM115 (held open until release)
+    try:
+      os.makedirs(self.workdir, exist_ok=True)
+      f = open(self.path, "a+")  # noqa: SIM115 (held open until release)
+    except OSError as e:
+      raise UserFileError(f"{self.path}: cannot create the workdir lock ({e.strerror or e}); "
+                          "give a --workdir this user can write to") from None
     try:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -66,3 +66,11 @@ def test_two_locks_in_one_process_conflict(tmp_path):
     pass
   record = json.loads((tmp_path / "w" / ".lock").read_text() or "null")
   assert record is None
+
+
+def test_unwritable_workdir_is_a_user_error(tmp_path):
+  from pnas_jax.errors import UserFileError
+
+  (tmp_path / "file").write_text("")
+  with pytest.raises(UserFileError, match="cannot create the workdir lock"):
+    WorkdirLock(tmp_path / "file" / "w", "x").acquire()  # a workdir under a regular file
