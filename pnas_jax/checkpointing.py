@@ -7,8 +7,8 @@ atomic (orbax writes to a temporary folder and renames it), so a crash or `kill 
 the previous checkpoints intact; a checkpoint that still fails to load (corrupt or truncated files)
 is moved aside to `<directory>/corrupt/<step>-<time>/` (which orbax ignores, so it no longer counts
 toward keep-last-k and cannot push a good older checkpoint out), logged, and skipped in favour of
-the previous one. A state whose structure does not match the
-checkpoint (another config) raises `IncompatibleCheckpointError` naming the difference.
+the previous one. A state whose structure does not match the checkpoint (another config) raises
+`IncompatibleCheckpointError` naming the difference.
 
 `PreemptionGuard` turns SIGTERM/SIGINT into a flag the loop polls, so the loop saves and exits
 cleanly instead of dying mid-step.

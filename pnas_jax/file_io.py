@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any
 
+import flax.serialization
+
 from pnas_jax.errors import UserFileError
 
 
@@ -101,8 +103,6 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 
 def save_msgpack(path: str | os.PathLike, tree: Any) -> None:
   """Writes a pytree of arrays (flax.serialization's msgpack) atomically."""
-  import flax.serialization
-
   write_bytes_atomic(path, flax.serialization.to_bytes(tree))
 
 
@@ -137,8 +137,6 @@ def _tree_differences(saved: Any, expected: Any) -> str:
 def load_msgpack(path: str | os.PathLike, like: Any, what: str = "weights file") -> Any:
   """Reads a pytree saved by `save_msgpack`, shaped like `like` (its structure and array shapes
   are checked); a missing, truncated, corrupt or foreign file raises UserFileError naming it."""
-  import flax.serialization
-
   path = os.fspath(path)
   data = read_bytes(path, what)
   try:
