@@ -9,7 +9,7 @@ construction; bench_ops.py also asserts that the parameter counts are equal.
   MBConv(k, e) [+ x where stride 1 and in == out; skipped when Zero] -> 1x1 conv to the tail width,
   BN, ReLU6 -> global average pool -> dropout -> linear (with bias).
 
-BN: momentum 0.1 (PyTorch convention), eps 1e-3, as the JAX model (DESIGN.md §1).
+BN: momentum 0.1 (PyTorch convention), eps 1e-3, as the JAX model (docs/design.md §2.11).
 
 Requires torch (`pip install -e '.[bench]'`).
 """

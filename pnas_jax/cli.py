@@ -19,7 +19,8 @@ from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.errors import PnasError
 
 # Modules contributing subcommands; each defines add_commands(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli", "pnas_jax.demo")
+COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli", "pnas_jax.demo",
+                                   "pnas_jax.interop.cli")
 
 
 def _measure_latency_ms(space, arch, batch: int, repeats: int) -> float:

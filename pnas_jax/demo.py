@@ -95,9 +95,11 @@ def _pnas(*args: str) -> str:
 
 
 class PhaseProgress:
-  """One bar over the demo's phases: names the current phase, elapsed time and the ETA."""
+  """One bar over the demo's phases: names the current phase, elapsed time and the ETA. The search
+  and each training show their own bar below it (steps, images/s, ETA of the phase)."""
 
   def __init__(self, enabled: bool):
+    self.enabled = enabled
     self._bar = tqdm(total=100, desc="demo", unit="%", disable=not enabled, file=sys.stderr,
                      bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
     self._done = 0.0
@@ -128,7 +130,7 @@ def _retrain_all(workdir: str, space: Any, nets: list[tuple[str, Arch]], overrid
     save_arch(arch_path, space, arch, name=name)
     cfg = load_config(_config_path("train", "fashion_mnist"),
                       [*overrides, f"--config.arch={arch_path}", "--config.log.progress=False"])
-    res = train(cfg, os.path.join(workdir, "train", name), progress=False)
+    res = train(cfg, os.path.join(workdir, "train", name), progress=bar.enabled)
     results[name] = read_json(os.path.join(workdir, "train", name, "report.json"), UserFileError)
     results[name]["status"] = res.status.value
     timings[f"train {name}"] = time.time() - t
@@ -168,7 +170,7 @@ def run_demo(workdir: str, quick: bool = False, seed: int = 0, data: str = "fash
     # 2. Search under the target.
     bar.start(1, PHASES[1][0])
     t = time.time()
-    found = search(search_cfg, search_dir, progress=False)
+    found = search(search_cfg, search_dir, progress=bar.enabled)
     timings["search"] = time.time() - t
     bar.finish(PHASES[1][1])
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: the reference data folder (../shared/reference), skipped with a reason if absent."""
+"""Shared fixtures: the reference data folder (../shared/reference), skipped with a reason if absent;
+the persistent compilation cache of the test run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import pathlib
 
 import pytest
 
+from pnas_jax.compile_cache import ENV_VAR, enable_compilation_cache
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Compiled programs are shared between tests, pytest workers and the CLI runs they start (the
+# same tiny search compiles once per suite run); the folder is the tests' own, not the user's.
+os.environ.setdefault(ENV_VAR, str(REPO / ".cache" / "jax-tests"))
+enable_compilation_cache()
 REFERENCE_DIR = pathlib.Path(
     os.environ.get("PNAS_REFERENCE_DIR", REPO.parent / "shared" / "reference" / "proxylessnas")
 )

@@ -76,6 +76,10 @@ def test_target_ratio_zero_does_not_fall_back_to_a_default_target():
   with pytest.raises(ConfigError, match=r"latency.target_ratio = -0.5 must be a number >= 0"):
     load_config(TINY, ["--config.latency.target_ratio=-0.5"])
   load_config(TINY, ["--config.latency.target_ratio=0", "--config.latency.model=none"])
+  # A sweep's lists replace the single target; their values are checked too.
+  load_config(TINY, ["--config.latency.target_ratio=0", "--config.latency.targets=(0.1, 0.2)"])
+  with pytest.raises(ConfigError, match=r"latency.target_ratios = \(0.5, -1.0\): give distinct positive"):
+    load_config(TINY, ["--config.latency.target_ratios=(0.5, -1.0)"])
 
 
 def test_dry_run_and_run_refuse_the_same_values(tmp_path, capsys):

@@ -95,5 +95,5 @@ def test_user_op_in_space_net_and_costs(conv_op):
 
 
 def test_unregister_unknown():
-  with pytest.raises(UnknownNameError, match="not registered"):
+  with pytest.raises(UnknownNameError, match="unknown candidate op 'never_registered'; valid: "):
     unregister_op("never_registered")

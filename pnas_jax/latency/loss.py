@@ -3,7 +3,7 @@
 The search objective adds the expected latency E[LAT] (or E[FLOPs]) of the stochastic architecture
 to the cross-entropy CE of the architecture step. E[LAT] is linear in the path probabilities p, so
 the gradient reaches alpha through p only (pnas_jax.latency.expected). Registered losses, with the
-defaults of DESIGN.md §1 (target T from the search config):
+defaults of docs/design.md §2.7 (target T from the search config):
 
   "mul#log":    L = a * CE * (log E[LAT] / log T) ^ b        a = 0.2, b = 0.3
   "add#linear": L = CE + lambda * (E[LAT] - T) / T           lambda = 0.1

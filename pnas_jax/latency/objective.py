@@ -37,12 +37,14 @@ from pnas_jax.latency.predictor import (
   fit_linear,
   load_latency_model,
   macs_predictor,
+  save_predictor,
 )
 from pnas_jax.latency.table import cost_table
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
 DERIVE_MODES = ("argmax", "budget")
+MEASURED_PREDICTOR = "predictor.json"  # what "measure" fits, in WORKDIR/latency/
 
 
 @dataclasses.dataclass
@@ -76,7 +78,8 @@ class LatencyObjective:
 
 def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_networks: int,
                       baseline_op: str, seed: int = 0, progress: bool = True) -> Predictor:
-  """Measures (or resumes) the table and `n_networks` networks here, fits the linear predictor.
+  """Measures (or resumes) the table and `n_networks` networks here, fits the linear predictor
+  and saves it as `directory`/predictor.json (a sweep's targets and later searches reuse it).
 
   The baseline arch (every block `baseline_op`) is always among the measured networks, so the
   target derived from it rests on a measurement.
@@ -85,12 +88,16 @@ def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_netwo
   table = measure.measure_table(space, os.path.join(directory, "table.json"), protocol, progress)
   costs = cost_table(table, space)
   if n_networks <= 0:
-    return TableSumPredictor(space, costs, table.header)
-  named = [("baseline", Arch.uniform(space, baseline_op))] + [
-      (f"sample{i:03d}", a) for i, a in enumerate(measure.sample_archs(space, n_networks, seed))]
-  meas = measure.measure_networks(space, named, os.path.join(directory, "networks.json"), protocol,
-                                  progress)
-  return fit_linear(space, costs, meas.archs(), meas.latencies(), header=table.header, seed=seed)
+    predictor = TableSumPredictor(space, costs, table.header)
+  else:
+    named = [("baseline", Arch.uniform(space, baseline_op))] + [
+        (f"sample{i:03d}", a) for i, a in enumerate(measure.sample_archs(space, n_networks, seed))]
+    meas = measure.measure_networks(space, named, os.path.join(directory, "networks.json"),
+                                    protocol, progress)
+    predictor = fit_linear(space, costs, meas.archs(), meas.latencies(), header=table.header,
+                           seed=seed)
+  save_predictor(os.path.join(directory, MEASURED_PREDICTOR), predictor)
+  return predictor
 
 
 def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyObjective:
@@ -101,6 +108,11 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
                             dw_impl=config.model.dw_impl, seed=config.seed)
   n_networks, baseline_op = lat.n_networks, lat.baseline_op
   target, ratio = lat.target, lat.target_ratio
+  if lat.target_ratios or lat.targets:
+    raise UserValueError(
+        f"config.latency.target_ratios = {tuple(lat.target_ratios)} / targets = {tuple(lat.targets)} "
+        "describe a sweep of several targets: run it with `pnas sweep`, or set one target with "
+        "latency.target_ratio / latency.target")
   loss_name, loss_params = lat.loss, lat.loss_params.to_dict()
   derive_mode, derive_band = lat.derive, lat.derive_band
   if derive_mode not in DERIVE_MODES:

@@ -3,7 +3,7 @@
 ProxylessNAS makes latency differentiable by modelling it per layer (Sec. 3.3 of Cai et al. 2019):
 E[LAT] = F(fixed layers) + sum_l sum_j p_lj * F(o_lj), with F read from a table measured on the
 target device. Entries are keyed exactly as the reference implementation's tables
-(DESIGN.md §2), so our measured tables and the published Pixel 1 table (mobile_trim.yaml) share one
+(docs/design.md §3.1), so our measured tables and the published Pixel 1 table (mobile_trim.yaml) share one
 schema and one lookup:
 
   Conv-input:224x224x3-output:112x112x32                                  stem (3x3 conv, BN, ReLU6)

@@ -1,6 +1,6 @@
 """Convolution, batch-norm and dense layers with the reference initialisation and BN settings.
 
-DESIGN.md §1: conv weights ~ N(0, 2 / (k * k * out_channels)) (depthwise too), dense weights
+docs/design.md §2.11: conv weights ~ N(0, 2 / (k * k * out_channels)) (depthwise too), dense weights
 ~ U(+-1/sqrt(in)), dense bias 0, BN momentum 0.1 in PyTorch terms (0.9 here), eps 1e-3, no conv
 biases. 1x1 convolutions are written as dot_general: XLA:CPU runs lax.conv inside lax.switch
 branches ~10x slower in reverse mode, and a 1x1 conv is a matmul anyway.

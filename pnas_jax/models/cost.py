@@ -7,7 +7,7 @@ size; batch-norm, activations, pooling and additions are not counted (as in the 
 Parameters are the 'params' collection (BN scale + bias included; BN running stats are not).
 
 For FLOPs-aware search the per-block, per-candidate table `block_macs(space)` gives
-E[MACs] = fixed + sum_l sum_j p_lj * MACs(o_lj) (DESIGN.md §1, latency-aware loss).
+E[MACs] = fixed + sum_l sum_j p_lj * MACs(o_lj) (docs/design.md §2.7, latency-aware loss).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Our format (arch.json) holds the space and the ops, so one file rebuilds the net
   {"format": "pnas_jax.arch/1", "name": "...", "space": {SearchSpace fields}, "ops": [21 names],
    "meta": {...anything: search alpha, latency, ...}}
 
-The reference format (DESIGN.md §2) is the original implementation's net.config: keys name, bn,
+The reference format (docs/design.md §4.2) is the original implementation's net.config: keys name, bn,
 first_conv, blocks[{mobile_inverted_conv, shortcut}], feature_mix_layer, classifier; a skipped block
 has mobile_inverted_conv.name == "ZeroLayer". Stages are recovered from the blocks: a new stage
 starts at every block that changes the width or has stride 2.

@@ -1,6 +1,8 @@
-"""`pnas search | train | eval | export`: the loops and what follows them, from ml_collections configs.
+"""`pnas search | sweep | train | eval | export`: the loops and what follows them, from configs.
 
   pnas search --config configs/search/fashion_mnist.py --workdir results/search [--config.x=y ...]
+  pnas sweep --config configs/search/fashion_mnist.py --workdir results/sweep \
+      --config.latency.target_ratios='(0.5, 0.7, 0.9)'     (one warm-up, one search per target)
   pnas train --config configs/train/fashion_mnist.py --workdir results/train \
       --config.arch=results/search/arch.json [--config.init=results/search]
   pnas eval results/train [--data fashion_mnist] [--split test]   (a train workdir or a zoo name)
@@ -20,6 +22,7 @@ import logging
 from typing import Any
 
 from pnas_jax.config_loading import OverrideParser, load_config
+from pnas_jax.errors import UserValueError
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> None:
@@ -39,11 +42,17 @@ def init_distributed(args: argparse.Namespace) -> None:
                              num_processes=args.num_processes, process_id=args.process_id)
 
 
+def _load_config(args: argparse.Namespace) -> Any:
+  """The command's config with its --config.x=y overrides, after joining a multi-host run."""
+  config = load_config(args.config, args.config_overrides)
+  init_distributed(args)
+  return config
+
+
 def cmd_search(args: argparse.Namespace) -> int:
   from pnas_jax.train.search import plan_search, search
 
-  config = load_config(args.config, args.config_overrides)
-  init_distributed(args)
+  config = _load_config(args)
   if args.dry_run:
     print(json.dumps(plan_search(config, args.workdir), indent=2))
     return 0
@@ -65,11 +74,25 @@ def cmd_search(args: argparse.Namespace) -> int:
   return result.exit_code
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+  from pnas_jax.train.sweep import sweep
+
+  config = _load_config(args)
+  r = sweep(config, args.workdir, overwrite=args.overwrite)
+  print(f"warm-up: {r.warmup.detail} ({r.warmup.step} steps, {r.warmup.wall_s:.0f} s)")
+  for label, t in r.targets:
+    lat = "" if t.arch_latency is None else f", {t.arch_latency:.4g} / {t.target:.4g} {t.latency_unit}"
+    top1 = "" if t.holdout_top1 is None else f", held-out {t.holdout_top1:.2f}%"
+    print(f"{label}: {t.detail}{lat}{top1}, {t.wall_s:.0f} s: {' '.join(t.arch.ops)}")
+  if not r.partial:
+    print(f"summary: {r.workdir}/sweep.md, sweep.json, front.png")
+  return r.exit_code
+
+
 def cmd_train(args: argparse.Namespace) -> int:
   from pnas_jax.train.retrain import train
 
-  config = load_config(args.config, args.config_overrides)
-  init_distributed(args)
+  config = _load_config(args)
   r = train(config, args.workdir, overwrite=args.overwrite)
   print(f"status: {r.detail} (step {r.step}/{r.total_steps}, {r.wall_s:.0f} s, "
         f"{r.images_per_s:.0f} images/s)")
@@ -86,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
   import numpy as np
 
   from pnas_jax.data.datasets import load_dataset
-  from pnas_jax.file_io import load_msgpack
+  from pnas_jax.interop.weights_files import load_variables
   from pnas_jax.models import zoo
   from pnas_jax.models.child import ChildNet
   from pnas_jax.models.init import init_variables
@@ -95,6 +118,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
   from pnas_jax.train.parallel import data_mesh, replicate
   from pnas_jax.train.retrain import trained_network
 
+  if bool(args.network) == bool(args.arch):
+    raise UserValueError("give the network once: as NETWORK or as --arch")
+  args.network = args.network or args.arch
   dataset = load_dataset(args.data, args.data_dir, args.image_size)
   if os.path.isdir(args.network):
     space, arch, variables = trained_network(args.network)
@@ -106,8 +132,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     x0 = np.zeros((1, space.resolution, space.resolution, space.in_channels), np.float32)
     variables = init_variables(ChildNet(space, arch, dw_impl="lax"), jax.random.key(args.seed), x0)
     source = f"random initialisation (seed {args.seed})"
-    if args.weights:
-      variables = load_msgpack(args.weights, variables)
+    if args.weights:  # weights.msgpack, or a reference .pth (pnas_jax/interop)
+      variables = load_variables(args.weights, space, arch, args.network)
       source = args.weights
   space = inputs.space_for_data(space.to_dict(), dataset)
   model = ChildNet(space, arch)
@@ -133,49 +159,66 @@ def cmd_export(args: argparse.Namespace) -> int:
   from pnas_jax.search_space.io import read_arch_meta
   from pnas_jax.train.retrain import trained_network
 
-  space, arch, variables = trained_network(args.workdir)
   formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-  norm = read_arch_meta(f"{args.workdir}/arch.json").get("normalization")
-  paths = export_network(space, arch, variables, args.workdir, formats=formats, preprocess=norm)
+  if args.weights:  # a zoo name / arch file with a weights file (e.g. from `pnas convert-weights`)
+    from pnas_jax.interop.weights_files import load_variables
+    from pnas_jax.models import zoo
+
+    if not args.out:
+      raise UserValueError("--weights needs --out DIR (the export goes to DIR/export/)")
+    space, arch = zoo.resolve_network(args.workdir, resolution=args.resolution)
+    variables = load_variables(args.weights, space, arch, args.workdir)
+    paths = export_network(space, arch, variables, args.out, formats=formats)
+  else:
+    space, arch, variables = trained_network(args.workdir)
+    norm = read_arch_meta(f"{args.workdir}/arch.json").get("normalization")
+    paths = export_network(space, arch, variables, args.out or args.workdir, formats=formats,
+                           preprocess=norm)
   for fmt, path in paths.items():
     print(f"{fmt}: {path}")
   return 0
 
 
+def _run_command(subparsers: Any, name: str, help_text: str, config_kind: str,
+                 func: Any) -> argparse.ArgumentParser:
+  """A subcommand that runs a resumable job from a config in a workdir."""
+  p = subparsers.add_parser(name, help=help_text)
+  p.__class__ = OverrideParser
+  p.add_argument("--config", required=True, help=f"configs/{config_kind}/<name>.py[:arg]")
+  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="delete an earlier run's results in --workdir and start over")
+  add_distributed_args(p)
+  p.set_defaults(func=func)
+  return p
+
+
 def add_commands(subparsers: Any) -> None:
-  """Registers `pnas search`, `pnas train`, `pnas eval`, `pnas export`."""
+  """Registers `pnas search`, `pnas sweep`, `pnas train`, `pnas eval`, `pnas export`."""
   # Our progress messages at INFO; libraries (orbax, absl, jax) only from WARNING up.
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("pnas_jax").setLevel(logging.INFO)
-  p = subparsers.add_parser("search", help="architecture search (configs/search/*.py)")
-  p.__class__ = OverrideParser
-  p.add_argument("--config", required=True, help="configs/search/<name>.py[:arg]")
-  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
+  p = _run_command(subparsers, "search", "architecture search (configs/search/*.py)", "search",
+                   cmd_search)
   p.add_argument("--json", action="store_true", help="print the summary as JSON")
-  p.add_argument("--overwrite", action="store_true",
-                 help="delete an earlier run's results in --workdir and start over")
   p.add_argument("--dry-run", action="store_true",
                  help="check the config, data and latency model; print the plan; compile nothing")
-  add_distributed_args(p)
-  p.set_defaults(func=cmd_search)
-
-  p = subparsers.add_parser("train", help="train a found / zoo network (configs/train/*.py)")
-  p.__class__ = OverrideParser
-  p.add_argument("--config", required=True, help="configs/train/<name>.py[:arg]")
-  p.add_argument("--workdir", required=True, help="outputs and checkpoints (rerun to resume)")
-  p.add_argument("--overwrite", action="store_true",
-                 help="delete an earlier run's results in --workdir and start over")
-  add_distributed_args(p)
-  p.set_defaults(func=cmd_train)
+  _run_command(subparsers, "sweep", "one warm-up, then one search per latency target "
+               "(latency.target_ratios or latency.targets)", "search", cmd_sweep)
+  _run_command(subparsers, "train", "train a found / zoo network (configs/train/*.py)", "train",
+               cmd_train)
 
   p = subparsers.add_parser("eval", help="top-1/top-5 of a trained workdir or a zoo network")
-  p.add_argument("network", help="a `pnas train` workdir, an arch.json / net.config, or a zoo name")
+  p.add_argument("network", nargs="?", help="a `pnas train` workdir, an arch.json / net.config, or a "
+                 "zoo name")
+  p.add_argument("--arch", default=None, help="the same as NETWORK (for zoo names and arch files)")
   p.add_argument("--data", default="fashion_mnist", help="data set name (pnas_jax/data/datasets.py)")
   p.add_argument("--data-dir", default=None)
   p.add_argument("--image-size", type=int, default=None, help="host size of variable-size sets")
   p.add_argument("--split", default="test", choices=("test", "train"))
   p.add_argument("--resolution", type=int, default=None, help="input size (zoo / arch files)")
-  p.add_argument("--weights", default=None, help="weights.msgpack for an arch file / zoo net")
+  p.add_argument("--weights", default=None,
+                 help="weights.msgpack or a reference .pth checkpoint for an arch file / zoo net")
   p.add_argument("--seed", type=int, default=0, help="random init seed when no weights are given")
   p.add_argument("--batch", type=int, default=250)
   p.add_argument("--max-batches", type=int, default=0)
@@ -183,7 +226,11 @@ def add_commands(subparsers: Any) -> None:
   p.set_defaults(func=cmd_eval)
 
   p = subparsers.add_parser("export", help="StableHLO (+ TF SavedModel/TFLite) of a trained net")
-  p.add_argument("workdir", help="a finished `pnas train` workdir")
+  p.add_argument("workdir", help="a finished `pnas train` workdir, or a zoo name / arch file with "
+                 "--weights")
+  p.add_argument("--weights", default=None, help="weights.msgpack or reference .pth (zoo / arch file)")
+  p.add_argument("--out", default=None, help="output directory (default: the workdir)")
+  p.add_argument("--resolution", type=int, default=None, help="input size (zoo / arch files)")
   p.add_argument("--formats", default="stablehlo,tf",
                  help="comma-separated: stablehlo, tf (tf needs TensorFlow: pip install pnas_jax[tf])")
   p.set_defaults(func=cmd_export)

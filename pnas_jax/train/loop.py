@@ -209,6 +209,7 @@ def run_loop(
     max_steps: int,
     monitor: LoopMonitor,
     save: Callable[[S, int, bool], None],
+    start: int,
     hooks: Sequence[Callable[[S, int], None]] = (),
     log_every: int = 50,
 ) -> tuple[S, Outcome]:
@@ -216,14 +217,14 @@ def run_loop(
 
   Args:
     run: the open RunDir (its checkpointer decides the periodic saves).
-    total_steps: the schedule's length; the loop starts at run.resume_step (or 0).
+    total_steps: the schedule's length.
     max_steps: stop after this many steps in this invocation (0: run to the end).
     monitor: buffers and checks the steps' metrics (the loop flushes it every `log_every` steps).
     save: save(state, step, final) writes checkpoint `step` (e.g. monitor.save with the trees that
       must be finite); final is True once, at the end of a finished schedule.
+    start: the steps the state has done (its step counter).
     hooks: called as hook(state, steps_done) after each step (per-epoch records, evaluation).
   """
-  start = run.resume_step or 0
   stop_at = min(total_steps, start + max_steps) if max_steps else total_steps
   images, t0 = 0, time.time()
   status, signal_name, done = Status.DONE, None, start

@@ -1,4 +1,4 @@
-"""The two optimisers of the search (DESIGN.md §1) and a masked update for binarized paths.
+"""The two optimisers of the search (docs/design.md §2.8) and a masked update for binarized paths.
 
 Weights: SGD, Nesterov momentum 0.9, weight decay 4e-5 (added to the gradient, as torch.optim.SGD),
 cosine learning rate per step. Architecture parameters: Adam, lr 1e-3, betas (0, 0.999), eps 1e-8,

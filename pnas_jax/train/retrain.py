@@ -208,12 +208,13 @@ def _run(setup: TrainSetup, run: RunDir, state: TrainState, progress: bool | Non
       setup.mesh, sync_bn=config.model.sync_bn, model=setup.model, tx=setup.tx,
       label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay)
   evaluator = make_evaluator(lambda v, x: setup.model.apply(v, x, train=False), eval_pre, setup.mesh)
-  it = EpochIterator.after(int(to_host(state.step)), setup.train_source, config.data.batch_size,
+  start = int(to_host(state.step))
+  it = EpochIterator.after(start, setup.train_source, config.data.batch_size,
                            config.seed, process_index=jax.process_index(),
                            process_count=jax.process_count())
   batches = prefetch_to_device(it, config.data.prefetch, put=lambda b: global_batch(b, setup.mesh))
   show = config.log.progress if progress is None else progress
-  bar = Progress(setup.total_steps, run.resume_step or 0, f"train {os.path.basename(run.workdir)}",
+  bar = Progress(setup.total_steps, start, f"train {os.path.basename(run.workdir)}",
                  enabled=run.is_main and show)
   monitor = LoopMonitor(run.logger, bar, run.checkpointer, run.resume_step,
                         "Lower optim.lr or check the data.",
@@ -234,7 +235,8 @@ def _run(setup: TrainSetup, run: RunDir, state: TrainState, progress: bool | Non
       bar.update_metrics(test=ev["top1"])
 
   state, outcome = run_loop(
-      state, one_step, run=run, total_steps=setup.total_steps, max_steps=config.schedule.max_steps,
+      state, one_step, run=run, start=start, total_steps=setup.total_steps,
+      max_steps=config.schedule.max_steps,
       monitor=monitor, save=lambda st, s, final: monitor.save(s, st, st.params, final=final),
       hooks=(evaluate_now,),
       log_every=config.log.every_steps)

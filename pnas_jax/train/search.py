@@ -3,7 +3,7 @@
     result = search(load_config("configs/search/fashion_mnist.py"), "results/search")
     plan = plan_search(config, workdir)   # what `pnas search --dry-run` prints; compiles nothing
 
-Schedule (docs/design.md §3.5, the paper's Sec. 3.2 / 4.1): `warmup_epochs` of weight steps on
+Schedule (docs/design.md §2.8, the paper's Sec. 3.2 / 4.1): `warmup_epochs` of weight steps on
 uniformly sampled paths (alpha stays at its init), then `epochs` where each weight step trains one
 path sampled from p = softmax(alpha) and, from search epoch `arch_start_epoch` on, one arch step on
 a held-out batch follows every `arch_every` weight steps. Weights: SGD Nesterov with one cosine
@@ -38,6 +38,7 @@ from jax.sharding import Mesh
 from pnas_jax.arch.derive import probabilities
 from pnas_jax.arch.estimators import Estimator, estimator_from_config
 from pnas_jax.arch.supernet import Supernet, child_variables
+from pnas_jax.checkpointing import Checkpointer
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.errors import UserValueError
@@ -47,7 +48,7 @@ from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train import inputs
 from pnas_jax.train.evaluation import PathEvaluator
-from pnas_jax.train.loop import Outcome, RunDir, Status, run_loop
+from pnas_jax.train.loop import CHECKPOINT_DIR, Outcome, RunDir, RunStateError, Status, run_loop
 from pnas_jax.train.monitor import LoopMonitor, Progress
 from pnas_jax.train.optim import arch_optimizer, weight_optimizer
 from pnas_jax.train.parallel import data_mesh, data_parallel, global_batch, replicate, to_host
@@ -207,11 +208,13 @@ class SearchResult:
     return d
 
 
-def search(config: Any, workdir: str, *, progress: bool | None = None,
-           overwrite: bool = False) -> SearchResult:
+def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite: bool = False,
+           init_from: str | None = None) -> SearchResult:
   """Runs (or resumes) the search described by `config` in `workdir`; see the module docstring.
 
   overwrite: delete an earlier run's results in `workdir` and start over.
+  init_from: a finished warm-up (a search workdir whose schedule was the warm-up alone, see
+    train/sweep.py); a fresh run starts from its final state instead of initialising one.
   """
   t_start = time.time()
   setup = setup_search(config, workdir)
@@ -223,12 +226,30 @@ def search(config: Any, workdir: str, *, progress: bool | None = None,
               outputs=SEARCH_OUTPUTS) as run:
     initial = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx,
                                   setup.arch_tx, setup.step_options["alpha_init_std"])
+    if init_from is not None and run.resume_step is None:
+      initial = _warmed_up(init_from, initial, s.warmup_steps)
     state = replicate(run.restore_or(initial), setup.mesh)
     state, outcome = _run(setup, run, state, progress)
     result = _result(setup, run, state, outcome, time.time() - t_start)
     if run.is_main:
       _write_outputs(setup, run, state, result)
   return result
+
+
+def _warmed_up(warmup_dir: str, like: SearchState, warmup_steps: int) -> SearchState:
+  """The final state of a warm-up run in `warmup_dir`; it must end where this schedule's warm-up
+  ends."""
+  ckpt = Checkpointer(os.path.join(warmup_dir, CHECKPOINT_DIR), every_steps=0, keep=1)
+  try:
+    step, state, _ = ckpt.restore(like)
+  finally:
+    ckpt.close()
+  if step != warmup_steps:
+    raise RunStateError(
+        f"{warmup_dir} ends at step {step}, but this search's warm-up is {warmup_steps} steps; "
+        "the warm-up was run with another schedule: use --overwrite to run it again")
+  log.info("starting from the warm-up of %s (step %d)", warmup_dir, step)
+  return state
 
 
 def _compiled_steps(setup: SearchSetup) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -267,9 +288,9 @@ def _run(setup: SearchSetup, run: RunDir, state: SearchState, progress: bool | N
   weight_fn, arch_fn = _compiled_steps(setup)
   train_batches, holdout_batches = _batches(setup, state)
   s, b = setup.schedule, setup.batches
+  start = int(to_host(state.step))
   show = setup.run["progress"] if progress is None else progress
-  bar = Progress(s.total_steps, run.resume_step or 0, f"search {setup.name}",
-                 enabled=run.is_main and show)
+  bar = Progress(s.total_steps, start, f"search {setup.name}", enabled=run.is_main and show)
   monitor = LoopMonitor(
       run.logger, bar, run.checkpointer, run.resume_step,
       "Lower optim.lr / optim.arch_lr or check the data.",
@@ -298,7 +319,7 @@ def _run(setup: SearchSetup, run: RunDir, state: SearchState, progress: bool | N
                  {"weight_steps": step, "arch_steps": int(to_host(st.arch_step))}, final)
 
   epoch_hook = _epoch_records(setup, run, monitor)
-  return run_loop(state, one_step, run=run, total_steps=s.total_steps,
+  return run_loop(state, one_step, run=run, start=start, total_steps=s.total_steps,
                   max_steps=setup.run["max_steps"], monitor=monitor, save=save, hooks=(epoch_hook,),
                   log_every=setup.run["log_every"])
 

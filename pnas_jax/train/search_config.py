@@ -1,4 +1,4 @@
-"""The search config's schema and defaults; configs/search/*.py start from it.
+"""The search config's schema and defaults (docs/design.md §2.8); configs/search/*.py start from it.
 
 Every field is read by pnas_jax/train/search.py (tests/test_search_configs.py checks each config
 file with config_loading.ReadTracker), so a key set here or in a config always does something.
@@ -60,7 +60,7 @@ def search_config() -> ml_collections.ConfigDict:
   c.model.impl = "remat"  # weight-mode mixed-op backward (arch/mixed_op.py)
   c.model.sync_bn = True  # BN statistics over the global batch (N devices == 1 device)
 
-  # 40 warm-up epochs (uniform paths, weights only), then 120 with arch steps (DESIGN.md §1).
+  # 40 warm-up epochs (uniform paths, weights only), then 120 with arch steps (docs/design.md §2.8).
   c.schedule = ml_collections.ConfigDict()
   c.schedule.warmup_epochs = 40.0
   c.schedule.epochs = 120.0
@@ -102,6 +102,11 @@ def search_config() -> ml_collections.ConfigDict:
   # stays 0 (both are checked at load time, so neither silently replaces the other).
   c.latency.target = 0.0
   c.latency.target_ratio = 0.0
+  # `pnas sweep`: one warm-up, then one search per target, given as ratios of the baseline's
+  # latency or as absolute values (exactly one of the two non-empty; `pnas search` needs both empty,
+  # and a sweep replaces target / target_ratio by each of its values).
+  c.latency.target_ratios = ()
+  c.latency.targets = ()
   c.latency.baseline_op = "3x3_MBConv6"  # the hand-designed baseline (MobileNetV2-like)
   c.latency.loss = "mul#log"
   c.latency.loss_params = ml_collections.ConfigDict(dict(a=0.2, b=0.3))
@@ -196,7 +201,13 @@ def check(config: Any) -> list[str]:
     problems.append(f"schedule.warmup_epochs + schedule.epochs = {s.warmup_epochs} + {s.epochs}: "
                     "the search needs at least some epochs (> 0 in all)")
   lat = config.latency
-  if lat.model != "none":
+  sweep = tuple(lat.target_ratios) + tuple(lat.targets)
+  for key in ("target_ratios", "targets"):
+    values = tuple(lat[key])
+    if (any(not Range(0, low_open=True).allows(v) for v in values)
+        or len(set(values)) != len(values)):
+      problems.append(f"latency.{key} = {values}: give distinct positive values (numbers > 0)")
+  if lat.model != "none" and not sweep:  # a sweep sets target / target_ratio per value
     if lat.target > 0 and lat.target_ratio > 0:
       problems.append(f"latency.target = {lat.target} and latency.target_ratio = {lat.target_ratio}"
                       " are both set: set exactly one of them (the other to 0)")

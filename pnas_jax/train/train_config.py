@@ -1,6 +1,6 @@
-"""The retrain config's schema and defaults (the paper's recipe); configs/train/*.py start from it.
-Every key is read by pnas_jax/train/retrain.py; RANGES below are the valid values, enforced by
-config_loading.load_config."""
+"""The retrain config's schema and defaults (the paper's recipe, docs/design.md §2.10); configs/train/*.py
+start from it. Every key is read by pnas_jax/train/retrain.py; RANGES below are the valid values,
+enforced by config_loading.load_config."""
 
 from __future__ import annotations
 

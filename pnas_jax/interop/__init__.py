@@ -1,0 +1,1 @@
+"""Interoperability with the reference PyTorch implementation: its checkpoint files and weights."""

@@ -1,0 +1,143 @@
+"""One warm-up, many latency targets: `pnas sweep`.
+
+    result = sweep(load_config("configs/search/fashion_mnist.py",
+                               ["--config.latency.target_ratios=(0.5, 0.7, 0.9)"]), "results/sweep")
+
+The warm-up (uniformly sampled paths; it does not depend on the target) runs once, in
+WORKDIR/warmup. Each target's architecture search then starts from the warm-up's final checkpoint
+in WORKDIR/target_<label>/ and runs the search epochs only: its state, data position and
+randomness are exactly those of a plain `pnas search` with that one target, so a sweep of one
+target ends bit-identical to that search. Every part is resumable (rerun the command); a target
+already finished is not run again. Targets are ratios of the baseline's latency under the latency
+model (latency.target_ratios) or absolute values in its unit (latency.targets). A latency model
+that is measured here ("measure") is measured once, in the warm-up, and fitted into
+WORKDIR/warmup/latency/predictor.json, which every target then uses.
+
+Outputs: each target's search outputs (arch.json, net.config, plots, ...), and sweep.json /
+sweep.md / front.png: per target the found architecture, its modelled latency, the supernet's
+held-out accuracy of it, and the time of the shared warm-up and of each target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+from pnas_jax import plots
+from pnas_jax.errors import UserValueError
+from pnas_jax.file_io import write_bytes_atomic, write_json
+from pnas_jax.latency.objective import MEASURED_PREDICTOR
+from pnas_jax.train.search import SearchResult, search
+
+log = logging.getLogger(__name__)
+WARMUP_DIR = "warmup"
+
+
+@dataclasses.dataclass
+class SweepResult:
+  workdir: str
+  warmup: SearchResult
+  targets: list[tuple[str, SearchResult]]  # (label, result) per target, in config order
+
+  @property
+  def exit_code(self) -> int:
+    codes = [self.warmup.exit_code] + [r.exit_code for _, r in self.targets]
+    return next((c for c in codes if c), 0)
+
+  @property
+  def partial(self) -> bool:
+    return self.warmup.partial or len(self.targets) < 1 or any(r.partial for _, r in self.targets)
+
+
+def sweep_targets(config: Any) -> list[tuple[str, str, float]]:
+  """(label, config key, value) per target: ("ratio_0.70", "target_ratio", 0.7), ..."""
+  ratios, absolute = tuple(config.latency.target_ratios), tuple(config.latency.targets)
+  if bool(ratios) == bool(absolute):
+    raise UserValueError(
+        "a sweep needs exactly one of config.latency.target_ratios (ratios of the baseline's "
+        f"latency) and config.latency.targets (absolute); got target_ratios={ratios}, "
+        f"targets={absolute}. E.g. --config.latency.target_ratios='(0.5, 0.7, 0.9)'")
+  values, key, prefix = (ratios, "target_ratio", "ratio") if ratios else (absolute, "target", "target")
+  bad = [v for v in values if not v > 0]
+  if bad or len(set(values)) != len(values):
+    raise UserValueError(f"config.latency.{key}s = {values}: give distinct positive values")
+  return [(f"{prefix}_{v:g}", key, float(v)) for v in values]
+
+
+def _target_keys(key: str, value: float) -> dict[str, float]:
+  """The latency keys of one target: a ratio, or an absolute target (ratio 0 = use `target`)."""
+  return {"target_ratio": value} if key == "target_ratio" else {"target": value, "target_ratio": 0.0}
+
+
+def _child_config(config: Any, **latency: Any) -> Any:
+  """A copy of the sweep config for one search: no sweep lists, `latency` keys set."""
+  child = config.copy_and_resolve_references()
+  child.latency.target_ratios, child.latency.targets = (), ()
+  for k, v in latency.items():
+    child.latency[k] = v
+  return child
+
+
+def sweep(config: Any, workdir: str, *, progress: bool | None = None,
+          overwrite: bool = False) -> SweepResult:
+  """Runs (or resumes) the warm-up once, then one search per target; see the module docstring."""
+  targets = sweep_targets(config)
+  workdir = os.path.abspath(workdir)
+  warm_cfg = _child_config(config, **_target_keys(*targets[0][1:]))  # any valid target will do
+  warm_cfg.schedule.epochs = 0.0
+  warm_dir = os.path.join(workdir, WARMUP_DIR)
+  log.info("sweep: warm-up in %s, then %d target(s): %s", warm_dir, len(targets),
+           ", ".join(t[0] for t in targets))
+  warmup = search(warm_cfg, warm_dir, progress=progress, overwrite=overwrite)
+  result = SweepResult(workdir, warmup, [])
+  if warmup.partial:
+    return result
+  model = config.latency.model
+  if model == "measure":  # measured once, in the warm-up
+    model = os.path.join(warm_dir, "latency", MEASURED_PREDICTOR)
+  for label, key, value in targets:
+    child = _child_config(config, model=model, **_target_keys(key, value))
+    r = search(child, os.path.join(workdir, f"target_{label}"),
+               progress=progress, overwrite=overwrite, init_from=warm_dir)
+    result.targets.append((label, r))
+    if r.partial:
+      break
+  _write_summary(result)
+  return result
+
+
+def _row(label: str, r: SearchResult) -> dict[str, Any]:
+  return {"label": label, "target": r.target, "unit": r.latency_unit, "arch": list(r.arch.ops),
+          "arch_latency": r.arch_latency, "expected_latency": r.expected_latency,
+          "over_target": r.arch_latency / r.target if r.arch_latency and r.target else None,
+          "holdout_top1": r.holdout_top1, "status": r.status.value, "wall_s": r.wall_s,
+          "workdir": r.workdir}
+
+
+def _write_summary(result: SweepResult) -> None:
+  """sweep.json, sweep.md and front.png (the found front under the latency model)."""
+  rows = [_row(label, r) for label, r in result.targets]
+  summary = {"warmup": {"wall_s": result.warmup.wall_s, "steps": result.warmup.step,
+                        "workdir": result.warmup.workdir},
+             "targets": rows, "partial": result.partial}
+  write_json(os.path.join(result.workdir, "sweep.json"), summary)
+  unit = rows[0]["unit"] if rows else ""
+  lines = ["# pnas sweep", "",
+           f"Shared warm-up: {result.warmup.step} steps, {result.warmup.wall_s:.0f} s.", "",
+           f"| target | target ({unit}) | derived arch ({unit}) | / target | held-out top-1 (supernet, %) "
+           "| search time (s) | architecture |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    top1 = "" if r["holdout_top1"] is None else f"{r['holdout_top1']:.2f}"
+    lat = "" if r["arch_latency"] is None else f"{r['arch_latency']:.4g}"
+    ratio = "" if r["over_target"] is None else f"{r['over_target']:.3f}"
+    lines.append(f"| {r['label']} | {r['target']:.4g} | {lat} | {ratio} | {top1} | {r['wall_s']:.0f} | "
+                 f"{' '.join(r['arch'])} |")
+  lines += ["", "![front](front.png)", ""]
+  write_bytes_atomic(os.path.join(result.workdir, "sweep.md"), "\n".join(lines).encode())
+  points = [{"label": r["label"], "x": r["arch_latency"], "y": r["holdout_top1"], "kind": "found"}
+            for r in rows]
+  plots.plot_pareto(points, os.path.join(result.workdir, "front.png"),
+                    x_label=f"modelled latency ({unit})", y_label="held-out top-1 in the supernet (%)",
+                    title="the sweep's found architectures")
