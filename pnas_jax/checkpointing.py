@@ -5,8 +5,10 @@ PRNG keys, estimator baseline, ...) and a JSON dict (data-iterator position, con
 metadata). Typed PRNG keys are stored as their raw key data and re-wrapped on restore. Saves are
 atomic (orbax writes to a temporary folder and renames it), so a crash or `kill -9` mid-save leaves
 the previous checkpoints intact; a checkpoint that still fails to load (corrupt or truncated files)
-is reported and skipped in favour of the previous one. A state whose structure does not match the
-checkpoint (another config) raises `IncompatibleCheckpointError` naming the difference.
+is moved aside to `<directory>/corrupt/<step>-<time>/` (which orbax ignores, so it no longer counts
+toward keep-last-k and cannot push a good older checkpoint out), logged, and skipped in favour of
+the previous one. A state whose structure does not match the checkpoint (another config) raises
+`IncompatibleCheckpointError` naming the difference.
 
 `PreemptionGuard` turns SIGTERM/SIGINT into a flag the loop polls, so the loop saves and exits
 cleanly instead of dying mid-step.
@@ -14,8 +16,10 @@ cleanly instead of dying mid-step.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
+import shutil
 import signal
 import threading
 from typing import Any
@@ -140,12 +144,37 @@ class Checkpointer:
               f"({self._mismatch(s, target)}); was it written by another config? Use a fresh "
               "--workdir or the config that wrote it."
           ) from e
-        log.warning("checkpoint %d in %s is unreadable (%s: %s); trying the previous one",
-                    s, self.directory, type(e).__name__, str(e)[:200])
+        aside = self._move_aside(s)
+        log.warning("checkpoint %d in %s is unreadable (%s: %s); moved it to %s; trying the "
+                    "previous one", s, self.directory, type(e).__name__, str(e)[:200], aside)
         errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
         continue
       return s, _data_to_keys(restored, like), meta
-    raise CheckpointError(f"no loadable checkpoint in {self.directory}: " + " | ".join(errors))
+    raise CheckpointError(
+        f"no loadable checkpoint in {self.directory}: " + " | ".join(errors) + f". The unreadable "
+        f"ones were moved to {self.corrupt_dir}; delete the workdir's checkpoints to start over, or "
+        "move one back if it was readable after all."
+    )
+
+  @property
+  def corrupt_dir(self) -> str:
+    """Where unreadable checkpoints are moved (a folder orbax does not take for a step)."""
+    return os.path.join(self.directory, "corrupt")
+
+  def _move_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to corrupt_dir so it neither loads nor counts toward `keep`."""
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    dest = os.path.join(self.corrupt_dir, f"{step}-{stamp}")
+    if jax.process_index() == 0:
+      src = os.path.join(self.directory, str(step))
+      os.makedirs(self.corrupt_dir, exist_ok=True)
+      n = 1
+      while os.path.exists(dest):
+        dest, n = os.path.join(self.corrupt_dir, f"{step}-{stamp}-{n}"), n + 1
+      if os.path.isdir(src):
+        shutil.move(src, dest)
+    self._manager.reload()
+    return dest
 
   def _mismatch(self, step: int, target: Any) -> str:
     try:

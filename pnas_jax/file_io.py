@@ -1,5 +1,15 @@
-"""File I/O of run outputs and user files: JSON and msgpack, read with errors that name the file,
-written atomically (a temporary file and a rename: a crash never leaves a truncated file)."""
+"""The one home of file I/O for user-given and run files: text, JSON and msgpack, read with errors that
+name the file and say what to do, written atomically.
+
+Reading: every failure a user can cause (a missing file, a directory where a file belongs, no read
+permission, a binary file where text belongs, invalid JSON, a truncated or foreign msgpack file)
+becomes a `UserFileError` (or the caller's error type) whose message starts with the path; the `pnas`
+command prints it and exits 2. Anything else (a bug) keeps its traceback.
+
+Writing: `write_bytes_atomic` (and `write_json`, `save_msgpack` on top of it) writes a temporary file
+beside the target, flushes it to disk and renames it over the target, so a crash or `kill -9`
+mid-write leaves either the old file or the new one, never a truncated one.
+"""
 
 from __future__ import annotations
 
@@ -12,47 +22,134 @@ import flax.serialization
 from pnas_jax.errors import UserFileError
 
 
-def read_json(path: str | os.PathLike, error: type[Exception], missing: str = "no such file") -> Any:
-  """json.load(path); a missing file raises error(f"{path}: {missing}"), bad JSON names the spot."""
-  path = os.fspath(path)
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise error(f"{path}: {missing}") from None
-  except json.JSONDecodeError as e:
-    raise error(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+def _describe_os_error(path: str, what: str, e: OSError) -> str:
+  if isinstance(e, FileNotFoundError):
+    return f"{path}: no such {what}"
+  if isinstance(e, IsADirectoryError):
+    hint = ""
+    for name in ("arch.json", "net.config", "config.json"):
+      if os.path.isfile(os.path.join(path, name)):
+        hint = f" (did you mean {os.path.join(path, name)}?)"
+        break
+    return f"{path}: is a directory, not a {what}; give the file inside it{hint}"
+  if isinstance(e, PermissionError):
+    return f"{path}: permission denied reading the {what}; check the file's permissions (chmod u+r)"
+  return f"{path}: cannot read the {what} ({e.strerror or e})"
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-  path = os.fspath(path)
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes obj as indented JSON, atomically."""
-  write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def save_msgpack(path: str | os.PathLike, tree: Any) -> None:
-  """flax.serialization.to_bytes(tree), written atomically."""
-  write_bytes_atomic(path, flax.serialization.to_bytes(tree))
-
-
-def load_msgpack(path: str | os.PathLike, like: Any) -> Any:
-  """A tree saved by save_msgpack, shaped like `like`; a bad file names itself and the fix."""
+def read_bytes(path: str | os.PathLike, what: str = "file", *,
+               error: type[Exception] = UserFileError, missing: str | None = None) -> bytes:
+  """The content of `path`; OS errors become `error` naming the file (`missing`: the message's
+  text after the path for a missing file, e.g. how to make one)."""
   path = os.fspath(path)
   try:
     with open(path, "rb") as f:
-      data = f.read()
+      return f.read()
+  except FileNotFoundError:
+    raise error(f"{path}: {missing or f'no such {what}'}") from None
   except OSError as e:
-    raise UserFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    raise error(_describe_os_error(path, what, e)) from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file", *,
+              error: type[Exception] = UserFileError, missing: str | None = None) -> str:
+  """The UTF-8 text of `path`; a missing, unreadable or binary file raises `error` naming it."""
+  path = os.fspath(path)
+  data = read_bytes(path, what, error=error, missing=missing)
   try:
-    return flax.serialization.from_bytes(like, data)
-  except Exception as e:  # msgpack raises several types for truncated or foreign data.
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise error(
+        f"{path}: not a text {what} (byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8); "
+        "is this the right file?"
+    ) from None
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = UserFileError,
+              missing: str | None = None, what: str = "JSON file") -> Any:
+  """json.load(path); every failure raises `error` (default UserFileError) naming the file, the
+  spot of a syntax error and the fix."""
+  path = os.fspath(path)
+  text = read_text(path, what, error=error, missing=missing)
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise error(
+        f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file or "
+        "delete it and rerun the command that writes it"
+    ) from None
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+  path = os.fspath(path)
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+  """Writes obj as indented JSON atomically: a crash never leaves a truncated file behind."""
+  write_bytes_atomic(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))
+
+
+def save_msgpack(path: str | os.PathLike, tree: Any) -> None:
+  """Writes a pytree of arrays (flax.serialization's msgpack) atomically."""
+  write_bytes_atomic(path, flax.serialization.to_bytes(tree))
+
+
+def _tree_summary(state: Any, prefix: str = "") -> dict[str, tuple[tuple[int, ...], str] | None]:
+  """{"a/b/c": (shape, dtype)} of a state dict (None for non-array leaves)."""
+  out: dict[str, tuple[tuple[int, ...], str] | None] = {}
+  if isinstance(state, dict):
+    for k, v in state.items():
+      out.update(_tree_summary(v, f"{prefix}{k}/"))
+  else:
+    shape = getattr(state, "shape", None)
+    out[prefix.rstrip("/")] = None if shape is None else (tuple(shape), str(state.dtype))
+  return out
+
+
+def _tree_differences(saved: Any, expected: Any) -> str:
+  s, e = _tree_summary(saved), _tree_summary(expected)
+  parts = []
+  missing = sorted(set(e) - set(s))
+  extra = sorted(set(s) - set(e))
+  shapes = [f"{k}: file {s[k][0]} vs expected {e[k][0]}" for k in sorted(set(s) & set(e))
+            if s[k] is not None and e[k] is not None and s[k][0] != e[k][0]]
+  if missing:
+    parts.append(f"missing in the file: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+  if extra:
+    parts.append(f"not expected: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+  if shapes:
+    parts.append(f"shape differences: {shapes[:5]}{' ...' if len(shapes) > 5 else ''}")
+  return "; ".join(parts)
+
+
+def load_msgpack(path: str | os.PathLike, like: Any, what: str = "weights file") -> Any:
+  """Reads a pytree saved by `save_msgpack`, shaped like `like` (its structure and array shapes
+  are checked); a missing, truncated, corrupt or foreign file raises UserFileError naming it."""
+  path = os.fspath(path)
+  data = read_bytes(path, what)
+  try:
+    state = flax.serialization.msgpack_restore(data)
+  except Exception as e:  # msgpack raises ValueError subclasses and others for corrupt input.
     raise UserFileError(
-        f"{path}: not a weights file of this network ({type(e).__name__}: {e}); it may be truncated "
-        "or written for another architecture: write it again") from None
+        f"{path}: the {what} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); "
+        "delete it and rerun the command that wrote it"
+    ) from None
+  diff = _tree_differences(state, flax.serialization.to_state_dict(like))
+  if diff:
+    raise UserFileError(
+        f"{path}: the {what} does not match the network it is loaded into ({diff}); was it "
+        "written for another architecture or config?"
+    )
+  return flax.serialization.from_state_dict(like, state)

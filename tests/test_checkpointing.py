@@ -72,6 +72,30 @@ def test_corrupt_latest_falls_back(tmp_path, caplog):
     ck.restore(_state(0))
 
 
+def test_corrupt_checkpoint_is_moved_aside_and_not_counted_in_keep(tmp_path, caplog):
+  ck = Checkpointer(tmp_path, keep=3)
+  for s in (1, 2, 3):
+    ck.save(s, _state(s))
+  _corrupt(tmp_path / "3")
+  step, state, _ = ck.restore(_state(0))
+  assert step == 2
+  _assert_same(state, _state(2))
+  moved = list((tmp_path / "corrupt").iterdir())
+  assert [p.name.split("-")[0] for p in moved] == ["3"] and "moved it to" in caplog.text
+  assert ck.steps() == [1, 2]
+  # The run goes on from step 2: the new step 3 is written (not skipped as "already saved"), and
+  # keep-last-3 keeps the three newest good checkpoints.
+  for s in (3, 4):
+    assert ck.save(s, _state(s))
+  assert ck.steps() == [2, 3, 4]
+  for s in (2, 3, 4):
+    _assert_same(ck.restore(_state(0), step=s)[1], _state(s))
+  ck.close()
+  reopened = Checkpointer(tmp_path, keep=3)  # a fresh process sees the same steps
+  assert reopened.steps() == [2, 3, 4]
+  reopened.close()
+
+
 def test_incompatible_state_is_named(tmp_path):
   ck = Checkpointer(tmp_path)
   ck.save(1, _state(1))

@@ -18,6 +18,7 @@ from pnas_jax.data import augment, datasets, local_files
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.data.sources import ArraySource, SubsetSource
 from pnas_jax.data.split import class_balanced_split
+from pnas_jax.errors import PnasError
 
 
 def _write_idx(path, array, gz=True):
@@ -45,10 +46,13 @@ def test_fashion_mnist_reader_on_generated_idx(tmp_path):
 def test_idx_errors(tmp_path):
   p = tmp_path / "x-idx"
   p.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
-  with pytest.raises(ValueError, match="not an IDX file"):
+  with pytest.raises(local_files.MissingDataError, match="x-idx: not an IDX file.*download it again"):
     local_files.read_idx(str(p))
   p.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"\x00" * 3)
-  with pytest.raises(ValueError, match=r"shape \(10,\) \(10 bytes\), file has 3"):
+  with pytest.raises(local_files.MissingDataError, match=r"shape \(10,\) \(10 bytes\), file has 3"):
+    local_files.read_idx(str(p))
+  p.write_bytes(bytes([0, 0, 8, 3]) + b"\x00\x00")
+  with pytest.raises(local_files.MissingDataError, match="truncated IDX header"):
     local_files.read_idx(str(p))
   with pytest.raises(local_files.MissingDataError, match="apt-get install dataset-fashion-mnist"):
     local_files.load_fashion_mnist(str(tmp_path / "empty"))
@@ -89,8 +93,97 @@ def test_cifar10_tarball_reader(tmp_path):
 
 
 def test_unknown_dataset_lists_names():
-  with pytest.raises(KeyError, match="available: fashion_mnist, cifar10, tfds:cifar10, .*synthetic"):
+  with pytest.raises(KeyError, match="valid: fashion_mnist, cifar10, tfds:cifar10, .*synthetic"):
     datasets.load_dataset("mnist")
+
+
+def _fashion_files(directory):
+  rng = np.random.default_rng(0)
+  for prefix, n in (("train", 6), ("t10k", 3)):
+    _write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), np.uint8))
+    _write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8))
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda b: b[: len(b) // 2], "truncated gzip file"),
+    (lambda b: b"this is not gzip at all", "not a valid gzip file"),
+    (lambda b: b[:-8] + bytes(8), "not a valid gzip file"),  # CRC / length trailer zeroed
+    (lambda b: gzip.compress(b"\x01\x02\x08\x01"), "not an IDX file"),
+])
+def test_damaged_gz_idx_names_the_file_and_the_fix(tmp_path, damage, problem):
+  _fashion_files(tmp_path)
+  target = tmp_path / "train-images-idx3-ubyte.gz"
+  target.write_bytes(damage(target.read_bytes()))
+  with pytest.raises(local_files.MissingDataError) as e:
+    datasets.load_dataset("fashion_mnist", str(tmp_path))
+  msg = str(e.value)
+  assert str(target) in msg and problem in msg and "delete it and download it again" in msg
+  assert isinstance(e.value, PnasError)
+
+
+def test_damaged_file_in_debian_dir_suggests_reinstall(monkeypatch, tmp_path):
+  monkeypatch.setattr(local_files, "FASHION_MNIST_DIR", str(tmp_path))
+  _fashion_files(tmp_path)
+  target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+  target.write_bytes(target.read_bytes()[:20])
+  with pytest.raises(local_files.MissingDataError,
+                     match=r"apt-get install --reinstall dataset-fashion-mnist"):
+    local_files.load_fashion_mnist(str(tmp_path))
+
+
+def _tarball(path, members):
+  with tarfile.open(path, "w:gz") as tar:
+    for name, blob in members.items():
+      info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+      info.size = len(blob)
+      tar.addfile(info, io.BytesIO(blob))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_batches_are_read_without_unpickling_code(tmp_path, protocol):
+  rng = np.random.default_rng(protocol)
+  data = {n: (rng.integers(0, 256, (3, 3072), np.uint8), rng.integers(0, 10, 3).tolist())
+          for n in ("data_batch_1", "test_batch")}
+  _tarball(tmp_path / "c.tar.gz", {n: pickle.dumps({b"batch_label": b"x", b"data": d, b"labels": y,
+                                                    b"filenames": [b"a.png"] * 3}, protocol=protocol)
+                                   for n, (d, y) in data.items()})
+  d = local_files.load_cifar10_tarball(str(tmp_path / "c.tar.gz"))
+  np.testing.assert_array_equal(d["train"][0][0, :, :, 0].ravel(), data["data_batch_1"][0][0, :1024])
+  assert d["test"][1].tolist() == data["test_batch"][1]
+
+
+class _Exploit:
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar10_malicious_pickle_is_refused(tmp_path):
+  marker = tmp_path / "pwned"
+  exploit = _Exploit()
+  exploit.marker = marker
+  good = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})
+  _tarball(tmp_path / "evil.tar.gz", {"data_batch_1": pickle.dumps({b"data": exploit, b"labels": [0]}),
+                                      "test_batch": good})
+  with pytest.raises(local_files.MissingDataError) as e:
+    local_files.load_cifar10_tarball(str(tmp_path / "evil.tar.gz"))
+  assert "refusing to load global" in str(e.value) and "system" in str(e.value)
+  assert "evil.tar.gz: cifar-10-batches-py/data_batch_1" in str(e.value)
+  assert not marker.exists()
+  # An object array (which would hold arbitrary objects) and a non-dict are refused too.
+  for blob in (pickle.dumps({b"data": np.zeros((1, 3072), object), b"labels": [0]}), pickle.dumps([1])):
+    _tarball(tmp_path / "odd.tar.gz", {"data_batch_1": blob, "test_batch": good})
+    with pytest.raises(local_files.MissingDataError, match="not a CIFAR-10 batch"):
+      local_files.load_cifar10_tarball(str(tmp_path / "odd.tar.gz"))
+
+
+def test_cifar10_damaged_tarball_names_the_file(tmp_path):
+  p = tmp_path / "cifar-10-python.tar.gz"
+  _tarball(p, {"data_batch_1": pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}),
+               "test_batch": pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]})})
+  p.write_bytes(p.read_bytes()[:60])
+  with pytest.raises(local_files.MissingDataError, match=r"cifar-10-python.tar.gz: not a readable"
+                     r" tarball"):
+    local_files.load_cifar10_tarball(str(p))
 
 
 def test_class_balanced_split():

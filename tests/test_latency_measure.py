@@ -10,6 +10,7 @@ from latency_helpers import tiny_space, write_config
 
 from pnas_jax import cli
 from pnas_jax.latency import measure
+from pnas_jax.latency import table as table_lib
 from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.table import LatencyTableError, cost_table, load_table, space_keys
 from pnas_jax.latency.timing import time_interleaved
@@ -134,3 +135,21 @@ def test_latency_model_experiment_smoke(tmp_path, capsys):
   assert (tmp_path / "lm.png").stat().st_size > 0
   full = json.loads(out.read_text())
   assert len(full["networks"]) == 8 and len(full["repeats"]) == 2
+
+
+@pytest.mark.parametrize("field, value", [("median", float("nan")), ("median", -1.5),
+                                          ("mean", float("inf")), ("min", 0.0)])
+def test_bad_latency_in_networks_file_names_file_and_network(tmp_path, field, value):
+  space = tiny_space()
+  archs = measure.sample_archs(space, 2, seed=1)
+  header = table_lib.TableHeader(device="cpu: test", backend="cpu")
+  records = [{"name": f"a{i}", "ops": list(a.ops), "median": 1.0, "mean": 1.1, "var": 0.01,
+              "count": 3, "min": 0.9} for i, a in enumerate(archs)]
+  path = tmp_path / "nets.json"
+  measure.NetworkMeasurements(header, space, records).save(path)
+  assert measure.load_network_measurements(path).latencies().tolist() == [1.0, 1.0]
+  d = json.loads(path.read_text())
+  d["networks"][1][field] = value
+  path.write_text(json.dumps(d))
+  with pytest.raises(LatencyTableError, match=rf"nets.json: networks\[1\] \(a1\): {field} = "):
+    measure.load_network_measurements(path)

@@ -93,7 +93,7 @@ def test_save_load_round_trip_and_space_check(tmp_path):
 
 
 def test_registry_and_bad_inputs():
-  with pytest.raises(KeyError, match="valid names: table_sum, linear"):
+  with pytest.raises(KeyError, match="valid: table_sum, linear"):
     get_predictor_kind("mlp")
   space = tiny_space()
   costs = cost_table(synthetic_table(space), space)
@@ -122,3 +122,44 @@ def test_errors():
   e = errors(np.array([1.1, 1.8]), np.array([1.0, 2.0]))
   assert e["rel_rmse"] == pytest.approx(0.1)
   assert e["rmse_ms"] == pytest.approx(np.sqrt((0.01 + 0.04) / 2))
+
+
+def _saved_linear(tmp_path):
+  space = tiny_space()
+  table = synthetic_table(space, 3)
+  costs = cost_table(table, space)
+  archs = _all_archs(space)
+  pred = fit_linear(space, costs, archs, _synthetic_truth(space, costs, archs, 0.01),
+                    header=table.header)
+  path = tmp_path / "p.json"
+  save_predictor(path, pred)
+  return space, path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.update(bias=float("nan")), r"p.json: bias = nan: must be a finite number"),
+    (lambda d: d["delta"][1].__setitem__(0, float("inf")), r"p.json: delta\[1\]\[0\] = inf"),
+    (lambda d: d["table"].__setitem__("fixed", -1.0), r"p.json: table.fixed = -1 ms"),
+    (lambda d: d["table"]["per_block"][0].__setitem__(1, float("nan")),
+     r"p.json: table.per_block\[0\]\[1\] = nan ms"),
+    (lambda d: d.update(bias=-100.0), r"p.json: predicts -\d.* ms for its cheapest architecture"),
+])
+def test_predictor_with_bad_values_is_refused(tmp_path, capsys, edit, match):
+  space, path, d = _saved_linear(tmp_path)
+  edit(d)
+  path.write_text(json.dumps(d))
+  with pytest.raises(LatencyTableError, match=match):
+    load_predictor(path, space)
+  with pytest.raises(LatencyTableError, match=match):
+    load_latency_model(path, space)
+
+
+def test_predictor_with_unknown_kind_names_file_and_kinds(tmp_path):
+  from pnas_jax.errors import UnknownNameError
+
+  space, path, d = _saved_linear(tmp_path)
+  d["kind"] = "mlp"
+  path.write_text(json.dumps(d))
+  with pytest.raises(UnknownNameError, match=r"p.json: 'kind' is 'mlp', an unknown latency predictor"
+                     r" kind; valid: table_sum, linear"):
+    load_predictor(path, space)

@@ -148,3 +148,44 @@ def test_empty_table_error():
   t = LatencyTable(TableHeader(device="d", backend="cpu"))
   with pytest.raises(LatencyTableError, match="empty"):
     t.lookup("Conv-input:1x1x1-output:1x1x1")
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("mean", float("nan"), "mean = nan ms"), ("median", -3.613, "median = -3.613 ms"),
+    ("mean", float("inf"), "mean = inf ms"), ("median", 0.0, "median = 0 ms"),
+    ("var", -1.0, "var = -1 ms^2"), ("mean", "fast", "mean = 'fast'"),
+])
+def test_bad_latency_in_table_json_names_file_and_key(tmp_path, capsys, field, value, shown):
+  space = tiny_space()
+  path = tmp_path / "t.json"
+  synthetic_table(space).save(path)
+  d = json.loads(path.read_text())
+  key = space_keys(space).fixed[0]
+  d["entries"][key][field] = value
+  path.write_text(json.dumps(d))  # json writes NaN / Infinity as Python reads them back
+  with pytest.raises(LatencyTableError) as e:
+    load_table(path)
+  msg = str(e.value)
+  assert str(path) in msg and repr(key) in msg and shown in msg and "Remeasure" in msg
+  # `pnas latency expected` reports it (exit 2) instead of printing "nan ms".
+  assert cli.main(["latency", "expected", "--table", str(path), "--uniform"]) == 2
+  assert shown in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [".nan", "-2.5", ".inf"])
+def test_bad_latency_in_reference_yaml(tmp_path, value):
+  path = tmp_path / "table.yaml"
+  path.write_text("Logits-input:7x7x1280-output:1000:\n  count: 10\n  mean: 0.3\n  var: 0.01\n"
+                  f"Conv-input:224x224x3-output:112x112x32:\n  count: 10\n  mean: {value}\n"
+                  "  var: 0.01\n")
+  with pytest.raises(LatencyTableError, match=r"table.yaml: entry 'Conv-input:224x224x3-output:"
+                     r"112x112x32': mean = .*must be a finite latency > 0"):
+    load_table(path)
+
+
+def test_table_that_is_a_directory_or_binary(tmp_path):
+  with pytest.raises(LatencyTableError, match="is a directory"):
+    load_table(tmp_path)
+  (tmp_path / "t.yaml").write_bytes(b"\xff\xfe\x00binary")
+  with pytest.raises(LatencyTableError, match=r"t.yaml: not a text latency table"):
+    load_table(tmp_path / "t.yaml")

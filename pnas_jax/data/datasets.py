@@ -22,6 +22,7 @@ import numpy as np
 
 from pnas_jax.data import local_files
 from pnas_jax.data.sources import ArraySource, Source, TFDSSource
+from pnas_jax.registry import Registry
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -103,12 +104,13 @@ def _tfds(name: str) -> Callable[[str | None, int | None], ImageDataset]:
   return load
 
 
-DATASETS: dict[str, Callable[[str | None, int | None], ImageDataset]] = {
-    "fashion_mnist": _fashion_mnist,
-    "cifar10": _cifar10,
-    **{f"tfds:{n}": _tfds(n) for n in _TFDS},
-    "synthetic": lambda data_dir, image_size: synthetic(size=image_size or 16),
-}
+# name -> loader(data_dir, image_size) -> ImageDataset
+DATASETS: Registry[Callable[[str | None, int | None], ImageDataset]] = Registry("data set")
+DATASETS.add("fashion_mnist", _fashion_mnist)
+DATASETS.add("cifar10", _cifar10)
+for _name in _TFDS:
+  DATASETS.add(f"tfds:{_name}", _tfds(_name))
+DATASETS.add("synthetic", lambda data_dir, image_size: synthetic(size=image_size or 16))
 
 
 def load_dataset(name: str, data_dir: str | None = None, image_size: int | None = None) -> ImageDataset:
@@ -117,6 +119,4 @@ def load_dataset(name: str, data_dir: str | None = None, image_size: int | None 
   `image_size` is the host-side square size for variable-size sources (ImageNet-like; the device
   crop then produces the network's resolution) and the pattern size of "synthetic".
   """
-  if name not in DATASETS:
-    raise KeyError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
-  return DATASETS[name](data_dir, image_size)
+  return DATASETS.get(name)(data_dir, image_size)

@@ -3,12 +3,15 @@
 Read by `pnas latency measure / networks / fit` (pnas_jax/latency/cli.py). The default timing
 protocol is the one-core CPU protocol: single-threaded XLA timed with the process CPU-time clock,
 which measures what one dedicated core would take even on a CPU shared with other jobs
-(pnas_jax/latency/timing.py).
+(pnas_jax/latency/timing.py). RANGES below are the valid values, enforced by
+config_loading.load_config.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from pnas_jax.config_loading import INT_GE0, INT_GE1, SEED, Range
 
 
 def latency_config() -> ml_collections.ConfigDict:
@@ -39,3 +42,18 @@ def latency_config() -> ml_collections.ConfigDict:
   c.predictor_kind = "linear"
   c.train_fraction = 0.8
   return c
+
+
+# Valid values of every numeric key (config_loading.load_config checks them).
+RANGES: dict[str, Range] = {
+    "batch": INT_GE1,
+    "warmup": INT_GE0,
+    "repeats": INT_GE1,
+    "per_round": INT_GE1,
+    "chunk": INT_GE1,
+    "cpu_threads": Range(1, 1, integer=True, optional=True, note="None: XLA's default threading"),
+    "seed": SEED,
+    "n_networks": Range(0, integer=True, note="0: the table only"),
+    "train_fraction": Range(0, 1, low_open=True, high_open=True),
+}
+

@@ -19,7 +19,6 @@ command again (entries already present are skipped).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -30,15 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pnas_jax.json_files import read_json
+from pnas_jax.file_io import read_json, write_json
 from pnas_jax.latency.table import (
-  Entry,
-  LatencyTable,
-  LatencyTableError,
-  TableHeader,
-  current_header,
-  load_table,
-  space_keys,
+    Entry,
+    LatencyTable,
+    LatencyTableError,
+    TableHeader,
+    check_latency,
+    current_header,
+    load_table,
+    space_keys,
 )
 from pnas_jax.latency.timing import Timing, time_fn, time_interleaved
 from pnas_jax.layers.core import Classifier, ConvBNReLU6
@@ -334,11 +334,7 @@ class NetworkMeasurements:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     d = {"format": NETWORKS_FORMAT, "header": self.header.to_dict(), "space": self.space.to_dict(),
          "networks": self.records}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(d, f, indent=1)
-      f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, d, indent=1)
     self.path = path
 
 
@@ -347,13 +343,33 @@ def load_network_measurements(path: str | os.PathLike) -> NetworkMeasurements:
   d = read_json(
       path, LatencyTableError,
       "no such measurements file (make one with `pnas latency measure --config ...`)",
+      what="network measurements file",
   )
   if not isinstance(d, dict) or d.get("format") != NETWORKS_FORMAT:
     raise LatencyTableError(f"{path}: 'format' is not {NETWORKS_FORMAT!r}")
+  for key in ("header", "space", "networks"):
+    if key not in d:
+      raise LatencyTableError(f"{path}: missing key {key!r}; remeasure with `pnas latency measure`")
+  if not isinstance(d["networks"], list):
+    raise LatencyTableError(f"{path}: 'networks' must be a list of measured networks")
+  records = [_check_record(r, f"{path}: networks[{i}]") for i, r in enumerate(d["networks"])]
   return NetworkMeasurements(
       TableHeader.from_dict(d["header"], path), SearchSpace.from_dict(d["space"], source=path),
-      list(d["networks"]), path,
+      records, path,
   )
+
+
+def _check_record(r: Any, where: str) -> dict[str, Any]:
+  """One measured network: a name, its ops, and finite positive latencies (ms)."""
+  if not isinstance(r, dict) or "ops" not in r or "median" not in r:
+    raise LatencyTableError(f"{where}: a measured network is {{name, ops, median, ...}}, got {r!r}")
+  where = f"{where} ({r.get('name', '?')})"
+  for key in ("median", "mean", "min"):
+    if key in r:
+      check_latency(r[key], f"{where}: {key}")
+  if "var" in r:
+    check_latency(r["var"], f"{where}: var", allow_zero=True, unit="ms^2")
+  return r
 
 
 def measure_networks(

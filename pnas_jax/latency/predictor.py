@@ -24,7 +24,6 @@ device/backend/batch and every key before anything is jitted.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,16 +32,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pnas_jax.json_files import read_json
+from pnas_jax.errors import UnknownNameError
+from pnas_jax.file_io import read_json, write_json
 from pnas_jax.latency.expected import CostTable, expected_cost, macs_table
 from pnas_jax.latency.table import (
     TABLE_FORMAT,
     LatencyTableError,
     TableHeader,
+    check_finite,
     check_header,
+    check_latency,
     cost_table,
     load_table,
 )
+from pnas_jax.registry import Registry
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 PREDICTOR_FORMAT = "pnas_jax.latency_predictor/1"
@@ -247,16 +250,14 @@ def _fit_table_sum(space, table, archs, latencies, header=None, **_):
 
 
 # name -> (class, fitter(space, table, archs, latencies, header=..., seed=...) -> predictor)
-PREDICTORS: dict[str, tuple[type, Callable[..., Any]]] = {
-    "table_sum": (TableSumPredictor, _fit_table_sum),
-    "linear": (LinearPredictor, fit_linear),
-}
+PREDICTORS: Registry[tuple[type, Callable[..., Any]]] = Registry("latency predictor kind")
+PREDICTORS.add("table_sum", (TableSumPredictor, _fit_table_sum))
+PREDICTORS.add("linear", (LinearPredictor, fit_linear))
 
 
 def get_predictor_kind(name: str) -> tuple[type, Callable[..., Any]]:
-  if name not in PREDICTORS:
-    raise KeyError(f"unknown latency predictor {name!r}; valid names: {', '.join(PREDICTORS)}")
-  return PREDICTORS[name]
+  """(class, fitter) of a predictor kind; UnknownNameError listing the kinds otherwise."""
+  return PREDICTORS.get(name)
 
 
 # --- evaluation -------------------------------------------------------------------------------
@@ -321,9 +322,7 @@ def save_predictor(path: str | os.PathLike, pred: Predictor, metrics: dict[str, 
     d["metrics"] = metrics
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(d, f, indent=1)
-    f.write("\n")
+  write_json(path, d, indent=1)
 
 
 def predictor_from_dict(d: Any, space: SearchSpace | None = None, source: str = "<predictor>"):
@@ -335,18 +334,50 @@ def predictor_from_dict(d: Any, space: SearchSpace | None = None, source: str = 
         f"{source} was fitted for another search space ({_space_mismatch(stored, space)}); "
         "fit one for this space with `pnas latency fit`"
     )
-  cls, _ = get_predictor_kind(d.get("kind"))
-  header = None if d.get("header") is None else TableHeader.from_dict(d["header"], source)
   try:
-    return cls.from_dict(d, stored, header)
+    cls, _ = get_predictor_kind(d.get("kind"))
+  except UnknownNameError:
+    raise UnknownNameError(
+        f"{source}: 'kind' is {d.get('kind')!r}, an unknown latency predictor kind; valid: "
+        f"{', '.join(PREDICTORS.names())} (refit it with `pnas latency fit`)") from None
+  header = None if d.get("header") is None else TableHeader.from_dict(d["header"], source)
+  _check_predictor_values(d, source)
+  try:
+    pred = cls.from_dict(d, stored, header)
   except (KeyError, TypeError, ValueError) as e:
     raise LatencyTableError(f"{source}: malformed {d.get('kind')} predictor ({e})") from None
+  c0, rows = pred.block_costs()
+  cheapest = [int(np.argmin(r)) for r in rows]
+  low = c0 + sum(r[j] for r, j in zip(rows, cheapest, strict=True))
+  if not low > 0:
+    ops = [b.candidates[j] for b, j in zip(stored.blocks, cheapest, strict=True)]
+    raise LatencyTableError(
+        f"{source}: predicts {low:.4g} {pred.unit} for its cheapest architecture ({' '.join(ops)}); "
+        "every predicted latency must be > 0. Refit it on more networks with `pnas latency fit`."
+    )
+  return pred
+
+
+def _check_predictor_values(d: dict[str, Any], source: str) -> None:
+  """Every latency in a saved predictor finite and > 0 (Zero's 0 allowed), every weight finite."""
+  t = d.get("table")
+  if isinstance(t, dict):
+    check_latency(t.get("fixed"), f"{source}: table.fixed")
+    for i, row in enumerate(t.get("per_block") or ()):
+      for j, v in enumerate(row if isinstance(row, (list, tuple)) else ()):
+        check_latency(v, f"{source}: table.per_block[{i}][{j}]", allow_zero=True)
+  for key in ("bias", "scale"):
+    if key in d:
+      check_finite(d[key], f"{source}: {key}")
+  for i, row in enumerate(d.get("delta") or ()):
+    for j, v in enumerate(row if isinstance(row, (list, tuple)) else ()):
+      check_finite(v, f"{source}: delta[{i}][{j}]")
 
 
 def load_predictor(path: str | os.PathLike, space: SearchSpace | None = None) -> Predictor:
   """Reads a saved predictor; with `space`, raises unless it was fitted for that space."""
   path = os.fspath(path)
-  d = read_json(path, LatencyTableError, "no such predictor file")
+  d = read_json(path, LatencyTableError, "no such predictor file", what="latency predictor")
   return predictor_from_dict(d, space, path)
 
 
@@ -371,7 +402,8 @@ def load_latency_model(
   """
   path = os.fspath(path)
   if not path.endswith((".yaml", ".yml")):
-    d = read_json(path, LatencyTableError, "no such latency table or predictor")
+    d = read_json(path, LatencyTableError, "no such latency table or predictor",
+                  what="latency table or predictor")
     if isinstance(d, dict) and d.get("format") == PREDICTOR_FORMAT:
       pred = predictor_from_dict(d, space, path)
       if pred.header is not None:

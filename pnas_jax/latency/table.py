@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
-import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -39,7 +39,7 @@ from typing import Any
 import jax
 
 from pnas_jax.errors import UserValueError
-from pnas_jax.json_files import read_json
+from pnas_jax.file_io import read_json, read_text, write_json
 from pnas_jax.latency.expected import CostTable
 from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space import ops as ops_lib
@@ -50,7 +50,40 @@ STATISTICS = ("median", "mean")
 
 
 class LatencyTableError(UserValueError):
-  """A latency table that cannot be read, lacks a key, or does not fit the search."""
+  """A latency table that cannot be read, lacks a key, holds a bad value, or does not fit the search."""
+
+
+def check_latency(value: Any, where: str, *, allow_zero: bool = False, unit: str = "ms") -> float:
+  """`value` as a float; LatencyTableError naming `where` (the file and the key) unless it is a
+  finite number > 0 (>= 0 with allow_zero, e.g. a Zero candidate's cost)."""
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    v = math.nan
+    shown = repr(value)
+  else:
+    shown = f"{v:g} {unit}"
+  ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+  if not ok:
+    need = "a finite number >= 0" if allow_zero else "a finite latency > 0"
+    raise LatencyTableError(
+        f"{where} = {shown}: must be {need}. Remeasure it (delete the entry or the file and rerun "
+        "the command that wrote it) or correct the value."
+    )
+  return v
+
+
+def check_finite(value: Any, where: str) -> float:
+  """`value` as a float; LatencyTableError naming `where` unless it is finite (predictor weights)."""
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    v = math.nan
+  if not math.isfinite(v):
+    raise LatencyTableError(
+        f"{where} = {value!r}: must be a finite number; refit the predictor with `pnas latency fit`"
+    )
+  return v
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -185,15 +218,14 @@ class Entry:
   def from_dict(cls, d: Any, where: str) -> Entry:
     if not isinstance(d, dict) or "mean" not in d:
       raise LatencyTableError(f"{where}: an entry is {{count, mean, var[, median]}}, got {d!r}")
-    try:
-      return cls(
-          mean=float(d["mean"]),
-          var=float(d.get("var", 0.0)),
-          count=int(d.get("count", 1)),
-          median=None if d.get("median") is None else float(d["median"]),
-      )
-    except (TypeError, ValueError):
-      raise LatencyTableError(f"{where}: non-numeric entry {d!r}") from None
+    mean = check_latency(d["mean"], f"{where}: mean")
+    median = None if d.get("median") is None else check_latency(d["median"], f"{where}: median")
+    var = check_latency(d.get("var", 0.0), f"{where}: var", allow_zero=True, unit="ms^2")
+    count = d.get("count", 1)
+    if (isinstance(count, bool) or not isinstance(count, (int, float)) or not count >= 1
+        or not float(count).is_integer()):
+      raise LatencyTableError(f"{where}: count = {count!r} must be an integer >= 1")
+    return cls(mean=mean, var=var, count=int(count), median=median)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,11 +337,7 @@ class LatencyTable:
     if not path:
       raise LatencyTableError("LatencyTable.save: no path given and the table has none")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(self.to_dict(), f, indent=1)
-      f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, self.to_dict(), indent=1)
     self.path = path
 
 
@@ -332,11 +360,9 @@ def read_reference_yaml(path: str | os.PathLike, device: str = "Pixel 1") -> Lat
   import yaml
 
   path = os.fspath(path)
+  text = read_text(path, "latency table", error=LatencyTableError, missing="no such latency table")
   try:
-    with open(path) as f:
-      raw = yaml.safe_load(f)
-  except FileNotFoundError:
-    raise LatencyTableError(f"{path}: no such latency table") from None
+    raw = yaml.safe_load(text)
   except yaml.YAMLError as e:
     raise LatencyTableError(f"{path}: not valid YAML ({e})") from None
   if not isinstance(raw, dict) or not raw:
@@ -358,6 +384,7 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
   d = read_json(
       path, LatencyTableError,
       "no such latency table (measure one with `pnas latency measure --config ...`)",
+      what="latency table",
   )
   return table_from_dict(d, path)
 

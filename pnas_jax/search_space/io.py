@@ -13,12 +13,11 @@ starts at every block that changes the width or has stride 2.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from pnas_jax.errors import UnknownNameError
-from pnas_jax.json_files import read_json
+from pnas_jax.file_io import read_json, write_json
 from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import DEFAULT_CANDIDATES, Arch, SearchSpace, SearchSpaceError
 
@@ -27,7 +26,9 @@ _BN = {"momentum": 0.1, "eps": 1e-3}
 
 
 def _read_json(path: str | os.PathLike) -> Any:
-  return read_json(path, SearchSpaceError)
+  """An arch.json / net.config; a missing, binary, unreadable or invalid file (or a directory)
+  raises SearchSpaceError naming it."""
+  return read_json(path, SearchSpaceError, what="arch file")
 
 
 def is_net_config(d: Any) -> bool:
@@ -79,9 +80,7 @@ def save_arch(
     name: str | None = None,
     meta: dict[str, Any] | None = None,
 ) -> None:
-  with open(path, "w") as f:
-    json.dump(arch_to_dict(space, arch, name, meta), f, indent=2)
-    f.write("\n")
+  write_json(path, arch_to_dict(space, arch, name, meta))
 
 
 def load_arch(path: str | os.PathLike) -> tuple[SearchSpace, Arch]:
@@ -175,6 +174,70 @@ def _int(d: Any, key: str, where: str) -> int:
   return v
 
 
+def _parse_block(blocks: list[Any], i: int, src: str) -> tuple[str, int, Any, bool]:
+  """(op, stride, out_channels, has shortcut) of a net.config's blocks[i]."""
+  where = f"{src}: blocks[{i}]"
+  conv = _get(blocks[i], "mobile_inverted_conv", where)
+  shortcut = _get(blocks[i], "shortcut", where) is not None
+  try:
+    op = ops_lib.op_from_net_config(conv)
+    ops_lib.get_op(op)
+  except (ValueError, UnknownNameError) as e:
+    raise SearchSpaceError(f"{where}: {e}") from None
+  stride = conv.get("stride", 1)
+  if stride not in (1, 2):
+    raise SearchSpaceError(f"{where}: stride = {stride!r}, must be 1 or 2")
+  return op, stride, conv.get("out_channels"), shortcut
+
+
+def _checked_out_channels(conv: dict[str, Any], op: str, stride: int, out: Any, shortcut: bool,
+                          cur: int, where: str) -> int:
+  """A searchable block's output width, after checking it chains to the previous block (`cur`
+  channels) and has the identity shortcut exactly where pnas_jax puts one."""
+  if ops_lib.get_op(op).needs_identity_position:
+    out = cur if out is None else out
+    if not shortcut or stride != 1 or out != cur:
+      raise SearchSpaceError(
+          f"{where}: {conv['name']} ({op}) needs an identity shortcut with stride 1 and in == out"
+          f" (got shortcut={shortcut}, stride={stride}, {cur}->{out})"
+      )
+    return out
+  in_ch = conv.get("in_channels", cur)
+  if in_ch != cur:
+    raise SearchSpaceError(
+        f"{where}: in_channels = {in_ch} but the previous block outputs {cur} channels"
+    )
+  if not isinstance(out, int) or out < 1:
+    raise SearchSpaceError(f"{where}: out_channels = {out!r} must be a positive integer")
+  identity_pos = stride == 1 and out == cur
+  if shortcut != identity_pos:
+    raise SearchSpaceError(
+        f"{where}: shortcut is {'set' if shortcut else 'null'} but stride={stride} and "
+        f"{cur}->{out} channels {'allow' if identity_pos else 'do not allow'} an identity "
+        "shortcut (pnas_jax adds it exactly when stride is 1 and in == out)"
+    )
+  return out
+
+
+def _stages(blocks: list[Any], src: str, first: int):
+  """(stage widths, depths, strides, ops, last width) of a net.config's searchable blocks: a new
+  stage starts at every block that changes the width or has stride 2."""
+  widths, depths, strides, arch_ops = [], [], [], []
+  cur = first
+  for i in range(1, len(blocks)):
+    op, stride, out, shortcut = _parse_block(blocks, i, src)
+    out = _checked_out_channels(blocks[i]["mobile_inverted_conv"], op, stride, out, shortcut, cur,
+                                f"{src}: blocks[{i}]")
+    if stride == 2 or out != cur or not widths:
+      widths.append(out)
+      depths.append(0)
+      strides.append(stride)
+    depths[-1] += 1
+    arch_ops.append(op)
+    cur = out
+  return widths, depths, strides, arch_ops, cur
+
+
 def from_net_config(
     d: Any, source: str | None = None, resolution: int = 224
 ) -> tuple[SearchSpace, Arch]:
@@ -196,21 +259,7 @@ def from_net_config(
   if not isinstance(blocks, list) or len(blocks) < 2:
     raise SearchSpaceError(f"{src}: 'blocks' must list the first block and >= 1 searchable block")
 
-  def parse_block(i: int) -> tuple[str, int, int, bool]:
-    where = f"{src}: blocks[{i}]"
-    conv = _get(blocks[i], "mobile_inverted_conv", where)
-    shortcut = _get(blocks[i], "shortcut", where) is not None
-    try:
-      op = ops_lib.op_from_net_config(conv)
-      ops_lib.get_op(op)
-    except (ValueError, UnknownNameError) as e:
-      raise SearchSpaceError(f"{where}: {e}") from None
-    stride = conv.get("stride", 1)
-    if stride not in (1, 2):
-      raise SearchSpaceError(f"{where}: stride = {stride!r}, must be 1 or 2")
-    return op, stride, conv.get("out_channels"), shortcut
-
-  op0, stride0, first, _ = parse_block(0)
+  op0, stride0, first, _ = _parse_block(blocks, 0, src)
   if stride0 != 1:
     raise SearchSpaceError(f"{src}: blocks[0]: the fixed first block must have stride 1")
   if blocks[0]["mobile_inverted_conv"].get("in_channels", stem) != stem:
@@ -218,41 +267,7 @@ def from_net_config(
         f"{src}: blocks[0]: in_channels = {blocks[0]['mobile_inverted_conv']['in_channels']} "
         f"but first_conv has {stem} output channels"
     )
-  widths, depths, strides, arch_ops = [], [], [], []
-  cur = first
-  for i in range(1, len(blocks)):
-    where = f"{src}: blocks[{i}]"
-    op, stride, out, shortcut = parse_block(i)
-    conv = blocks[i]["mobile_inverted_conv"]
-    if ops_lib.get_op(op).needs_identity_position:
-      out = cur if out is None else out
-      if not shortcut or stride != 1 or out != cur:
-        raise SearchSpaceError(
-            f"{where}: {conv['name']} ({op}) needs an identity shortcut with stride 1 and in == out"
-            f" (got shortcut={shortcut}, stride={stride}, {cur}->{out})"
-        )
-    else:
-      in_ch = conv.get("in_channels", cur)
-      if in_ch != cur:
-        raise SearchSpaceError(
-            f"{where}: in_channels = {in_ch} but the previous block outputs {cur} channels"
-        )
-      if not isinstance(out, int) or out < 1:
-        raise SearchSpaceError(f"{where}: out_channels = {out!r} must be a positive integer")
-      identity_pos = stride == 1 and out == cur
-      if shortcut != identity_pos:
-        raise SearchSpaceError(
-            f"{where}: shortcut is {'set' if shortcut else 'null'} but stride={stride} and "
-            f"{cur}->{out} channels {'allow' if identity_pos else 'do not allow'} an identity "
-            "shortcut (pnas_jax adds it exactly when stride is 1 and in == out)"
-        )
-    if stride == 2 or out != cur or not widths:
-      widths.append(out)
-      depths.append(0)
-      strides.append(stride)
-    depths[-1] += 1
-    arch_ops.append(op)
-    cur = out
+  widths, depths, strides, arch_ops, cur = _stages(blocks, src, first)
   where = f"{src}: feature_mix_layer"
   if _int(d["feature_mix_layer"], "in_channels", where) != cur:
     raise SearchSpaceError(
@@ -295,6 +310,4 @@ def load_net_config(path: str | os.PathLike, resolution: int = 224) -> tuple[Sea
 def save_net_config(
     path: str | os.PathLike, space: SearchSpace, arch: Arch, name: str = "ProxylessNASNets"
 ) -> None:
-  with open(path, "w") as f:
-    json.dump(to_net_config(space, arch, name), f, indent=4)
-    f.write("\n")
+  write_json(path, to_net_config(space, arch, name), indent=4)

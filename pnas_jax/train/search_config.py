@@ -2,13 +2,25 @@
 
 Every field is read by pnas_jax/train/search.py (tests/test_search_configs.py checks each config
 file with config_loading.ReadTracker), so a key set here or in a config always does something.
+RANGES and check() below are the valid values, enforced by config_loading.load_config.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
 
+from pnas_jax.config_loading import (
+    FRACTION,
+    INT_GE0,
+    INT_GE1,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    Range,
+)
 from pnas_jax.search_space.space import DEFAULT_CANDIDATES
 
 
@@ -88,10 +100,14 @@ def search_config() -> ml_collections.ConfigDict:
   # or "none" (accuracy only).
   c.latency = ml_collections.ConfigDict()
   c.latency.model = "macs"
-  c.latency.target = 80.0  # T, in the model's unit (ms; millions of MACs for "macs")
-  c.latency.target_ratio = 0.0  # > 0: T = ratio x the baseline arch's latency under the model
+  # The target T: exactly one of `target` (in the model's unit: ms; millions of MACs for "macs")
+  # and `target_ratio` (T = ratio x the baseline arch's latency under the model) is > 0; the other
+  # stays 0 (both are checked at load time, so neither silently replaces the other).
+  c.latency.target = 0.0
+  c.latency.target_ratio = 0.0
   # `pnas sweep`: one warm-up, then one search per target, given as ratios of the baseline's
-  # latency or as absolute values (exactly one of the two non-empty; `pnas search` needs both empty).
+  # latency or as absolute values (exactly one of the two non-empty; `pnas search` needs both empty,
+  # and a sweep replaces target / target_ratio by each of its values).
   c.latency.target_ratios = ()
   c.latency.targets = ()
   c.latency.baseline_op = "3x3_MBConv6"  # the hand-designed baseline (MobileNetV2-like)
@@ -128,3 +144,81 @@ def search_config() -> ml_collections.ConfigDict:
   # the end of each search epoch), so plots/alpha.png draws a curve even for a one-epoch search.
   c.log.alpha_every = 0
   return c
+
+
+# Valid values of every numeric key (config_loading.load_config checks them; check() the rules
+# across keys).
+RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "num_devices": Range(1, integer=True, optional=True, note="None: every visible device"),
+    "space.width_mult": POSITIVE,
+    "space.n_classes": INT_GE1,
+    "space.resolution": INT_GE1,
+    "space.in_channels": INT_GE1,
+    "data.image_size": Range(0, integer=True, note="0: resolution / 0.875"),
+    "data.holdout": Range(1, integer=True, note="held-out images for the arch steps"),
+    "data.batch_size": INT_GE1,
+    "data.arch_batch_size": INT_GE1,
+    "data.eval_batch_size": INT_GE1,
+    "data.prefetch": INT_GE1,
+    "model.dropout_rate": FRACTION,
+    "schedule.warmup_epochs": NON_NEGATIVE,
+    "schedule.epochs": NON_NEGATIVE,
+    "schedule.steps_per_epoch": Range(0, integer=True, note="0: len(train part) // batch_size"),
+    "schedule.arch_every": INT_GE1,
+    "schedule.arch_start_epoch": NON_NEGATIVE,
+    "schedule.max_steps": Range(0, integer=True, note="0: run to the end"),
+    "optim.warmup_lr": POSITIVE,
+    "optim.lr": Range(0, note="0: weights frozen, BN statistics still update"),
+    "optim.momentum": FRACTION,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.label_smoothing": FRACTION,
+    "optim.arch_lr": POSITIVE,
+    "optim.arch_b1": FRACTION,
+    "optim.arch_b2": FRACTION,
+    "optim.arch_eps": POSITIVE,
+    "optim.alpha_init_std": NON_NEGATIVE,
+    "arch.reinforce.k": INT_GE1,
+    "arch.reinforce.baseline_decay": Range(0, 1),
+    "arch.reinforce.tradeoff": NON_NEGATIVE,
+    "latency.target": Range(0, note="0: use target_ratio"),
+    "latency.target_ratio": Range(0, note="0: use target"),
+    "latency.batch": INT_GE1,
+    "latency.repeats": INT_GE1,
+    "latency.n_networks": Range(0, integer=True, note="0: the table alone; a fit needs >= 3"),
+    "latency.derive_band": FRACTION,
+    "eval.every_epochs": Range(0, note="0: never"),
+    "eval.max_batches": Range(0, integer=True, note="0: the whole held-out split"),
+    "eval.bn_batches": INT_GE0,
+    "checkpoint.every_steps": Range(0, integer=True, note="0: only at the end and on a signal"),
+    "checkpoint.keep": INT_GE1,
+    "log.every_steps": INT_GE1,
+}
+
+
+def check(config: Any) -> list[str]:
+  """The rules across keys of a search config (after every key is in its RANGES)."""
+  problems = []
+  s = config.schedule
+  if not s.warmup_epochs + s.epochs > 0:
+    problems.append(f"schedule.warmup_epochs + schedule.epochs = {s.warmup_epochs} + {s.epochs}: "
+                    "the search needs at least some epochs (> 0 in all)")
+  lat = config.latency
+  sweep = tuple(lat.target_ratios) + tuple(lat.targets)
+  for key in ("target_ratios", "targets"):
+    values = tuple(lat[key])
+    if (any(not Range(0, low_open=True).allows(v) for v in values)
+        or len(set(values)) != len(values)):
+      problems.append(f"latency.{key} = {values}: give distinct positive values (numbers > 0)")
+  if lat.model != "none" and not sweep:  # a sweep sets target / target_ratio per value
+    if lat.target > 0 and lat.target_ratio > 0:
+      problems.append(f"latency.target = {lat.target} and latency.target_ratio = {lat.target_ratio}"
+                      " are both set: set exactly one of them (the other to 0)")
+    elif not lat.target > 0 and not lat.target_ratio > 0:
+      problems.append(f"latency.target and latency.target_ratio are both 0 with latency.model = "
+                      f"{lat.model!r}: set exactly one of them > 0 (target in the model's unit, "
+                      "or target_ratio x the baseline's latency), or latency.model='none'")
+  if 0 < lat.n_networks < 3:
+    problems.append(f"latency.n_networks = {lat.n_networks}: fitting the predictor needs >= 3 "
+                    "networks besides the baseline (or 0 for the table alone)")
+  return problems

@@ -1,10 +1,20 @@
 """The retrain config's schema and defaults (the paper's recipe, docs/design.md §2.10); configs/train/*.py
-start from it. Every key is read by pnas_jax/train/retrain.py."""
+start from it. Every key is read by pnas_jax/train/retrain.py; RANGES below are the valid values,
+enforced by config_loading.load_config."""
 
 from __future__ import annotations
 
 import ml_collections
 from ml_collections import config_dict
+
+from pnas_jax.config_loading import (
+    FRACTION,
+    INT_GE1,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    Range,
+)
 
 
 def train_config() -> ml_collections.ConfigDict:
@@ -61,3 +71,33 @@ def train_config() -> ml_collections.ConfigDict:
   c.report.latency_clock = "process"
   c.report.latency_model = ""
   return c
+
+
+# Valid values of every numeric key (config_loading.load_config checks them).
+RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "num_devices": Range(1, integer=True, optional=True, note="None: every visible device"),
+    "resolution": Range(0, integer=True, note="0: the arch file's"),
+    "n_classes": Range(0, integer=True, note="0: the data set's"),
+    "data.image_size": Range(0, integer=True, note="0: resolution / 0.875"),
+    "data.batch_size": INT_GE1,
+    "data.eval_batch_size": INT_GE1,
+    "data.prefetch": INT_GE1,
+    "data.train_subset": Range(0, integer=True, note="0: the whole training set"),
+    "model.dropout_rate": FRACTION,
+    "optim.lr": Range(0, note="0: weights frozen, BN statistics still update"),
+    "optim.momentum": FRACTION,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.label_smoothing": FRACTION,
+    "optim.ema_decay": Range(0, 1, high_open=True, note="0: no EMA"),
+    "schedule.epochs": POSITIVE,
+    "schedule.steps_per_epoch": Range(0, integer=True, note="0: len(train) // batch_size"),
+    "schedule.max_steps": Range(0, integer=True, note="0: run to the end"),
+    "eval.every_epochs": Range(0, note="0: only at the end"),
+    "eval.max_batches": Range(0, integer=True, note="0: the whole split"),
+    "checkpoint.every_steps": Range(0, integer=True, note="0: only at the end and on a signal"),
+    "checkpoint.keep": INT_GE1,
+    "log.every_steps": INT_GE1,
+    "report.latency_batch": INT_GE1,
+    "report.latency_repeats": Range(0, integer=True, note="0: do not measure"),
+}
