@@ -43,6 +43,7 @@ from pnas_jax.search_space.space import Arch
 from pnas_jax.train.inputs import load_config_dataset, space_for_data
 from pnas_jax.train.retrain import train
 from pnas_jax.train.search import search
+from pnas_jax.workdir_lock import WorkdirLock
 
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Phase budgets as fractions of the whole run (for the ETA; refined as phases finish).
@@ -140,9 +141,17 @@ def _retrain_all(workdir: str, space: Any, nets: list[tuple[str, Arch]], overrid
 
 def run_demo(workdir: str, quick: bool = False, seed: int = 0, data: str = "fashion_mnist",
              data_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
-  """Runs (or resumes) the whole demo in `workdir`; returns report.json's content."""
-  t0 = time.time()
+  """Runs (or resumes) the whole demo in `workdir`; returns report.json's content. Holds the
+  workdir's lock throughout (a second demo on it fails at once)."""
   workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with WorkdirLock(workdir, "demo"):
+    return _run_demo(workdir, quick, seed, data, data_dir, progress)
+
+
+def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | None,
+              progress: bool) -> dict[str, Any]:
+  t0 = time.time()
   latency_dir = os.path.join(workdir, "latency")
   os.makedirs(latency_dir, exist_ok=True)
   l_over, s_over, t_over = demo_overrides(quick, seed, data, data_dir, latency_dir)

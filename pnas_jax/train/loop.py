@@ -4,7 +4,8 @@
       state = run.restore_or(initial_state)
       state, outcome = run_loop(state, one_step, start=..., total_steps=..., run=run, ...)
 
-`RunDir` is resume-or-start for a workdir: it holds the workdir lock for the run, refuses to
+`RunDir` is resume-or-start for a workdir: it holds the workdir lock for the run (a second run
+on the same workdir fails at once, naming the first; pnas_jax/workdir_lock.py), refuses to
 resume a run with another config (naming the differing keys), refuses a workdir that holds an
 earlier run's results but no checkpoint to resume from (unless `overwrite`), writes config.json
 for a fresh run and opens the metrics log at the resumed step.
@@ -26,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -37,6 +39,7 @@ from pnas_jax.errors import PnasError
 from pnas_jax.file_io import read_json, write_json
 from pnas_jax.train.metrics_log import METRICS_FILE, TENSORBOARD_DIR, MetricsLogger
 from pnas_jax.train.monitor import LoopMonitor
+from pnas_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -132,9 +135,12 @@ class RunDir:
     self.logger: MetricsLogger | None = None
     self.resume_step: int | None = None
     self.resume_meta: dict[str, Any] = {}
+    self._lock: WorkdirLock | None = None
 
   def __enter__(self) -> RunDir:
     os.makedirs(self.workdir, exist_ok=True)
+    if self.is_main:  # one process per run takes the lock (the others share the filesystem)
+      self._lock = WorkdirLock(self.workdir, f"{self.kind}: {' '.join(sys.argv)}").acquire()
     try:
       if self._overwrite and self.is_main:
         self._remove_outputs()
@@ -154,10 +160,14 @@ class RunDir:
     return self
 
   def __exit__(self, *exc: object) -> None:
-    if self.checkpointer is not None:
-      self.checkpointer.close()
-    if self.logger is not None:
-      self.logger.close()
+    try:
+      if self.checkpointer is not None:
+        self.checkpointer.close()
+      if self.logger is not None:
+        self.logger.close()
+    finally:
+      if self._lock is not None:
+        self._lock.release()
 
   def restore_or(self, initial: S) -> S:
     """The state of the newest checkpoint (shaped like `initial`), or `initial` for a fresh run;

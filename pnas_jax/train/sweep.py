@@ -26,10 +26,12 @@ import os
 from typing import Any
 
 from pnas_jax import plots
+from pnas_jax.config_loading import validate_config
 from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import write_bytes_atomic, write_json
 from pnas_jax.latency.objective import MEASURED_PREDICTOR
 from pnas_jax.train.search import SearchResult, search
+from pnas_jax.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 WARMUP_DIR = "warmup"
@@ -68,15 +70,17 @@ def sweep_targets(config: Any) -> list[tuple[str, str, float]]:
 
 def _target_keys(key: str, value: float) -> dict[str, float]:
   """The latency keys of one target: a ratio, or an absolute target (ratio 0 = use `target`)."""
-  return {"target_ratio": value} if key == "target_ratio" else {"target": value, "target_ratio": 0.0}
+  return {"target_ratio": value, "target": 0.0} if key == "target_ratio" else {
+      "target": value, "target_ratio": 0.0}
 
 
-def _child_config(config: Any, **latency: Any) -> Any:
-  """A copy of the sweep config for one search: no sweep lists, `latency` keys set."""
+def _child_config(config: Any, what: str, **latency: Any) -> Any:
+  """A copy of the sweep config for one search (`what`): no sweep lists, `latency` keys set."""
   child = config.copy_and_resolve_references()
   child.latency.target_ratios, child.latency.targets = (), ()
   for k, v in latency.items():
     child.latency[k] = v
+  validate_config(child, f"the sweep's {what} config")
   return child
 
 
@@ -84,8 +88,19 @@ def sweep(config: Any, workdir: str, *, progress: bool | None = None,
           overwrite: bool = False) -> SweepResult:
   """Runs (or resumes) the warm-up once, then one search per target; see the module docstring."""
   targets = sweep_targets(config)
+  if not config.schedule.warmup_epochs > 0:
+    raise UserValueError(f"schedule.warmup_epochs = {config.schedule.warmup_epochs}: a sweep shares "
+                         "its warm-up between targets, so it needs one (> 0)")
   workdir = os.path.abspath(workdir)
-  warm_cfg = _child_config(config, **_target_keys(*targets[0][1:]))  # any valid target will do
+  os.makedirs(workdir, exist_ok=True)
+  with WorkdirLock(workdir, "sweep"):
+    return _sweep(config, targets, workdir, progress, overwrite)
+
+
+def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, progress: bool | None,
+           overwrite: bool) -> SweepResult:
+  # Any valid target will do for the warm-up: it samples paths uniformly and takes no arch step.
+  warm_cfg = _child_config(config, "warm-up", **_target_keys(*targets[0][1:]))
   warm_cfg.schedule.epochs = 0.0
   warm_dir = os.path.join(workdir, WARMUP_DIR)
   log.info("sweep: warm-up in %s, then %d target(s): %s", warm_dir, len(targets),
@@ -98,7 +113,7 @@ def sweep(config: Any, workdir: str, *, progress: bool | None = None,
   if model == "measure":  # measured once, in the warm-up
     model = os.path.join(warm_dir, "latency", MEASURED_PREDICTOR)
   for label, key, value in targets:
-    child = _child_config(config, model=model, **_target_keys(key, value))
+    child = _child_config(config, label, model=model, **_target_keys(key, value))
     r = search(child, os.path.join(workdir, f"target_{label}"),
                progress=progress, overwrite=overwrite, init_from=warm_dir)
     result.targets.append((label, r))
