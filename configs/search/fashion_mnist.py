@@ -57,9 +57,10 @@ def get_config(arg=None):
   # (pnas_jax/arch/derive.py): with sharp op choices it meets T by keeping blocks.
   c.arch.estimator = "reinforce"
   # Smaller than the reference's K = 10 nets scored on 1000 images per update, for time: measured on
-  # this project's 2-core CPU (experiments/bench_reinforce.py: one run, medians of 5), one update
-  # at K = 10 / 1000 images costs 14.7 weight steps (batch 128), at K = 4 / 128 images 0.18, so with
-  # an update every 2 weight steps the reference setting makes the search phase ~7.7x longer.
+  # this project's 2-core CPU (experiments/bench_reinforce.py, two runs while other jobs ran), one
+  # update at K = 10 / 1000 images costs 8.7-14.7 weight steps (batch 128), at K = 4 / 128 images
+  # 0.18-0.37, so with an update every 2 weight steps the reference setting makes the search phase
+  # 4.5-7.7x longer.
   c.arch.reinforce.k = 4
   c.arch.reinforce.batch_size = 0  # data.arch_batch_size (128)
   c.latency.derive = "budget"
