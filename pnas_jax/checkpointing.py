@@ -29,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pnas_jax.errors import PnasError
+from pnas_jax.file_io import tree_differences
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +65,6 @@ def _abstract(tree: Any) -> Any:
     return x
 
   return jax.tree.map(one, _keys_to_data(tree))
-
-
-def _describe_mismatch(saved: Any, expected: Any) -> str:
-  saved_paths = {jax.tree_util.keystr(p): getattr(v, "shape", None)
-                 for p, v in jax.tree_util.tree_leaves_with_path(saved)}
-  exp_paths = {jax.tree_util.keystr(p): getattr(v, "shape", None)
-               for p, v in jax.tree_util.tree_leaves_with_path(expected)}
-  missing = sorted(set(exp_paths) - set(saved_paths))[:5]
-  extra = sorted(set(saved_paths) - set(exp_paths))[:5]
-  shapes = [f"{k}: saved {saved_paths[k]} vs expected {exp_paths[k]}"
-            for k in sorted(set(saved_paths) & set(exp_paths)) if saved_paths[k] != exp_paths[k]][:5]
-  parts = []
-  if missing:
-    parts.append(f"missing in checkpoint: {missing}")
-  if extra:
-    parts.append(f"not in the current state: {extra}")
-  if shapes:
-    parts.append(f"shape differences: {shapes}")
-  return "; ".join(parts) or "tree structures differ"
 
 
 class Checkpointer:
@@ -179,7 +161,7 @@ class Checkpointer:
   def _mismatch(self, step: int, target: Any) -> str:
     try:
       saved = self._manager.item_metadata(step)["state"]
-      return _describe_mismatch(saved, target)
+      return tree_differences(saved, target, "checkpoint") or "tree structures differ"
     except Exception:  # metadata unreadable too: say what we can.
       return "structure differs"
 

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import flax.serialization
+import jax
 
 from pnas_jax.errors import UserFileError
 
@@ -106,32 +107,26 @@ def save_msgpack(path: str | os.PathLike, tree: Any) -> None:
   write_bytes_atomic(path, flax.serialization.to_bytes(tree))
 
 
-def _tree_summary(state: Any, prefix: str = "") -> dict[str, tuple[tuple[int, ...], str] | None]:
-  """{"a/b/c": (shape, dtype)} of a state dict (None for non-array leaves)."""
-  out: dict[str, tuple[tuple[int, ...], str] | None] = {}
-  if isinstance(state, dict):
-    for k, v in state.items():
-      out.update(_tree_summary(v, f"{prefix}{k}/"))
-  else:
-    shape = getattr(state, "shape", None)
-    out[prefix.rstrip("/")] = None if shape is None else (tuple(shape), str(state.dtype))
-  return out
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...] | None]:
+  """{"params/block/kernel": shape} of every leaf of a pytree (None for leaves without a shape)."""
+  def name(key: Any) -> str:
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+  return {"/".join(name(k) for k in path): (None if getattr(leaf, "shape", None) is None
+                                              else tuple(leaf.shape))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _tree_differences(saved: Any, expected: Any) -> str:
-  s, e = _tree_summary(saved), _tree_summary(expected)
-  parts = []
-  missing = sorted(set(e) - set(s))
-  extra = sorted(set(s) - set(e))
-  shapes = [f"{k}: file {s[k][0]} vs expected {e[k][0]}" for k in sorted(set(s) & set(e))
-            if s[k] is not None and e[k] is not None and s[k][0] != e[k][0]]
-  if missing:
-    parts.append(f"missing in the file: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-  if extra:
-    parts.append(f"not expected: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-  if shapes:
-    parts.append(f"shape differences: {shapes[:5]}{' ...' if len(shapes) > 5 else ''}")
-  return "; ".join(parts)
+def tree_differences(found: Any, expected: Any, found_name: str = "file") -> str:
+  """What differs between two pytrees: paths missing from `found`, paths `found` has beyond
+  `expected`, and shape differences (the first 5 of each), or "" when they match."""
+  f, e = _leaf_shapes(found), _leaf_shapes(expected)
+  differ = [f"{k}: {found_name} {f[k]} vs expected {e[k]}" for k in sorted(set(f) & set(e))
+            if f[k] is not None and e[k] is not None and f[k] != e[k]]
+  groups = ((f"missing in the {found_name}", sorted(set(e) - set(f))),
+            ("not expected", sorted(set(f) - set(e))), ("shape differences", differ))
+  return "; ".join(f"{label}: {items[:5]}{' ...' if len(items) > 5 else ''}"
+                   for label, items in groups if items)
 
 
 def load_msgpack(path: str | os.PathLike, like: Any, what: str = "weights file") -> Any:
@@ -146,7 +141,7 @@ def load_msgpack(path: str | os.PathLike, like: Any, what: str = "weights file")
         f"{path}: the {what} is truncated or corrupt ({type(e).__name__}: {str(e)[:200]}); "
         "delete it and rerun the command that wrote it"
     ) from None
-  diff = _tree_differences(state, flax.serialization.to_state_dict(like))
+  diff = tree_differences(state, flax.serialization.to_state_dict(like))
   if diff:
     raise UserFileError(
         f"{path}: the {what} does not match the network it is loaded into ({diff}); was it "

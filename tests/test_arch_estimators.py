@@ -17,6 +17,7 @@ from pnas_jax.arch import (
   get_estimator,
   sample_gates,
 )
+from pnas_jax.arch.estimators import ArchBatch
 from pnas_jax.arch.supernet import Supernet, init_supernet
 from pnas_jax.errors import UnknownNameError
 from pnas_jax.latency.expected import expected_cost, macs_table
@@ -84,9 +85,9 @@ def estimator_grads(name, model, variables, batch, alpha, key, cost_fn, loss_fn)
                               mutable=["batch_stats"])
     return logits, upd["batch_stats"]
 
-  return get_estimator(name).grads(
+  return get_estimator(name).grads(ArchBatch(
       space=SPACE, alpha=alpha, key=key, forward=forward, labels=batch["label"],
-      cost_fn=cost_fn, loss_fn=loss_fn)
+      cost_fn=cost_fn, loss_fn=loss_fn))
 
 
 def _alpha(seed=3, scale=0.7):
@@ -212,8 +213,8 @@ def test_reinforce_raises_probability_of_rewarded_path():
 
   @jax.jit
   def step(alpha, opt, baseline, key):
-    res = est.grads(space=space, alpha=alpha, key=key, forward=forward, labels=labels,
-                    baseline=baseline)
+    res = est.grads(ArchBatch(space=space, alpha=alpha, key=key, forward=forward, labels=labels,
+                              baseline=baseline))
     out = [tx.update(g, s, a) for a, g, s in zip(alpha, res.grads, opt, strict=True)]
     alpha = tuple(optax.apply_updates(a, u) for a, (u, _) in zip(alpha, out, strict=True))
     return alpha, tuple(s for _, s in out), res.baseline

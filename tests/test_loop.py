@@ -106,17 +106,16 @@ class ToyEstimator:
   """Pushes every block's first logit up by `push` per step, whatever the batch says."""
 
   push: float = 1.0
+  batch_size: int = 0
   name: str = "toy"
   sample_mode: str = "single"
 
-  def grads(self, *, space, alpha, key, forward, labels, cost_fn=None, loss_fn=None, baseline=None,
-            axis_name=None):
-    del space, labels, cost_fn, loss_fn, axis_name
-    sample = sample_gates(key, alpha, "single")
-    _, stats = forward(sample, None)
-    grads = tuple(-self.push * jnp.eye(a.shape[0])[0] for a in alpha)
-    b = jnp.zeros((), jnp.float32) if baseline is None else baseline
-    return ArchGrads(grads, jnp.ones((len(alpha),), bool), sample, stats, b, {"toy": jnp.ones(())})
+  def grads(self, batch):
+    sample = sample_gates(batch.key, batch.alpha, "single")
+    _, stats = batch.forward(sample, None)
+    grads = tuple(-self.push * jnp.eye(a.shape[0])[0] for a in batch.alpha)
+    return ArchGrads(grads, jnp.ones((len(batch.alpha),), bool), sample, stats, batch.baseline,
+                     {"toy": jnp.ones(())})
 
   def post_update(self, old, new, result):
     del old, result

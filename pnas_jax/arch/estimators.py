@@ -73,6 +73,32 @@ class ArchGrads:
   metrics: dict[str, jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class ArchBatch:
+  """What an estimator gets at one arch step.
+
+  Attributes:
+    space, alpha: the search space and the architecture logits (one vector per block).
+    key: the step's gate key (identical on every device).
+    forward: forward(sample, gates or None) -> (logits, new batch_stats), BN in train mode, on the
+      held-out batch; gates' cotangents are the gate gradients dL/dg.
+    labels: the held-out batch's labels.
+    cost_fn: probs -> E[LAT] (None: no latency term); loss_fn: (ce, cost) -> loss (None: ce).
+    baseline: the stored REINFORCE baseline (NaN before the first update).
+    axis_name: the data-parallel axis to pmean over (None on one device).
+  """
+
+  space: SearchSpace
+  alpha: Alpha
+  key: jax.Array
+  forward: Forward
+  labels: jax.Array
+  cost_fn: CostFn | None = None
+  loss_fn: LossFn | None = None
+  baseline: jax.Array | None = None
+  axis_name: str | None = None
+
+
 class Estimator(Protocol):
   """What the arch step needs of an estimator; register a factory with `register_estimator`.
 
@@ -85,9 +111,7 @@ class Estimator(Protocol):
   sample_mode: str  # the gate-sampling mode its forward passes use ("single", "two", "full")
   batch_size: int  # held-out examples per arch step (0: the config's data.arch_batch_size)
 
-  def grads(self, *, space: SearchSpace, alpha: Alpha, key: jax.Array, forward: Forward,
-            labels: jax.Array, cost_fn: CostFn | None = None, loss_fn: LossFn | None = None,
-            baseline: jax.Array | None = None, axis_name: str | None = None) -> ArchGrads:
+  def grads(self, batch: ArchBatch) -> ArchGrads:
     """dL/dalpha per block (and which blocks to update) from one held-out batch."""
 
   def post_update(self, old: Alpha, new: Alpha, result: ArchGrads) -> Alpha:
@@ -141,21 +165,10 @@ class BinaryGateEstimator:
   def sample_mode(self) -> str:
     return self.name
 
-  def grads(
-      self,
-      *,
-      space: SearchSpace,
-      alpha: Alpha,
-      key: jax.Array,
-      forward: Forward,
-      labels: jax.Array,
-      cost_fn: CostFn | None = None,
-      loss_fn: LossFn | None = None,
-      baseline: jax.Array | None = None,
-      axis_name: str | None = None,
-  ) -> ArchGrads:
-    sample = sample_gates(key, alpha, self.name)
-    hot = one_hot_gates(alpha, sample)
+  def grads(self, batch: ArchBatch) -> ArchGrads:
+    forward, labels, cost_fn, loss_fn = batch.forward, batch.labels, batch.cost_fn, batch.loss_fn
+    sample = sample_gates(batch.key, batch.alpha, self.name)
+    hot = one_hot_gates(batch.alpha, sample)
 
     def loss_of(alpha):
       probs = mode_probs(alpha, sample, self.name)
@@ -166,17 +179,18 @@ class BinaryGateEstimator:
       loss = loss_fn(ce, cost) if loss_fn is not None else ce
       return loss, (ce, acc, cost, new_stats)
 
-    (loss, (ce, acc, cost, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(alpha)
-    grads = maybe_pmean(grads, axis_name)
-    update = jnp.logical_not(zero_active(space, sample.active))
-    metrics = maybe_pmean({"arch_loss": loss, "arch_ce": ce, "arch_acc": acc}, axis_name)
+    (loss, (ce, acc, cost, new_stats)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        batch.alpha)
+    grads = maybe_pmean(grads, batch.axis_name)
+    update = jnp.logical_not(zero_active(batch.space, sample.active))
+    metrics = maybe_pmean({"arch_loss": loss, "arch_ce": ce, "arch_acc": acc}, batch.axis_name)
     metrics["expected_cost"] = cost
     metrics["n_updated_blocks"] = jnp.sum(update)
     metrics["active"] = sample.active
     if sample.involved is not None:
       metrics["involved"] = sample.involved
     return ArchGrads(grads, update, sample, new_stats,
-                     jnp.asarray(jnp.nan) if baseline is None else baseline, metrics)
+                     jnp.asarray(jnp.nan) if batch.baseline is None else batch.baseline, metrics)
 
   def post_update(self, old: Alpha, new: Alpha, result: ArchGrads) -> Alpha:
     if self.name == "two":
@@ -206,20 +220,9 @@ class ReinforceEstimator:
   name: str = "reinforce"
   sample_mode: str = "single"
 
-  def grads(
-      self,
-      *,
-      space: SearchSpace,
-      alpha: Alpha,
-      key: jax.Array,
-      forward: Forward,
-      labels: jax.Array,
-      cost_fn: CostFn | None = None,
-      loss_fn: LossFn | None = None,
-      baseline: jax.Array | None = None,
-      axis_name: str | None = None,
-  ) -> ArchGrads:
-    del loss_fn, space
+  def grads(self, batch: ArchBatch) -> ArchGrads:
+    alpha, forward, labels, cost_fn = batch.alpha, batch.forward, batch.labels, batch.cost_fn
+    axis_name, baseline = batch.axis_name, batch.baseline
 
     def one(k):
       sample = sample_gates(k, alpha, "single")
@@ -234,7 +237,7 @@ class ReinforceEstimator:
 
       return reward, jax.grad(neg_log_p)(alpha), acc, sample.active
 
-    keys = jax.random.split(key, self.k)
+    keys = jax.random.split(batch.key, self.k)
     rewards, score_grads, accs, actives = lax.map(one, keys)
     avg = jnp.mean(rewards)
     b0 = jnp.asarray(jnp.nan, jnp.float32) if baseline is None else baseline

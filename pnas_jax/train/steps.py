@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pnas_jax.arch.estimators import CostFn, Estimator, LossFn
+from pnas_jax.arch.estimators import ArchBatch, CostFn, Estimator, LossFn
 from pnas_jax.arch.sampling import sample_gates
 from pnas_jax.arch.supernet import Supernet, candidate_mask
 from pnas_jax.collectives import device_dropout_key, maybe_pmean
@@ -180,17 +180,9 @@ def arch_step(
     )
     return logits, upd["batch_stats"]
 
-  res = estimator.grads(
-      space=model.space,
-      alpha=state.alpha,
-      key=key,
-      forward=forward,
-      labels=batch["label"],
-      cost_fn=cost_fn,
-      loss_fn=loss_fn,
-      baseline=state.baseline,
-      axis_name=axis_name,
-  )
+  res = estimator.grads(ArchBatch(
+      space=model.space, alpha=state.alpha, key=key, forward=forward, labels=batch["label"],
+      cost_fn=cost_fn, loss_fn=loss_fn, baseline=state.baseline, axis_name=axis_name))
   alpha, opt_states = [], []
   for i, (a, g, s) in enumerate(zip(state.alpha, res.grads, state.arch_opt_state, strict=True)):
     a_new, s_new = masked_tensor_update(tx, g, s, a, res.update[i])
