@@ -16,11 +16,13 @@ import pytest
 from pnas_jax.arch.estimators import ESTIMATORS, ArchGrads, register_estimator
 from pnas_jax.arch.sampling import sample_gates
 from pnas_jax.config_loading import load_config
+from pnas_jax.errors import UserValueError
 from pnas_jax.search_space import Arch, SearchSpace
 from pnas_jax.search_space.io import save_arch
 from pnas_jax.train.loop import Outcome, RunDir, RunStateError, Status, config_differences
 from pnas_jax.train.retrain import train
 from pnas_jax.train.search import search
+from pnas_jax.workdir_lock import WorkdirBusyError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "search", "tiny.py")
@@ -89,16 +91,26 @@ def test_config_differences_ignore_invocation_keys():
 
 def test_run_dir_writes_config_once_and_resumes(tmp_path):
   wd = str(tmp_path / "r")
-  kw = dict(kind="test", checkpoint_every=1, keep=2, tensorboard=False)
+  kw = dict(checkpoint_every=1, keep=2, tensorboard=False)
   state = {"x": jnp.zeros(3)}
-  with RunDir(wd, {"a": 1}, **kw) as run:
+  with RunDir(wd, kind="test") as run:
+    run.open({"a": 1}, **kw)
     assert run.resume_step is None and run.restore_or(state) is state
     run.checkpointer.save(1, {"x": jnp.ones(3)})
-  with RunDir(wd, {"a": 1}, **kw) as run:
-    assert run.resume_step == 1
+  with RunDir(wd, kind="test") as run:
+    assert run.open({"a": 1}, **kw).resume_step == 1
     np.testing.assert_array_equal(run.restore_or(state)["x"], np.ones(3))
-  with pytest.raises(RunStateError, match="a: 1 -> 2"), RunDir(wd, {"a": 2}, **kw):
-    pass
+    with pytest.raises(WorkdirBusyError, match="test: "), RunDir(wd, kind="test"):
+      pass  # a second run on the same workdir, while the first holds it
+  with pytest.raises(RunStateError, match="a: 1 -> 2"), RunDir(wd, kind="test") as run:
+    run.open({"a": 2}, **kw)
+
+
+def test_a_bad_config_leaves_the_workdir_untouched(tmp_path):
+  wd = tmp_path / "run"
+  with pytest.raises(UserValueError):
+    train(_train_config(""), str(wd))  # no architecture given
+  assert sorted(p.name for p in wd.iterdir()) == [".lock"]
 
 
 @dataclasses.dataclass(frozen=True)

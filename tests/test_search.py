@@ -121,14 +121,19 @@ def _trained_steps(workdir):
   return max(steps, default=0)
 
 
-def test_interrupted_search_resumes_bit_identical(tmp_path):
-  """SIGTERM (saves, says so, exits 143, marks its outputs partial) then kill -9 (loses the steps
-  since the last checkpoint): the resumed run ends with exactly the state of an uninterrupted run."""
+def test_interrupted_search_resumes_bit_identical(tmp_path, capsys):
+  """A concurrent second run refuses; SIGTERM (saves, says so, exits 143, marks its outputs
+  partial) then kill -9 (loses the steps since the last checkpoint): the resumed run ends with
+  exactly the state of an uninterrupted run, and metrics.jsonl with its records (the first run's
+  files intact)."""
   ref, wd = str(tmp_path / "ref"), str(tmp_path / "interrupted")
   _run(ref)
 
   proc = _run(wd, wait=False)
   _wait_for(lambda: _trained_steps(wd) >= 3, proc)  # mid warm-up, before the first checkpoint
+  # A second search on the same workdir refuses at once, naming the running one.
+  rc = cli.main(["search", "--config", TINY, "--workdir", wd])
+  assert rc == 2 and f"pid {proc.pid}" in capsys.readouterr().err
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM, out

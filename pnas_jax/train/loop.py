@@ -1,6 +1,8 @@
 """The one training-loop skeleton: the search, the retrain and sweeps supply only steps and hooks.
 
-    with RunDir(workdir, config_dict, kind="search", ...) as run:
+    with RunDir(workdir, kind="search") as run:
+      setup = ...   # everything the config says, checked before the workdir is touched
+      run.open(config_dict, checkpoint_every=..., keep=..., tensorboard=...)
       state = run.restore_or(initial_state)
       state, outcome = run_loop(state, one_step, start=..., total_steps=..., run=run, ...)
 
@@ -115,22 +117,21 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 class RunDir:
-  """Resume-or-start for one workdir (see the module docstring); a context manager.
+  """One run's workdir (see the module docstring); a context manager.
 
-  Attributes (inside the `with`): checkpointer, logger, resume_step (None for a fresh run),
-  resume_meta (the restored checkpoint's metadata).
+      with RunDir(workdir, kind="search") as run:    # the workdir lock, nothing else yet
+        setup = ...                                   # check the config, build the parts
+        run.open(config_dict, checkpoint_every=..., keep=..., tensorboard=...)   # resume-or-start
+
+  Attributes (after open): checkpointer, logger, resume_step (None for a fresh run), resume_meta
+  (the restored checkpoint's metadata).
   """
 
-  def __init__(self, workdir: str, config_dict: dict[str, Any], *, kind: str, checkpoint_every: int,
-               keep: int, tensorboard: bool, overwrite: bool = False,
-               outputs: Sequence[str] = ()):
+  def __init__(self, workdir: str, *, kind: str):
     self.workdir = os.path.abspath(workdir)
-    self.config_dict = config_dict
     self.kind = kind
     self.is_main = jax.process_index() == 0
-    self._every, self._keep, self._tensorboard = checkpoint_every, keep, tensorboard
-    self._overwrite = overwrite
-    self._outputs = (CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR, *outputs)
+    self.config_dict: dict[str, Any] = {}
     self.checkpointer: Checkpointer | None = None
     self.logger: MetricsLogger | None = None
     self.resume_step: int | None = None
@@ -141,22 +142,27 @@ class RunDir:
     os.makedirs(self.workdir, exist_ok=True)
     if self.is_main:  # one process per run takes the lock (the others share the filesystem)
       self._lock = WorkdirLock(self.workdir, f"{self.kind}: {' '.join(sys.argv)}").acquire()
-    try:
-      if self._overwrite and self.is_main:
-        self._remove_outputs()
-      self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINT_DIR), self._every,
-                                       self._keep)
-      self.resume_step = self.checkpointer.latest_step()
-      if self.resume_step is not None:
-        self._check_same_config()
-      elif self.is_main:
-        self._check_no_results()
-        write_json(os.path.join(self.workdir, CONFIG_FILE), self.config_dict)
-      self.logger = MetricsLogger(self.workdir, tensorboard=self._tensorboard,
-                                  resume_step=self.resume_step, enabled=self.is_main)
-    except BaseException:
-      self.__exit__(None, None, None)
-      raise
+    return self
+
+  def open(self, config_dict: dict[str, Any], *, checkpoint_every: int, keep: int,
+           tensorboard: bool, overwrite: bool = False, outputs: Sequence[str] = ()) -> RunDir:
+    """Resume-or-start: the checkpointer and the metrics log, after the checks of the module
+    docstring; `outputs` are the run's own result files (refused without a checkpoint, deleted by
+    `overwrite`)."""
+    self.config_dict = config_dict
+    names = (CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR, *outputs)
+    if overwrite and self.is_main:
+      self._remove(names)
+    self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINT_DIR), checkpoint_every,
+                                     keep)
+    self.resume_step = self.checkpointer.latest_step()
+    if self.resume_step is not None:
+      self._check_same_config()
+    elif self.is_main:
+      self._check_no_results(names)
+      write_json(os.path.join(self.workdir, CONFIG_FILE), self.config_dict)
+    self.logger = MetricsLogger(self.workdir, tensorboard=tensorboard, resume_step=self.resume_step,
+                                enabled=self.is_main)
     return self
 
   def __exit__(self, *exc: object) -> None:
@@ -189,20 +195,20 @@ class RunDir:
           f"{self.workdir} holds a {self.kind} started with another config ({', '.join(diff[:8])}); "
           "resume with the same config, use a fresh --workdir, or pass --overwrite to start over")
 
-  def _check_no_results(self) -> None:
+  def _check_no_results(self, names: Sequence[str]) -> None:
     def present(name: str) -> bool:  # an empty folder (e.g. the checkpointer's own) is no result
       path = os.path.join(self.workdir, name)
       return os.path.isfile(path) or os.path.isdir(path) and bool(os.listdir(path))
 
-    found = [name for name in self._outputs if present(name)]
+    found = [name for name in names if present(name)]
     if found:
       raise RunStateError(
           f"{self.workdir} holds results of an earlier run ({', '.join(found)}) but no checkpoint to "
           f"resume from ({CHECKPOINT_DIR}/ is missing or empty); pass --overwrite to delete them and "
           "start over, or use another --workdir")
 
-  def _remove_outputs(self) -> None:
-    for name in self._outputs:
+  def _remove(self, names: Sequence[str]) -> None:
+    for name in names:
       path = os.path.join(self.workdir, name)
       if os.path.isdir(path):
         shutil.rmtree(path)

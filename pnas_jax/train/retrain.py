@@ -177,10 +177,11 @@ def train(config: Any, workdir: str, *, progress: bool | None = None,
   overwrite: delete an earlier run's results in `workdir` and start over.
   """
   t_start = time.time()
-  setup = setup_train(config)
-  with RunDir(workdir, plain_dict(config), kind="training", checkpoint_every=config.checkpoint.every_steps,
-              keep=config.checkpoint.keep, tensorboard=config.log.tensorboard, overwrite=overwrite,
-              outputs=TRAIN_OUTPUTS) as run:
+  with RunDir(workdir, kind="training") as run:
+    setup = setup_train(config)
+    run.open(plain_dict(config), checkpoint_every=config.checkpoint.every_steps,
+             keep=config.checkpoint.keep, tensorboard=config.log.tensorboard, overwrite=overwrite,
+             outputs=TRAIN_OUTPUTS)
     state = replicate(run.restore_or(initial_state(setup)), setup.mesh)
     state, outcome, evaluator = _run(setup, run, state, progress)
     test = None

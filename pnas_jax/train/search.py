@@ -220,13 +220,14 @@ def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite
     train/sweep.py); a fresh run starts from its final state instead of initialising one.
   """
   t_start = time.time()
-  setup = setup_search(config, workdir)
-  s = setup.schedule
-  log.info("search %s: %d blocks, %d steps (%d warm-up), %d device(s)", setup.name,
-           setup.space.n_blocks, s.total_steps, s.warmup_steps, setup.mesh.devices.size)
-  with RunDir(workdir, setup.config_dict, kind="search", checkpoint_every=setup.run["checkpoint_every"],
-              keep=setup.run["keep"], tensorboard=setup.run["tensorboard"], overwrite=overwrite,
-              outputs=SEARCH_OUTPUTS) as run:
+  with RunDir(workdir, kind="search") as run:
+    setup = setup_search(config, workdir)
+    s = setup.schedule
+    log.info("search %s: %d blocks, %d steps (%d warm-up), %d device(s)", setup.name,
+             setup.space.n_blocks, s.total_steps, s.warmup_steps, setup.mesh.devices.size)
+    run.open(setup.config_dict, checkpoint_every=setup.run["checkpoint_every"],
+             keep=setup.run["keep"], tensorboard=setup.run["tensorboard"], overwrite=overwrite,
+             outputs=SEARCH_OUTPUTS)
     initial = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx,
                                   setup.arch_tx, setup.step_options["alpha_init_std"])
     if init_from is not None and run.resume_step is None:
