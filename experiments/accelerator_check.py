@@ -54,10 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from bench_supernet import child_step
-from pnas_jax.models.supernet import Supernet
 from results_io import write_result
 
 from pnas_jax.arch import get_estimator
+from pnas_jax.arch.supernet import Supernet
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.latency.timing import device_description, time_fn
 from pnas_jax.models.child import ChildNet

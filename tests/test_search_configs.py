@@ -124,7 +124,7 @@ def run_searches(root: str, names: list[str]) -> dict[str, dict]:
     try:
       with mock_imagenet():
         r = search(config, workdir)
-      info.update(step=r.step, status=r.status, latency_unit=r.latency_unit, target=r.target)
+      info.update(step=r.step, status=r.status.value, latency_unit=r.latency_unit, target=r.target)
     except Exception as e:  # reported by the test of that config
       info["error"] = f"{type(e).__name__}: {e}"
     out[name] = info
