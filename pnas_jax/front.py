@@ -16,19 +16,26 @@ library so `pnas demo` can show the same front:
   `front_summary`, which puts them together for several methods.
 - `kendall_tau` and `bootstrap_interval`: rank agreement of two accuracies over architectures.
 - `plot_fronts`: accuracy against latency with error bars, one front per method.
+- `train_networks` (each network x seed trained with one budget, each in its own resumable workdir)
+  and `measure_latencies` (all networks timed in one interleaved session in a child process, the
+  demo's protocol).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from pnas_jax import plots
-from pnas_jax.errors import UserValueError
-from pnas_jax.latency.measure import sample_archs
+from pnas_jax.errors import UserFileError, UserValueError
+from pnas_jax.file_io import read_json
+from pnas_jax.latency.measure import load_network_measurements, sample_archs
+from pnas_jax.search_space.io import save_arch
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 # predicted latency of each architecture (e.g. Predictor.of_archs)
@@ -188,8 +195,9 @@ def hypervolume(latency: Sequence[float], accuracy: Sequence[float],
 
 def interpolate_front(latency: Sequence[float], accuracy: Sequence[float], std: Sequence[float],
                       x: float) -> dict[str, float] | None:
-  """The front of (latency, accuracy) points linearly interpolated at latency x, or None outside
-  its latency range (no extrapolation).
+  """The front of (latency, accuracy) points linearly interpolated at latency x: None below its
+  fastest point; beyond its slowest (most accurate) point, that point (it is available at any
+  larger latency).
 
   Between front points a = (l_a, m_a, s_a) and b with l_a <= x <= l_b, w = (x - l_a) / (l_b - l_a):
   mean = (1 - w) m_a + w m_b and, the two networks' seeds being independent,
@@ -198,8 +206,9 @@ def interpolate_front(latency: Sequence[float], accuracy: Sequence[float], std: 
   front = pareto_front(latency, accuracy)
   lat = np.asarray(latency, np.float64)[front]
   acc, s = np.asarray(accuracy, np.float64)[front], np.asarray(std, np.float64)[front]
-  if not front or not lat[0] <= x <= lat[-1]:
+  if not front or x < lat[0]:
     return None
+  x = min(x, lat[-1])
   b = min(max(int(np.searchsorted(lat, x)), 1), len(lat) - 1)  # lat is strictly increasing
   a = max(b - 1, 0)
   w = 0.0 if lat[b] == lat[a] else (x - lat[a]) / (lat[b] - lat[a])
@@ -359,3 +368,65 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float],
   lo, hi = np.quantile(t, [(1 - level) / 2, (1 + level) / 2]) if t.size else (math.nan, math.nan)
   return {"estimate": float(statistic(x, y)), "low": float(lo), "high": float(hi), "level": level,
           "n_resamples": int(t.size), "std": float(t.std(ddof=1)) if t.size > 1 else math.nan}
+
+
+# --- running: training with seeds, latency in one session -----------------------------------------
+
+
+def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, workdir: str,
+                   config_path: str, overrides: Sequence[str], seeds: Sequence[int],
+                   progress: bool = True) -> tuple[dict[str, list[dict[str, Any]]], int]:
+  """Trains every (name, arch) once per seed with one budget (`pnas train` with `config_path` and
+  `overrides`); returns ({name: [report.json per seed]}, exit code).
+
+  The arch files go to workdir/archs/NAME.json and each training to workdir/train/NAME/seedS, so a
+  rerun skips finished trainings (their report.json) and resumes an interrupted one. An
+  interrupted training stops the loop and returns its non-zero exit code with the reports so far.
+  """
+  from tqdm.auto import tqdm
+
+  from pnas_jax.config_loading import load_config
+  from pnas_jax.train.retrain import train
+
+  os.makedirs(os.path.join(workdir, "archs"), exist_ok=True)
+  reports: dict[str, list[dict[str, Any]]] = {}
+  bar = tqdm(total=len(networks) * len(seeds), desc="train", disable=not progress, file=sys.stderr)
+  try:
+    for name, arch in networks:
+      arch_path = os.path.join(workdir, "archs", f"{name}.json")
+      save_arch(arch_path, space, arch, name=name)
+      for seed in seeds:
+        bar.set_description(f"train {name} seed {seed}")
+        run_dir = os.path.join(workdir, "train", name, f"seed{seed}")
+        report = os.path.join(run_dir, "report.json")
+        if not os.path.exists(report):
+          cfg = load_config(config_path, [*overrides, f"--config.arch={arch_path}",
+                                          f"--config.seed={seed}", "--config.log.progress=False",
+                                          "--config.report.latency_repeats=0"])
+          result = train(cfg, run_dir, progress=False)
+          if result.exit_code or not os.path.exists(report):
+            return reports, result.exit_code or 1
+        rep = read_json(report, UserFileError)
+        if tuple(rep["arch"]) != arch.ops:
+          raise UserValueError(f"{run_dir} holds a training of another architecture "
+                               f"({' '.join(rep['arch'])}); use another workdir")
+        reports.setdefault(name, []).append(rep)
+        bar.update()
+  finally:
+    bar.close()
+  return reports, 0
+
+
+def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str, out: str,
+                      overrides: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+  """{name: {"value": median ms, "std": ms, "min": ms}} of every (name, arch.json), timed in ONE
+  interleaved session by `pnas latency networks` in a child process (its latency config's protocol:
+  on a CPU single-threaded XLA and the process CPU-time clock). "std" is the standard deviation of
+  the timed calls. Names already in `out` are not timed again (resumable)."""
+  from pnas_jax.demo import _pnas
+
+  _pnas("latency", "networks", "--config", latency_config, *overrides, "--out", out, "--json",
+        *[f"{name}={path}" for name, path in arch_paths])
+  records = {r["name"]: r for r in load_network_measurements(out).records}
+  return {name: {"value": float(records[name]["median"]), "std": math.sqrt(records[name]["var"]),
+                 "min": float(records[name]["min"])} for name, _ in arch_paths}

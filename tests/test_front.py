@@ -115,7 +115,8 @@ def test_interpolate_front_and_matched_comparison():
   assert front.interpolate_front(lat, acc, std, 1.0)["mean"] == pytest.approx(80.0)
   assert front.interpolate_front(lat, acc, std, 4.0)["mean"] == pytest.approx(86.0)
   assert front.interpolate_front(lat, acc, std, 0.5) is None
-  assert front.interpolate_front(lat, acc, std, 4.5) is None
+  beyond = front.interpolate_front(lat, acc, std, 4.5)
+  assert (beyond["mean"], beyond["std"], beyond["right"]) == (86.0, 0.2, 2)
   c = front.matched_comparison(85.0, 0.3, 3, 84.0, 0.4, 3)
   assert c["diff"] == pytest.approx(1.0) and c["pooled_std"] == pytest.approx(math.sqrt(0.125))
   assert c["effect"] == pytest.approx(1.0 / math.sqrt(0.125))
