@@ -49,6 +49,7 @@ from results_io import write_result
 from pnas_jax import front
 from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.config_loading import load_config, split_config_args
+from pnas_jax.demo import _pnas as run_pnas
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import write_bytes_atomic
 from pnas_jax.latency.objective import MEASURED_PREDICTOR
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
   if mode == "measure":
     latency = front.measure_latencies(
         [(n[0], os.path.join(workdir, "archs", f"{n[0]}.json")) for n in nets], args.latency_config,
-        os.path.join(workdir, "latency_networks.json"))
+        os.path.join(workdir, "latency_networks.json"), run_pnas)
     protocol, unit = ("batch 1, single-threaded XLA in a child process, process CPU-time clock, "
                       "median of the timed calls (+- their std), all networks in one interleaved "
                       "session"), "ms"

@@ -121,14 +121,15 @@ def warmed_up_supernet(cfg: Any, workdir: str, run_warmup: bool, progress: bool)
   return setup, replicate(state, setup.mesh), step
 
 
-def supernet_accuracies(setup: Any, state: Any, step: int, archs: list[Arch], cache_path: str,
+def supernet_accuracies(setup: Any, state: Any, where: str, archs: list[Arch], cache_path: str,
                         bn_batches: int, max_batches: int | None) -> list[float]:
-  """Held-out top-1 of each arch in the supernet (PathEvaluator); cached per (step, settings, arch)."""
+  """Held-out top-1 of each arch in the supernet (PathEvaluator); cached per (supernet `where`,
+  settings, arch)."""
   cache = read_json(cache_path, PnasError) if os.path.exists(cache_path) else {}
   evaluator = PathEvaluator(setup.model, setup.data.eval_preprocess, setup.mesh)
   out = []
   for arch in archs:
-    key = f"{step}|{bn_batches}|{max_batches}|{' '.join(arch.ops)}"
+    key = f"{where}|{bn_batches}|{max_batches}|{' '.join(arch.ops)}"
     if key not in cache:
       r = evaluator(state.params, state.batch_stats, arch, holdout=setup.data.holdout,
                     train=setup.data.train, batch_size=setup.batches["eval_batch_size"],
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
   archs = front.sample_spread(setup.space, predictor.of_archs, args.n_archs, seed=args.sample_seed)
   bn = cfg.eval.bn_batches if args.bn_batches is None else args.bn_batches
   max_b = (cfg.eval.max_batches if args.eval_batches is None else args.eval_batches) or None
-  sup = supernet_accuracies(setup, state, step, archs, os.path.join(workdir, "supernet_eval.json"),
-                            bn, max_b)
+  sup = supernet_accuracies(setup, state, f"{sup_dir}@{step}", archs,
+                            os.path.join(workdir, "supernet_eval.json"), bn, max_b)
   named = [(f"a{i:02d}", a) for i, a in enumerate(archs)]
   reports, code = front.train_networks(named, setup.space, workdir, args.train_config, train_over,
                                        list(range(args.seeds)), progress)

@@ -30,13 +30,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pnas_jax import plots
+from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserFileError, UserValueError
 from pnas_jax.file_io import read_json
 from pnas_jax.latency.measure import load_network_measurements, sample_archs
 from pnas_jax.search_space.io import save_arch
 from pnas_jax.search_space.space import Arch, SearchSpace
+from pnas_jax.train.retrain import train
 
 # predicted latency of each architecture (e.g. Predictor.of_archs)
 LatencyFn = Callable[[Sequence[Arch]], np.ndarray]
@@ -383,11 +386,6 @@ def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, wor
   rerun skips finished trainings (their report.json) and resumes an interrupted one. An
   interrupted training stops the loop and returns its non-zero exit code with the reports so far.
   """
-  from tqdm.auto import tqdm
-
-  from pnas_jax.config_loading import load_config
-  from pnas_jax.train.retrain import train
-
   os.makedirs(os.path.join(workdir, "archs"), exist_ok=True)
   reports: dict[str, list[dict[str, Any]]] = {}
   bar = tqdm(total=len(networks) * len(seeds), desc="train", disable=not progress, file=sys.stderr)
@@ -418,14 +416,17 @@ def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, wor
 
 
 def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str, out: str,
-                      overrides: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+                      run_pnas: Callable[..., str], overrides: Sequence[str] = ()
+                      ) -> dict[str, dict[str, float]]:
   """{name: {"value": median ms, "std": ms, "min": ms}} of every (name, arch.json), timed in ONE
   interleaved session by `pnas latency networks` in a child process (its latency config's protocol:
   on a CPU single-threaded XLA and the process CPU-time clock). "std" is the standard deviation of
-  the timed calls. Names already in `out` are not timed again (resumable)."""
-  from pnas_jax.demo import _pnas
+  the timed calls. Names already in `out` are not timed again (resumable).
 
-  _pnas("latency", "networks", "--config", latency_config, *overrides, "--out", out, "--json",
+  run_pnas(*args) runs `pnas ARGS` in a child process and returns its stdout (pnas_jax.demo's
+  runner; passed in so that the demo can import this module).
+  """
+  run_pnas("latency", "networks", "--config", latency_config, *overrides, "--out", out, "--json",
         *[f"{name}={path}" for name, path in arch_paths])
   records = {r["name"]: r for r in load_network_measurements(out).records}
   return {name: {"value": float(records[name]["median"]), "std": math.sqrt(records[name]["var"]),
