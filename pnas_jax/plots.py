@@ -10,6 +10,8 @@
   against its target, held-out accuracy, losses), one panel per metric.
 - `plot_pareto`: accuracy against measured latency for the found architectures, baselines, random
   samples and model-zoo nets, with the latency target as a vertical line.
+- `plot_pareto_errorbars`: the same with error bars (seed spread of accuracy, timing spread of
+  latency) and one line per kind (e.g. each method's Pareto front).
 
 Every function writes a PNG at `path` (parent folders created) and returns the path. Figures are built
 as `matplotlib.figure.Figure` objects drawn by the Agg canvas: pyplot and its global state are never
@@ -31,7 +33,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["plot_alpha_history", "plot_architecture", "plot_curves", "plot_pareto"]
+__all__ = ["plot_alpha_history", "plot_architecture", "plot_curves", "plot_pareto",
+           "plot_pareto_errorbars"]
 
 _MBCONV_RE = re.compile(r"^(\d+)x(\d+)_MBConv(\d+)$")
 _DPI = 110
@@ -385,3 +388,66 @@ def plot_pareto(
     ax.set_title(title)
   return _save(fig, path)
 
+
+def _kind_style(kind: str, other_i: int) -> tuple[dict[str, Any], int]:
+  """plot_pareto's marker style of `kind` (further kinds take the next of _OTHER_MARKERS)."""
+  style = _KIND_STYLE.get(kind)
+  if style is not None:
+    return style, other_i
+  return dict(marker=_OTHER_MARKERS[other_i % len(_OTHER_MARKERS)], color=f"C{4 + other_i % 6}",
+              s=45), other_i + 1
+
+
+def plot_pareto_errorbars(
+    points: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    lines: Mapping[str, Sequence[tuple[float, float]]] | None = None,
+    x_label: str = "measured latency (ms)",
+    y_label: str = "accuracy (%)",
+    title: str | None = None,
+) -> str:
+  """Accuracy against latency with error bars, one marker / colour per kind as in plot_pareto.
+
+  Args:
+    points: dicts {"label", "x", "y", "kind"} plus optional "xerr" / "yerr" (half-widths); points
+      with a non-finite x or y are skipped.
+    path: the PNG to write.
+    lines: kind -> (x, y) vertices drawn as a line in that kind's colour (e.g. its Pareto front).
+    x_label, y_label, title: the axis labels and the figure title.
+
+  Returns:
+    `path` as a str.
+  """
+  fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+  ax = fig.add_subplot()
+  by_kind: dict[str, list[Mapping[str, Any]]] = {}
+  for p in points:
+    if _finite(p.get("x")) is not None and _finite(p.get("y")) is not None:
+      by_kind.setdefault(str(p.get("kind", "other")), []).append(p)
+  other_i = 0
+  for kind in dict.fromkeys([*by_kind, *(lines or {})]):
+    style, other_i = _kind_style(kind, other_i)
+    pts = by_kind.get(kind, [])
+    xs, ys = [float(p["x"]) for p in pts], [float(p["y"]) for p in pts]
+    if pts:
+      ax.errorbar(xs, ys, xerr=[_finite(p.get("xerr")) or 0.0 for p in pts],
+                  yerr=[_finite(p.get("yerr")) or 0.0 for p in pts], fmt="none",
+                  ecolor=style["color"], elinewidth=0.8, capsize=2, zorder=2)
+      ax.scatter(xs, ys, label=kind, edgecolors="black", linewidths=0.5, zorder=3, **style)
+    for p, x, y in zip(pts, xs, ys, strict=True):
+      ax.annotate(str(p.get("label", "")), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=6)
+    line = (lines or {}).get(kind)
+    if line:
+      lx, ly = zip(*line, strict=True)
+      ax.plot(lx, ly, color=style["color"], lw=1.0, alpha=0.7, zorder=1)
+  if not by_kind:
+    ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes, color="grey")
+  ax.margins(0.08)
+  ax.set_xlabel(x_label)
+  ax.set_ylabel(y_label)
+  ax.grid(True, alpha=0.3)
+  if by_kind:
+    ax.legend(fontsize=8, loc="best")
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -50,3 +52,29 @@ def test_bench_input_pipeline_quick(tmp_path):
     assert {"step_ms", "steps_per_s", "images_per_s", "round_step_ms"} <= r[feed].keys()
     assert len(r[feed]["round_step_ms"]) == 2 and r[feed]["images_per_s"] > 0
   assert r["pipeline_over_resident"] > 0 and r["host_batch_ms"]["median_ms"] > 0
+
+
+def test_pareto_and_supernet_ranking_tiny(tmp_path):
+  # Seconds: configs/search/tiny.py (synthetic 16x16 data, MACs as the latency model, so nothing is
+  # timed), 3-step trainings. The ranking reuses the sweep's warm-up as its supernet.
+  r = _run("pareto.py", tmp_path / "pareto.json", "--tiny", "--seeds", "2", "--max-hand", "2",
+           "--no-progress", "--workdir", str(tmp_path / "p"))
+  methods = {n["method"] for n in r["networks"]}
+  assert methods == {"found", "hand", "random"} and r["seeds"] == 2
+  for n in r["networks"]:
+    assert n["accuracy"]["n"] == 2 and n["latency"]["value"] == pytest.approx(n["predicted_latency"])
+  (target,) = r["targets"]
+  (rand,) = [n for n in r["networks"] if n["method"] == "random"]
+  assert (1 - r["band"]) * target["target"] <= rand["latency"]["value"] <= target["target"]
+  assert set(r["summary"]["methods"]) == methods
+  assert all(m["hypervolume"] >= 0 for m in r["summary"]["methods"].values())
+  (found,) = r["summary"]["found_vs"]
+  assert found["vs_hand"] is not None and found["vs_random"][0]["name"] == rand["name"]
+  assert (tmp_path / "pareto.md").read_text().startswith("# Found vs hand-designed")
+  k = _run("supernet_ranking.py", tmp_path / "rank.json", "--tiny", "--n-archs", "4", "--bootstrap",
+           "100", "--no-progress", "--workdir", str(tmp_path / "r"),
+           "--supernet", str(tmp_path / "p" / "sweep" / "warmup"))
+  assert k["n_archs"] == 4 and len({tuple(a["ops"]) for a in k["archs"]}) == 4
+  t = k["kendall_tau"]
+  assert -1 <= t["low"] <= t["high"] <= 1 and k["supernet"]["step"] == 6
+  assert all(0 <= a["supernet_top1"] <= 100 for a in k["archs"])

@@ -1,0 +1,266 @@
+r"""Does the search beat hand design and random search? Retrained fronts, seeds, measured latency.
+
+The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
+  1. `pnas sweep` (one warm-up, one search per latency target; default targets 0.5, 0.7, 0.9 x the
+     baseline) in WORKDIR/sweep, or `--sweep DIR` (run with the same config);
+  2. the networks: the found net of every target; a hand-designed family spanning the same latency
+     range (MobileNetV2-style uniform nets, every block 3x3_MBConv6 or 3x3_MBConv3, with 0.. of the
+     skippable blocks set to Zero, last block of each stage first; the members bracketing
+     [(1 - band) min T, max T] and the found nets under the latency predictor, at most
+     --max-hand); random search with the same budget
+     (`--random` architectures per target drawn uniformly from the space conditioned on predicted
+     latency in [(1 - band) T, T], band = the search's latency.derive_band, so they meet the target
+     like the found net does);
+  3. every network retrained `--seeds` times with the same budget (configs/train/fashion_mnist.py;
+     `--train KEY=VALUE` overrides, e.g. --train schedule.epochs=4), each training in its own
+     workdir WORKDIR/train/NAME/seedS;
+  4. the latency of every network measured in ONE interleaved session on the target device
+     (`pnas latency networks --config configs/latency/fashion_mnist.py` in a child process:
+     batch 1, single-threaded XLA, process CPU-time clock, median of the timed calls);
+  5. per network the mean +- std over seeds of the test top-1 and the latency; per method its
+     Pareto front and hypervolume (maximise accuracy, minimise latency; reference point: 1.1 x the
+     slowest network's latency and 1 point below the least accurate network, or --ref-latency /
+     --ref-accuracy), also per seed index; every found net against the hand-designed front
+     interpolated at its measured latency and against the random nets of its target (difference,
+     in seed-std units, and z = difference / standard error).
+
+  python experiments/pareto.py [--json] [--workdir results/pareto] [--seeds 3] [--random 1] \
+      [--config configs/search/fashion_mnist.py --config.KEY=VALUE ...] [--train KEY=VALUE ...]
+  python experiments/pareto.py --quick   # minutes: short sweep and trainings, 2 seeds
+  python experiments/pareto.py --tiny --quick   # seconds: tiny space, synthetic data, MACs (tests)
+
+Full run on 2 CPU cores: sweep ~6 min, ~12 networks x 3 seeds x ~2.5 min of training, latency
+~1 min: about 1.5 h. Resumable: rerun the same command. Writes results/pareto.json, .png (the
+fronts with error bars) and .md (the tables); with --json the last stdout line is the JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from results_io import write_result
+
+from pnas_jax import front
+from pnas_jax.compile_cache import enable_compilation_cache
+from pnas_jax.config_loading import load_config, split_config_args
+from pnas_jax.demo import _pnas as run_pnas
+from pnas_jax.errors import PnasError
+from pnas_jax.file_io import write_bytes_atomic
+from pnas_jax.latency.objective import MEASURED_PREDICTOR
+from pnas_jax.latency.predictor import load_latency_model, load_predictor, macs_predictor
+from pnas_jax.search_space.io import load_arch
+from pnas_jax.train.sweep import WARMUP_DIR, sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SEARCH_CONFIG = str(ROOT / "configs" / "search" / "fashion_mnist.py")
+TRAIN_CONFIG = str(ROOT / "configs" / "train" / "fashion_mnist.py")
+LATENCY_CONFIG = str(ROOT / "configs" / "latency" / "fashion_mnist.py")
+TINY_CONFIG = str(ROOT / "configs" / "search" / "tiny.py")
+QUICK_SEARCH = ["--config.schedule.steps_per_epoch=30", "--config.schedule.warmup_epochs=1.0",
+                "--config.schedule.epochs=1.5", "--config.schedule.arch_every=1",
+                "--config.optim.arch_lr=0.05", "--config.eval.max_batches=4",
+                "--config.eval.bn_batches=2", "--config.latency.n_networks=8",
+                "--config.latency.repeats=20", "--config.log.plots=False"]
+QUICK_TRAIN = ["--config.schedule.steps_per_epoch=60", "--config.schedule.epochs=1.0",
+               "--config.eval.every_epochs=0"]
+TINY_SEARCH = ["--config.eval.every_epochs=0", "--config.eval.bn_batches=0"]
+TINY_TRAIN = ["--config.data.batch_size=32", "--config.data.eval_batch_size=64",
+              "--config.schedule.steps_per_epoch=3", "--config.schedule.epochs=1.0",
+              "--config.eval.every_epochs=0", "--config.model.dw_impl=lax",
+              "--config.checkpoint.every_steps=100", "--config.log.every_steps=100"]
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default=None, help="search config of the sweep (default: Fashion-MNIST; "
+                 "tiny.py with --tiny); --config.KEY=VALUE overrides it")
+  p.add_argument("--sweep", default=None, help="the sweep's workdir (default WORKDIR/sweep)")
+  p.add_argument("--train-config", default=TRAIN_CONFIG)
+  p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                 help="override of the retraining config (repeatable), e.g. schedule.epochs=4")
+  p.add_argument("--latency-config", default=LATENCY_CONFIG)
+  p.add_argument("--latency", choices=("measure", "predictor"), default=None,
+                 help="measure on this device (default) or use the latency model (--tiny's default)")
+  p.add_argument("--seeds", type=int, default=None, help="trainings per network (default 3; --quick 2)")
+  p.add_argument("--random", type=int, default=1, help="random architectures per target")
+  p.add_argument("--band", type=float, default=None,
+                 help="random nets' band below each target (default: the search's derive_band, else 0.05)")
+  p.add_argument("--hand-ops", default="3x3_MBConv6,3x3_MBConv3")
+  p.add_argument("--max-hand", type=int, default=6, help="at most this many hand-designed nets")
+  p.add_argument("--sample-seed", type=int, default=0)
+  p.add_argument("--ref-latency", type=float, default=None)
+  p.add_argument("--ref-accuracy", type=float, default=None)
+  p.add_argument("--workdir", default="results/pareto")
+  p.add_argument("--quick", action="store_true", help="a short sweep and short trainings (minutes)")
+  p.add_argument("--tiny", action="store_true", help="tiny space, synthetic data, MACs (seconds)")
+  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--out", default="results/pareto.json")
+  p.add_argument("--json", action="store_true")
+  rest, overrides = split_config_args(argv)
+  return p.parse_args(rest), overrides
+
+
+def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[str]]:
+  """(sweep config, retraining overrides): --quick / --tiny settings first, the user's last."""
+  preset = TINY_SEARCH if args.tiny else QUICK_SEARCH if args.quick else []
+  cfg = load_config(args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG), [*preset, *overrides])
+  if not cfg.latency.target_ratios and not cfg.latency.targets:
+    cfg.latency.target_ratios = (0.8,) if args.tiny else (0.5, 0.7, 0.9)
+  train = [f"--config.data.name={cfg.data.name}"]
+  if cfg.data.data_dir:
+    train.append(f"--config.data.data_dir={cfg.data.data_dir}")
+  train += TINY_TRAIN if args.tiny else QUICK_TRAIN if args.quick else []
+  return cfg, train + [f"--config.{kv}" for kv in args.train]
+
+
+def sweep_predictor(cfg: Any, sweep_dir: str, space: Any):
+  """The latency model the sweep searched under (a measured one was fitted in its warm-up)."""
+  model = cfg.latency.model
+  if model == "measure":
+    return load_predictor(os.path.join(sweep_dir, WARMUP_DIR, "latency", MEASURED_PREDICTOR), space)
+  if model in ("macs", "none"):
+    return macs_predictor(space)
+  return load_latency_model(model, space)
+
+
+def choose_networks(space: Any, predictor: Any, targets: list[tuple[str, float, Any]], band: float,
+                    args: argparse.Namespace) -> list[tuple[str, str, str | None, Any]]:
+  """(name, method, target label, arch): the found nets, the hand-designed nets bracketing the
+  targets' range, `args.random` random nets in each target's band."""
+  nets = [(f"found_{label}", "found", label, arch) for label, _, arch in targets]
+  family = list(dict((a, n) for n, a in front.hand_designed_family(space, args.hand_ops.split(","))
+                     ).items())
+  lat = predictor.of_archs([a for a, _ in family])
+  # The range of the targets' bands and of the found nets (an argmax-derived net can miss its band).
+  found_lat = list(predictor.of_archs([arch for _, _, arch in targets]))
+  ts = [t for _, t, _ in targets]
+  idx = front.spanning_members(lat, min([(1 - band) * min(ts), *found_lat]), max([*ts, *found_lat]))
+  if args.max_hand and len(idx) > args.max_hand:  # evenly spaced, both ends kept
+    idx = [idx[i] for i in sorted(set(np.linspace(0, len(idx) - 1, args.max_hand).round().astype(int)))]
+  nets += [(f"hand_{family[i][1]}", "hand", None, family[i][0]) for i in idx]
+  taken = [n[3] for n in nets]
+  for k, (label, target, _) in enumerate(targets):
+    for j, a in enumerate(front.sample_in_band(space, predictor.of_archs, target, band, args.random,
+                                               seed=args.sample_seed + k, exclude=taken)):
+      nets.append((f"random_{label}_{j + 1}", "random", label, a))
+      taken.append(a)
+  return nets
+
+
+def _markdown(r: dict[str, Any]) -> str:
+  unit = r["latency_unit"]
+  lines = ["# Found vs hand-designed vs random: retrained fronts", "",
+           f"{r['seeds']} seeds per network; latency: {r['latency_protocol']}.", "",
+           f"| network | method | target | test top-1 (%) | latency ({unit}) | predicted | params "
+           "| architecture |", "|---|---|---|---|---|---|---|---|"]
+  for n in r["networks"]:
+    a, lt = n["accuracy"], n["latency"]
+    lines.append(f"| {n['name']} | {n['method']} | {n['target'] or ''} | {a['mean']:.2f} +- "
+                 f"{a['std']:.2f} | {lt['value']:.4g} +- {lt['std']:.2g} | "
+                 f"{n['predicted_latency']:.4g} | {n['params']:,} | {' '.join(n['ops'])} |")
+  s, ref = r["summary"], r["summary"]["reference"]
+  lines += ["", f"Hypervolume (reference: latency {ref['latency']:.4g}, accuracy {ref['accuracy']:.2f}; "
+            f"{ref['rule']}):", "", "| method | hypervolume | per seed index | front |", "|---|---|---|---|"]
+  for m, f in s["methods"].items():
+    ps = f.get("hypervolume_per_seed")
+    per_seed = "" if ps is None else f"{ps['mean']:.4g} +- {ps['std']:.2g}"
+    lines.append(f"| {m} | {f['hypervolume']:.4g} | {per_seed} | {', '.join(f['front'])} |")
+  lines += ["", "Found nets at matched latency (diff in points; effect = diff / pooled seed std; "
+            "z = diff / standard error):", "", "| found | vs | diff | effect | z |", "|---|---|---|---|---|"]
+  fmt = lambda v: "" if v is None else f"{v:+.2f}"  # noqa: E731
+  for c in s["found_vs"]:
+    rows = [("hand front (" + " / ".join(c["vs_hand"]["between"]) + ")", c["vs_hand"])] if c.get(
+        "vs_hand") else [("hand front", None)]
+    rows += [(x["name"], x) for x in c.get("vs_random", [])]
+    for what, x in rows:
+      lines.append(f"| {c['name']} | {what} | " + (
+          "faster than every hand-designed net | | |" if x is None else
+          f"{fmt(x['diff'])} | {fmt(x['effect'])} | {fmt(x['z'])} |"))
+  return "\n".join(lines + ["", f"![fronts]({pathlib.Path(r['plot']).name})", ""])
+
+
+def _networks(nets, reports, latency, predictor) -> list[dict[str, Any]]:
+  """The per-network records of front.front_summary: seed statistics, latency, sizes."""
+  pred = predictor.of_archs([n[3] for n in nets])
+  out = []
+  for (name, method, label, arch), p in zip(nets, pred, strict=True):
+    rep = reports[name]
+    out.append({"name": name, "method": method, "target": label, "ops": list(arch.ops),
+                "accuracy": front.aggregate_seeds([r["test_top1"] for r in rep]),
+                "latency": latency[name], "predicted_latency": float(p),
+                "params": rep[0]["params"], "macs_m": rep[0]["macs_m"]})
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  enable_compilation_cache()
+  t0, progress = time.time(), not args.no_progress
+  cfg, train_over = _configs(args, overrides)
+  workdir = os.path.abspath(args.workdir)
+  sweep_dir = os.path.abspath(args.sweep or os.path.join(workdir, "sweep"))
+  sw = sweep(cfg, sweep_dir, progress=progress)
+  if sw.partial:
+    return sw.exit_code or 1
+  t_sweep = time.time() - t0
+  space, _ = load_arch(os.path.join(sw.targets[0][1].workdir, "arch.json"))
+  predictor = sweep_predictor(cfg, sweep_dir, space)
+  band = args.band or cfg.latency.derive_band or 0.05
+  targets = [(label, r.target, r.arch) for label, r in sw.targets]
+  nets = choose_networks(space, predictor, targets, band, args)
+  seeds = list(range(args.seeds or (2 if args.quick else 3)))
+  reports, code = front.train_networks([(n[0], n[3]) for n in nets], space, workdir,
+                                       args.train_config, train_over, seeds, progress)
+  if code:
+    return code
+  t_train = time.time() - t0 - t_sweep
+  mode = args.latency or ("predictor" if args.tiny else "measure")
+  if mode == "measure":
+    latency = front.measure_latencies(
+        [(n[0], os.path.join(workdir, "archs", f"{n[0]}.json")) for n in nets], args.latency_config,
+        os.path.join(workdir, "latency_networks.json"), run_pnas)
+    protocol, unit = ("batch 1, single-threaded XLA in a child process, process CPU-time clock, "
+                      "median of the timed calls (+- their std), all networks in one interleaved "
+                      "session"), "ms"
+  else:
+    latency = {n[0]: {"value": float(predictor.of_archs([n[3]])[0]), "std": 0.0} for n in nets}
+    protocol, unit = f"the latency model ({predictor.unit}), not measured", predictor.unit
+  networks = _networks(nets, reports, latency, predictor)
+  ref = None if args.ref_latency is None else (args.ref_latency, args.ref_accuracy)
+  if (args.ref_latency is None) != (args.ref_accuracy is None):
+    raise PnasError("give both --ref-latency and --ref-accuracy, or neither")
+  out = pathlib.Path(args.out)
+  result = {
+      "networks": networks, "summary": front.front_summary(networks, ref), "seeds": len(seeds),
+      "latency_unit": unit, "latency_protocol": protocol, "band": band,
+      "targets": [{"label": lb, "target": t, "unit": predictor.unit, "arch": list(a.ops)}
+                  for lb, t, a in targets],
+      "sweep": sweep_dir, "quick": args.quick, "tiny": args.tiny,
+      "search_config": args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG),
+      "search_overrides": overrides, "train_overrides": train_over,
+      "timings_s": {"sweep": t_sweep, "train": t_train, "latency": time.time() - t0 - t_sweep - t_train},
+      "plot": str(out.with_suffix(".png")), "wall_s": time.time() - t0,
+  }
+
+  def plot(r: dict[str, Any], path: pathlib.Path) -> None:
+    how = "measured" if mode == "measure" else "predicted"
+    front.plot_fronts(r["networks"], str(path), x_label=f"latency ({unit}, {how})",
+                      title="test top-1 (mean +- seed std) vs latency")
+
+  write_result(result, out, args.json, plot=plot)
+  write_bytes_atomic(out.with_suffix(".md"), _markdown(result).encode())
+  return 0
+
+
+if __name__ == "__main__":
+  try:
+    sys.exit(main())
+  except PnasError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

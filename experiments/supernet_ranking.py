@@ -1,0 +1,212 @@
+r"""Does the supernet rank architectures like stand-alone training does? Kendall tau with a bootstrap.
+
+For `--n-archs` architectures spread over the latency range (uniform draws from the space, binned by
+predicted latency, one per bin: pnas_jax/front.py sample_spread), compare
+  - the supernet's accuracy: the held-out split, inherited weights, BN statistics re-estimated for
+    the path (pnas_jax.train.evaluation.PathEvaluator), from the final checkpoint of a warm-up (run
+    here, in WORKDIR/warmup, with the search config's warm-up settings) or of `--supernet DIR` (a
+    `pnas search` workdir or a sweep's warmup/), and
+  - the stand-alone accuracy: the test split after training the architecture from scratch
+    (pnas_jax.train.retrain.train, configs/train/fashion_mnist.py; mean over `--seeds`),
+by Kendall's tau-b with a percentile bootstrap interval over architectures (pairs resampled with
+replacement, `--bootstrap` resamples). Warm-up and sampling settings are search-config overrides,
+e.g. --config.schedule.warmup_epochs=4 --config.optim.weight_sample=uniform.
+
+  python experiments/supernet_ranking.py [--quick] [--json] [--workdir results/supernet_ranking] \
+      [--config configs/search/fashion_mnist.py --config.KEY=VALUE ...] [--train KEY=VALUE ...]
+  python experiments/supernet_ranking.py --tiny --quick   # seconds: synthetic data, MACs (tests)
+
+Full run (2 epochs of warm-up, 12 archs x 1 seed x 2 epochs) ~35 min on 2 CPU cores; --quick ~5 min.
+Resumable: rerun the same command (warm-up, every training and the supernet evaluations are kept).
+Writes results/supernet_ranking.json, .png (supernet vs stand-alone accuracy) and .md; with --json
+the last stdout line is the JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+from results_io import write_result
+
+from pnas_jax import front, plots
+from pnas_jax.checkpointing import Checkpointer
+from pnas_jax.compile_cache import enable_compilation_cache
+from pnas_jax.config_loading import load_config, split_config_args
+from pnas_jax.errors import PnasError
+from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
+from pnas_jax.latency.predictor import macs_predictor
+from pnas_jax.search_space.space import Arch
+from pnas_jax.train.evaluation import PathEvaluator
+from pnas_jax.train.loop import CHECKPOINT_DIR
+from pnas_jax.train.parallel import replicate
+from pnas_jax.train.search import search, setup_search
+from pnas_jax.train.state import create_search_state
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SEARCH_CONFIG = str(ROOT / "configs" / "search" / "fashion_mnist.py")
+TRAIN_CONFIG = str(ROOT / "configs" / "train" / "fashion_mnist.py")
+TINY_CONFIG = str(ROOT / "configs" / "search" / "tiny.py")
+QUICK_SEARCH = ["--config.schedule.steps_per_epoch=40", "--config.schedule.warmup_epochs=2.0",
+                "--config.latency.n_networks=8", "--config.latency.repeats=20"]
+QUICK_TRAIN = ["--config.schedule.steps_per_epoch=60", "--config.schedule.epochs=1.0",
+               "--config.eval.every_epochs=0"]
+# Synthetic 16x16 data, tiny nets: what configs/search/tiny.py searches.
+TINY_TRAIN = ["--config.data.batch_size=32", "--config.data.eval_batch_size=64",
+              "--config.schedule.steps_per_epoch=3", "--config.schedule.epochs=1.0",
+              "--config.eval.every_epochs=0", "--config.model.dw_impl=lax",
+              "--config.checkpoint.every_steps=100", "--config.log.every_steps=100"]
+
+
+def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", default=None, help="search config (default: Fashion-MNIST; tiny.py "
+                 "with --tiny); --config.KEY=VALUE overrides it (warm-up, sampling, data)")
+  p.add_argument("--train-config", default=TRAIN_CONFIG)
+  p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                 help="override of the stand-alone training config (repeatable)")
+  p.add_argument("--supernet", default=None, help="a search / sweep-warm-up workdir to rank with "
+                 "(its config: --config and overrides); default: a warm-up in WORKDIR/warmup")
+  p.add_argument("--workdir", default="results/supernet_ranking")
+  p.add_argument("--n-archs", type=int, default=12)
+  p.add_argument("--seeds", type=int, default=1, help="stand-alone trainings per architecture")
+  p.add_argument("--sample-seed", type=int, default=0)
+  p.add_argument("--bn-batches", type=int, default=None, help="default: the config's eval.bn_batches")
+  p.add_argument("--eval-batches", type=int, default=None,
+                 help="held-out batches per supernet evaluation (default: the config's eval.max_batches)")
+  p.add_argument("--bootstrap", type=int, default=2000)
+  p.add_argument("--quick", action="store_true", help="short warm-up and trainings (minutes)")
+  p.add_argument("--tiny", action="store_true", help="tiny space, synthetic data, MACs (seconds)")
+  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--out", default="results/supernet_ranking.json")
+  p.add_argument("--json", action="store_true")
+  rest, overrides = split_config_args(argv)
+  return p.parse_args(rest), overrides
+
+
+def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[str]]:
+  """(search config, training overrides): --quick / --tiny settings first, the user's last."""
+  search_over = [*(QUICK_SEARCH if args.quick and not args.tiny else []), *overrides]
+  cfg = load_config(args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG), search_over)
+  train = [f"--config.data.name={cfg.data.name}"]
+  if cfg.data.data_dir:
+    train.append(f"--config.data.data_dir={cfg.data.data_dir}")
+  train += TINY_TRAIN if args.tiny else QUICK_TRAIN if args.quick else []
+  return cfg, train + [f"--config.{kv}" for kv in args.train]
+
+
+def warmed_up_supernet(cfg: Any, workdir: str, run_warmup: bool, progress: bool):
+  """(setup, replicated state, step) of the supernet in `workdir` (its warm-up run first if asked:
+  the search config with no search epochs, as `pnas sweep` runs it)."""
+  if run_warmup:
+    warm = cfg.copy_and_resolve_references()
+    warm.schedule.epochs = 0.0
+    res = search(warm, workdir, progress=progress)
+    if res.partial:
+      raise SystemExit(res.exit_code or 1)
+    cfg = warm
+  setup = setup_search(cfg, workdir)
+  like = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx, setup.arch_tx,
+                             setup.step_options["alpha_init_std"])
+  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=0, keep=1)
+  try:
+    step, state, _ = ckpt.restore(like)
+  finally:
+    ckpt.close()
+  return setup, replicate(state, setup.mesh), step
+
+
+def supernet_accuracies(setup: Any, state: Any, where: str, archs: list[Arch], cache_path: str,
+                        bn_batches: int, max_batches: int | None) -> list[float]:
+  """Held-out top-1 of each arch in the supernet (PathEvaluator); cached per (supernet `where`,
+  settings, arch)."""
+  cache = read_json(cache_path, PnasError) if os.path.exists(cache_path) else {}
+  evaluator = PathEvaluator(setup.model, setup.data.eval_preprocess, setup.mesh)
+  out = []
+  for arch in archs:
+    key = f"{where}|{bn_batches}|{max_batches}|{' '.join(arch.ops)}"
+    if key not in cache:
+      r = evaluator(state.params, state.batch_stats, arch, holdout=setup.data.holdout,
+                    train=setup.data.train, batch_size=setup.batches["eval_batch_size"],
+                    bn_batches=bn_batches, max_batches=max_batches)
+      cache[key] = r["top1"]
+      write_json(cache_path, cache)
+    out.append(cache[key])
+  return out
+
+
+def _plot(result: dict[str, Any], path: pathlib.Path) -> None:
+  t = result["kendall_tau"]
+  pts = [{"label": a["name"], "x": a["supernet_top1"], "y": a["standalone_top1"]["mean"],
+          "kind": "architecture"} for a in result["archs"]]
+  plots.plot_pareto(pts, path, x_label="supernet held-out top-1 (%, inherited weights, BN re-estimated)",
+                    y_label="stand-alone test top-1 (%)",
+                    title=f"Kendall tau {t['estimate']:.2f} [{t['low']:.2f}, {t['high']:.2f}] "
+                          f"({100 * t['level']:.0f}% bootstrap, {len(result['archs'])} archs)")
+
+
+def _markdown(result: dict[str, Any]) -> str:
+  t = result["kendall_tau"]
+  lines = ["# Supernet ranking", "",
+           f"Kendall tau-b {t['estimate']:.3f}, {100 * t['level']:.0f}% bootstrap interval "
+           f"[{t['low']:.3f}, {t['high']:.3f}] ({t['n_resamples']} resamples), "
+           f"{len(result['archs'])} architectures; supernet step {result['supernet']['step']}.", "",
+           f"| arch | predicted latency ({result['latency_unit']}) | supernet top-1 (%) "
+           "| stand-alone top-1 (%) | architecture |", "|---|---|---|---|---|"]
+  for a in result["archs"]:
+    s = a["standalone_top1"]
+    lines.append(f"| {a['name']} | {a['predicted_latency']:.4g} | {a['supernet_top1']:.2f} | "
+                 f"{s['mean']:.2f} +- {s['std']:.2f} | {' '.join(a['ops'])} |")
+  return "\n".join(lines + ["", f"![supernet vs stand-alone]({pathlib.Path(result['plot']).name})", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  enable_compilation_cache()
+  t0, progress = time.time(), not args.no_progress
+  cfg, train_over = _configs(args, overrides)
+  workdir = os.path.abspath(args.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  sup_dir = os.path.abspath(args.supernet) if args.supernet else os.path.join(workdir, "warmup")
+  setup, state, step = warmed_up_supernet(cfg, sup_dir, args.supernet is None, progress)
+  predictor = setup.objective.predictor or macs_predictor(setup.space)
+  archs = front.sample_spread(setup.space, predictor.of_archs, args.n_archs, seed=args.sample_seed)
+  bn = cfg.eval.bn_batches if args.bn_batches is None else args.bn_batches
+  max_b = (cfg.eval.max_batches if args.eval_batches is None else args.eval_batches) or None
+  sup = supernet_accuracies(setup, state, f"{sup_dir}@{step}", archs,
+                            os.path.join(workdir, "supernet_eval.json"), bn, max_b)
+  named = [(f"a{i:02d}", a) for i, a in enumerate(archs)]
+  reports, code = front.train_networks(named, setup.space, workdir, args.train_config, train_over,
+                                       list(range(args.seeds)), progress)
+  if code:
+    return code
+  alone = [front.aggregate_seeds([r["test_top1"] for r in reports[n]]) for n, _ in named]
+  tau = front.bootstrap_interval(sup, [a["mean"] for a in alone], n_resamples=args.bootstrap)
+  lat = predictor.of_archs(archs)
+  out = pathlib.Path(args.out)
+  result = {
+      "kendall_tau": tau, "n_archs": len(archs), "seeds": args.seeds,
+      "supernet": {"workdir": sup_dir, "step": step, "bn_batches": bn, "eval_batches": max_b},
+      "latency_unit": predictor.unit, "quick": args.quick, "tiny": args.tiny,
+      "search_config": args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG),
+      "search_overrides": overrides, "train_overrides": train_over,
+      "archs": [{"name": n, "ops": list(a.ops), "predicted_latency": float(lt), "supernet_top1": s,
+                 "standalone_top1": al} for (n, a), lt, s, al in zip(named, lat, sup, alone, strict=True)],
+      "plot": str(out.with_suffix(".png")), "wall_s": time.time() - t0,
+  }
+  write_result(result, out, args.json, plot=_plot)
+  write_bytes_atomic(out.with_suffix(".md"), _markdown(result).encode())
+  return 0
+
+
+if __name__ == "__main__":
+  try:
+    sys.exit(main())
+  except PnasError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

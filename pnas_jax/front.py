@@ -1,0 +1,433 @@
+"""Comparing trained networks: hand-designed and random baselines, seed statistics, Pareto fronts.
+
+The evaluation protocol of experiments/pareto.py (and experiments/supernet_ranking.py), as a
+library so `pnas demo` can show the same front:
+
+- `hand_designed_family`: MobileNetV2-style uniform networks of a space (every block one op), scaled
+  in width through the expansion ratio (e.g. 3x3_MBConv6 and 3x3_MBConv3) and in depth (Zero in the
+  last skippable blocks of the stages). They stay inside the space, so the latency predictor and
+  `pnas latency networks` apply to them; `spanning_members` picks the ones that bracket a latency
+  range.
+- `sample_in_band` (random search under a latency constraint) and `sample_spread` (architectures
+  spread over the latency range), both by rejection sampling under a latency predictor.
+- `aggregate_seeds`: mean and standard deviation over the seeds of one network.
+- `pareto_front`, `hypervolume` (2-D: maximise accuracy, minimise latency), `interpolate_front` and
+  `matched_comparison` (a network against a front at its own latency, in seed-std units), and
+  `front_summary`, which puts them together for several methods.
+- `kendall_tau` and `bootstrap_interval`: rank agreement of two accuracies over architectures.
+- `plot_fronts`: accuracy against latency with error bars, one front per method.
+- `train_networks` (each network x seed trained with one budget, each in its own resumable workdir)
+  and `measure_latencies` (all networks timed in one interleaved session in a child process, the
+  demo's protocol).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pnas_jax import plots
+from pnas_jax.config_loading import load_config
+from pnas_jax.errors import UserFileError, UserValueError
+from pnas_jax.file_io import read_json
+from pnas_jax.latency.measure import load_network_measurements, sample_archs
+from pnas_jax.search_space.io import save_arch
+from pnas_jax.search_space.space import Arch, SearchSpace
+from pnas_jax.train.retrain import train
+
+# predicted latency of each architecture (e.g. Predictor.of_archs)
+LatencyFn = Callable[[Sequence[Arch]], np.ndarray]
+
+# --- the hand-designed family ---------------------------------------------------------------------
+
+
+def skip_order(space: SearchSpace) -> list[int]:
+  """The blocks a depth-scaled uniform network skips first: the last skippable block of every stage
+  (later stages first), then the second-to-last of every stage, and so on.
+
+  A block is skippable where Zero is one of its candidates (an identity shortcut).
+  """
+  per_stage: dict[int, list[int]] = {}
+  for b in space.blocks:
+    if "Zero" in b.candidates:
+      per_stage.setdefault(b.stage, []).append(b.index)
+  order, rank = [], 1
+  while any(len(v) >= rank for v in per_stage.values()):
+    order += [v[-rank] for _, v in sorted(per_stage.items(), reverse=True) if len(v) >= rank]
+    rank += 1
+  return order
+
+
+def hand_designed_family(space: SearchSpace, ops: Sequence[str] = ("3x3_MBConv6", "3x3_MBConv3"),
+                         max_skips: int | None = None) -> list[tuple[str, Arch]]:
+  """(name, arch) of the uniform networks of `space`: every block `op` (blocks where `op` cannot run
+  keep their first candidate, as Arch.uniform does), with the first k blocks of `skip_order` set to
+  Zero, for every op and k = 0 .. max_skips (default: every skippable block). Names: "<op>-d<k>"."""
+  for op in ops:
+    if op not in space.candidates:
+      raise UserValueError(f"hand-designed op {op!r} is not a candidate of the space "
+                           f"({', '.join(space.candidates)})")
+  order = skip_order(space)
+  n = len(order) if max_skips is None else min(max_skips, len(order))
+  family = []
+  for op in ops:
+    base = list(Arch.uniform(space, op).ops)
+    for k in range(n + 1):
+      ops_k = list(base)
+      for i in order[:k]:
+        ops_k[i] = "Zero"
+      family.append((f"{op}-d{k}", Arch(tuple(ops_k))))
+  return family
+
+
+def spanning_members(latencies: Sequence[float], lo: float, hi: float) -> list[int]:
+  """Indices (sorted by latency) of the members inside [lo, hi] plus the nearest one below `lo` and
+  the nearest one above `hi`, so that a curve through them covers the whole range."""
+  lat = np.asarray(latencies, np.float64)
+  order = [int(i) for i in np.argsort(lat, kind="stable")]
+  inside = [i for i in order if lo <= lat[i] <= hi]
+  below = [i for i in order if lat[i] < lo][-1:]
+  above = [i for i in order if lat[i] > hi][:1]
+  return below + inside + above
+
+
+# --- sampling under a latency predictor -----------------------------------------------------------
+
+
+def _draws(space: SearchSpace, latency_fn: LatencyFn, seed: int, chunk: int, max_draws: int):
+  """Chunks of (archs, predicted latencies) of uniformly drawn architectures (sample_archs)."""
+  for i in range(-(-max_draws // chunk)):
+    archs = sample_archs(space, chunk, seed=seed * 1_000_003 + i)
+    yield archs, np.asarray(latency_fn(archs), np.float64)
+
+
+def sample_in_band(space: SearchSpace, latency_fn: LatencyFn, target: float, band: float, n: int,
+                   seed: int = 0, exclude: Sequence[Arch] = (), max_draws: int = 200_000) -> list[Arch]:
+  """`n` distinct architectures drawn uniformly from the space (each block's op uniform over its
+  candidates) conditioned on the predicted latency lying in [(1 - band) T, T]: rejection sampling,
+  the random-search baseline at latency target T. Architectures in `exclude` are not returned.
+  """
+  if not 0.0 < band < 1.0:
+    raise UserValueError(f"band = {band!r}: give a fraction in (0, 1)")
+  lo, out, seen = (1.0 - band) * target, [], set(exclude)
+  for archs, lat in _draws(space, latency_fn, seed, 4096, max_draws):
+    for a, t in zip(archs, lat, strict=True):
+      if lo <= t <= target and a not in seen:
+        out.append(a)
+        seen.add(a)
+        if len(out) == n:
+          return out
+  raise UserValueError(
+      f"only {len(out)} of {n} distinct architectures found with predicted latency in "
+      f"[{lo:.4g}, {target:.4g}] after {max_draws} draws; widen the band or lower n")
+
+
+def sample_spread(space: SearchSpace, latency_fn: LatencyFn, n: int, seed: int = 0,
+                  n_draws: int = 20_000) -> list[Arch]:
+  """`n` distinct architectures spread over the latency range of the space: `n_draws` uniform
+  draws, their predicted latencies cut into n equal-width bins between the 1st and 99th percentile,
+  one architecture drawn from each bin (from the nearest bins' leftovers where a bin is empty)."""
+  archs, lat = [], []
+  for a, t in _draws(space, latency_fn, seed, min(4096, n_draws), n_draws):
+    archs += a
+    lat.append(t)
+  unique = {a: float(t) for a, t in zip(archs, np.concatenate(lat), strict=True)}
+  if len(unique) < n:
+    raise UserValueError(f"the space holds only {len(unique)} distinct architectures; lower n ({n})")
+  cands, lat = list(unique), np.asarray(list(unique.values()))
+  edges = np.linspace(*np.percentile(lat, [1, 99]), n + 1)
+  centre = (edges[:-1] + edges[1:]) / 2
+  rng, free, picked = np.random.default_rng(seed), np.ones(len(cands), bool), []
+  for c in centre:  # in each bin; where it is empty (or used up), the nearest free latency
+    in_bin = np.flatnonzero(free & (np.abs(lat - c) <= (edges[1] - edges[0]) / 2))
+    i = rng.choice(in_bin) if len(in_bin) else np.flatnonzero(free)[np.argmin(np.abs(lat[free] - c))]
+    free[i] = False
+    picked.append(cands[i])
+  return picked
+
+
+# --- seed statistics, fronts, hypervolume -----------------------------------------------------------
+
+
+def aggregate_seeds(values: Sequence[float]) -> dict[str, Any]:
+  """{"mean", "std", "n", "values"} of one network's per-seed values; std is the sample standard
+  deviation s = sqrt(sum_i (v_i - mean)^2 / (n - 1)) (0 for one seed)."""
+  v = np.asarray(values, np.float64)
+  if v.size == 0:
+    raise ValueError("aggregate_seeds needs at least one value")
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+          "n": int(v.size), "values": [float(x) for x in v]}
+
+
+def pareto_front(latency: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+  """Indices of the non-dominated points, by increasing latency: no other point is at least as
+  fast and at least as accurate and strictly better in one (of equal points, the first is kept)."""
+  lat, acc = np.asarray(latency, np.float64), np.asarray(accuracy, np.float64)
+  front, best = [], -math.inf
+  for i in np.lexsort((-acc, lat)):  # latency ascending, accuracy descending on ties
+    if acc[i] > best:
+      front.append(int(i))
+      best = acc[i]
+  return front
+
+
+def hypervolume(latency: Sequence[float], accuracy: Sequence[float],
+                reference: tuple[float, float]) -> float:
+  """The area dominated by the points and bounded by the reference point (r_lat, r_acc):
+
+    HV = area( union_i [lat_i, r_lat] x [r_acc, acc_i] )
+       = sum_k (lat_{k+1} - lat_k) (acc_k - r_acc)
+
+  over the Pareto front's points k with lat_k < r_lat and acc_k > r_acc, in increasing latency
+  (lat_{K+1} = r_lat). Units: latency unit x accuracy unit; larger is better.
+  """
+  r_lat, r_acc = reference
+  lat, acc = np.asarray(latency, np.float64), np.asarray(accuracy, np.float64)
+  keep = (lat < r_lat) & (acc > r_acc)
+  lat, acc = lat[keep], acc[keep]
+  front = pareto_front(lat, acc)
+  xs = [lat[i] for i in front] + [r_lat]
+  return float(sum((xs[k + 1] - xs[k]) * (acc[i] - r_acc) for k, i in enumerate(front)))
+
+
+def interpolate_front(latency: Sequence[float], accuracy: Sequence[float], std: Sequence[float],
+                      x: float) -> dict[str, float] | None:
+  """The front of (latency, accuracy) points linearly interpolated at latency x: None below its
+  fastest point; beyond its slowest (most accurate) point, that point (it is available at any
+  larger latency).
+
+  Between front points a = (l_a, m_a, s_a) and b with l_a <= x <= l_b, w = (x - l_a) / (l_b - l_a):
+  mean = (1 - w) m_a + w m_b and, the two networks' seeds being independent,
+  std = sqrt((1 - w)^2 s_a^2 + w^2 s_b^2).
+  """
+  front = pareto_front(latency, accuracy)
+  lat = np.asarray(latency, np.float64)[front]
+  acc, s = np.asarray(accuracy, np.float64)[front], np.asarray(std, np.float64)[front]
+  if not front or x < lat[0]:
+    return None
+  x = min(x, lat[-1])
+  b = min(max(int(np.searchsorted(lat, x)), 1), len(lat) - 1)  # lat is strictly increasing
+  a = max(b - 1, 0)
+  w = 0.0 if lat[b] == lat[a] else (x - lat[a]) / (lat[b] - lat[a])
+  return {"mean": float((1 - w) * acc[a] + w * acc[b]),
+          "std": float(math.sqrt((1 - w) ** 2 * s[a] ** 2 + w ** 2 * s[b] ** 2)),
+          "left": int(front[a]), "right": int(front[b]), "weight": float(w)}
+
+
+def matched_comparison(mean: float, std: float, n: int, other_mean: float, other_std: float,
+                       other_n: int) -> dict[str, float]:
+  """One network (per-seed mean, std, n seeds) against another accuracy at the same latency.
+
+  diff = m - m'; pooled seed std s_p = sqrt((s^2 + s'^2) / 2); effect = diff / s_p (the difference
+  in seed-std units); standard error se = sqrt(s^2 / n + s'^2 / n'); z = diff / se. effect and z
+  are None when the seed std is 0 (a single seed).
+  """
+  diff = mean - other_mean
+  pooled = math.sqrt((std ** 2 + other_std ** 2) / 2)
+  se = math.sqrt(std ** 2 / n + other_std ** 2 / other_n)
+  return {"diff": diff, "pooled_std": pooled, "effect": diff / pooled if pooled > 0 else None,
+          "se": se, "z": diff / se if se > 0 else None}
+
+
+# --- several methods: fronts, hypervolumes, matched-latency comparisons --------------------------
+
+
+def default_reference(networks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """The hypervolume reference point shared by every method: 1.1 x the slowest network's latency
+  and 1 point below the least accurate network's mean accuracy."""
+  lat = [n["latency"]["value"] for n in networks]
+  acc = [n["accuracy"]["mean"] for n in networks]
+  return {"latency": 1.1 * max(lat), "accuracy": min(acc) - 1.0,
+          "rule": "1.1 x the slowest network's latency; the least accurate network's mean - 1"}
+
+
+def _method_front(nets: list[Mapping[str, Any]], ref: tuple[float, float]) -> dict[str, Any]:
+  lat = [n["latency"]["value"] for n in nets]
+  acc = [n["accuracy"]["mean"] for n in nets]
+  out = {"front": [nets[i]["name"] for i in pareto_front(lat, acc)],
+         "hypervolume": hypervolume(lat, acc, ref)}
+  n_seeds = min(n["accuracy"]["n"] for n in nets)
+  if n_seeds > 1:  # the same seed index of every network: a paired spread of the hypervolume
+    per_seed = [hypervolume(lat, [n["accuracy"]["values"][k] for n in nets], ref)
+                for k in range(n_seeds)]
+    out["hypervolume_per_seed"] = aggregate_seeds(per_seed)
+  return out
+
+
+def _against(net: Mapping[str, Any], mean: float, std: float, n: int, **extra: Any) -> dict[str, Any]:
+  a = net["accuracy"]
+  return {**extra, "mean": mean, "std": std,
+          **matched_comparison(a["mean"], a["std"], a["n"], mean, std, n)}
+
+
+def compare_found(found: Mapping[str, Any], hand: Sequence[Mapping[str, Any]],
+                  random: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """One found network against the hand-designed front interpolated at its measured latency, and
+  against the random networks of its target (each, and their mean with the pooled seed std)."""
+  out: dict[str, Any] = {"name": found["name"], "target": found.get("target"),
+                         "latency": found["latency"]["value"], "accuracy": found["accuracy"]["mean"]}
+  if hand:
+    curve = interpolate_front([h["latency"]["value"] for h in hand],
+                              [h["accuracy"]["mean"] for h in hand],
+                              [h["accuracy"]["std"] for h in hand], found["latency"]["value"])
+    out["vs_hand"] = None if curve is None else _against(
+        found, curve["mean"], curve["std"], min(hand[curve["left"]]["accuracy"]["n"],
+                                                hand[curve["right"]]["accuracy"]["n"]),
+        between=[hand[curve["left"]]["name"], hand[curve["right"]]["name"]], weight=curve["weight"])
+  same = [r for r in random if r.get("target") == found.get("target")]
+  if same:
+    out["vs_random"] = [_against(found, r["accuracy"]["mean"], r["accuracy"]["std"],
+                                 r["accuracy"]["n"], name=r["name"]) for r in same]
+    means = [r["accuracy"]["mean"] for r in same]
+    pooled = math.sqrt(np.mean([r["accuracy"]["std"] ** 2 for r in same]))
+    out["vs_random_mean"] = _against(found, float(np.mean(means)), pooled,
+                                     sum(r["accuracy"]["n"] for r in same), n_networks=len(same))
+  return out
+
+
+def front_summary(networks: Sequence[Mapping[str, Any]],
+                  reference: tuple[float, float] | None = None) -> dict[str, Any]:
+  """Per method its Pareto front and hypervolume (common reference point), and every "found"
+  network compared at matched latency with the "hand" front and the "random" networks.
+
+  Each network: {"name", "method", "target" (a label or None), "accuracy": aggregate_seeds(...),
+  "latency": {"value", "std"}}. Methods are the distinct "method" values.
+  """
+  if not networks:
+    raise ValueError("front_summary needs at least one network")
+  ref = dict(default_reference(networks))
+  if reference is not None:
+    ref = {"latency": float(reference[0]), "accuracy": float(reference[1]), "rule": "given"}
+  point = (ref["latency"], ref["accuracy"])
+  by_method: dict[str, list[Mapping[str, Any]]] = {}
+  for n in networks:
+    by_method.setdefault(n["method"], []).append(n)
+  hand, random = by_method.get("hand", []), by_method.get("random", [])
+  return {"reference": ref,
+          "methods": {m: _method_front(nets, point) for m, nets in by_method.items()},
+          "found_vs": [compare_found(f, hand, random) for f in by_method.get("found", [])]}
+
+
+def plot_fronts(networks: Sequence[Mapping[str, Any]], path: str, *,
+                x_label: str = "measured latency (ms)", y_label: str = "test top-1 (%)",
+                title: str | None = None) -> str:
+  """Accuracy (mean +- seed std) against latency (+- timing std) of every network, one colour per
+  method, each method's Pareto front drawn as a line."""
+  points = [{"label": n["name"], "kind": n["method"], "x": n["latency"]["value"],
+             "xerr": n["latency"].get("std") or 0.0, "y": n["accuracy"]["mean"],
+             "yerr": n["accuracy"]["std"]} for n in networks]
+  lines = {}
+  for m in dict.fromkeys(n["method"] for n in networks):
+    nets = [n for n in networks if n["method"] == m]
+    front = pareto_front([n["latency"]["value"] for n in nets], [n["accuracy"]["mean"] for n in nets])
+    lines[m] = [(nets[i]["latency"]["value"], nets[i]["accuracy"]["mean"]) for i in front]
+  return plots.plot_pareto_errorbars(points, path, lines=lines, x_label=x_label, y_label=y_label,
+                                     title=title)
+
+
+# --- rank agreement -------------------------------------------------------------------------------
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+  """Kendall's tau-b of two scores of the same items:
+
+    tau_b = sum_{i<j} sgn(x_i - x_j) sgn(y_i - y_j) / sqrt((n_0 - n_x) (n_0 - n_y))
+
+  with n_0 = n (n - 1) / 2 pairs and n_x, n_y the pairs tied in x, in y (the numerator is
+  concordant minus discordant pairs). NaN when x or y is constant.
+  """
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  if x.shape != y.shape or x.ndim != 1:
+    raise ValueError(f"kendall_tau needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+  sx, sy = np.sign(x[:, None] - x[None, :]), np.sign(y[:, None] - y[None, :])
+  upper = np.triu(np.ones_like(sx, bool), k=1)
+  untied_x, untied_y = np.sum(sx[upper] != 0), np.sum(sy[upper] != 0)
+  if untied_x == 0 or untied_y == 0:
+    return math.nan
+  return float(np.sum((sx * sy)[upper]) / math.sqrt(untied_x * untied_y))
+
+
+def bootstrap_interval(x: Sequence[float], y: Sequence[float],
+                       statistic: Callable[[np.ndarray, np.ndarray], float] = kendall_tau,
+                       n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+  """Percentile bootstrap interval of statistic(x, y) over the items (pairs resampled together):
+
+    for b = 1..B: I_b = n indices drawn with replacement, t_b = statistic(x[I_b], y[I_b]);
+    interval = [q_{(1 - level) / 2}, q_{(1 + level) / 2}] of the finite t_b.
+
+  Returns {"estimate", "low", "high", "level", "n_resamples" (finite ones), "std"}.
+  """
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  rng = np.random.default_rng(seed)
+  idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
+  t = np.asarray([statistic(x[i], y[i]) for i in idx])
+  t = t[np.isfinite(t)]
+  lo, hi = np.quantile(t, [(1 - level) / 2, (1 + level) / 2]) if t.size else (math.nan, math.nan)
+  return {"estimate": float(statistic(x, y)), "low": float(lo), "high": float(hi), "level": level,
+          "n_resamples": int(t.size), "std": float(t.std(ddof=1)) if t.size > 1 else math.nan}
+
+
+# --- running: training with seeds, latency in one session -----------------------------------------
+
+
+def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, workdir: str,
+                   config_path: str, overrides: Sequence[str], seeds: Sequence[int],
+                   progress: bool = True) -> tuple[dict[str, list[dict[str, Any]]], int]:
+  """Trains every (name, arch) once per seed with one budget (`pnas train` with `config_path` and
+  `overrides`); returns ({name: [report.json per seed]}, exit code).
+
+  The arch files go to workdir/archs/NAME.json and each training to workdir/train/NAME/seedS, so a
+  rerun skips finished trainings (their report.json) and resumes an interrupted one. An
+  interrupted training stops the loop and returns its non-zero exit code with the reports so far.
+  """
+  os.makedirs(os.path.join(workdir, "archs"), exist_ok=True)
+  reports: dict[str, list[dict[str, Any]]] = {}
+  bar = tqdm(total=len(networks) * len(seeds), desc="train", disable=not progress, file=sys.stderr)
+  try:
+    for name, arch in networks:
+      arch_path = os.path.join(workdir, "archs", f"{name}.json")
+      save_arch(arch_path, space, arch, name=name)
+      for seed in seeds:
+        bar.set_description(f"train {name} seed {seed}")
+        run_dir = os.path.join(workdir, "train", name, f"seed{seed}")
+        report = os.path.join(run_dir, "report.json")
+        if not os.path.exists(report):
+          cfg = load_config(config_path, [*overrides, f"--config.arch={arch_path}",
+                                          f"--config.seed={seed}", "--config.log.progress=False",
+                                          "--config.report.latency_repeats=0"])
+          result = train(cfg, run_dir, progress=False)
+          if result.exit_code or not os.path.exists(report):
+            return reports, result.exit_code or 1
+        rep = read_json(report, UserFileError)
+        if tuple(rep["arch"]) != arch.ops:
+          raise UserValueError(f"{run_dir} holds a training of another architecture "
+                               f"({' '.join(rep['arch'])}); use another workdir")
+        reports.setdefault(name, []).append(rep)
+        bar.update()
+  finally:
+    bar.close()
+  return reports, 0
+
+
+def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str, out: str,
+                      run_pnas: Callable[..., str], overrides: Sequence[str] = ()
+                      ) -> dict[str, dict[str, float]]:
+  """{name: {"value": median ms, "std": ms, "min": ms}} of every (name, arch.json), timed in ONE
+  interleaved session by `pnas latency networks` in a child process (its latency config's protocol:
+  on a CPU single-threaded XLA and the process CPU-time clock). "std" is the standard deviation of
+  the timed calls. Names already in `out` are not timed again (resumable).
+
+  run_pnas(*args) runs `pnas ARGS` in a child process and returns its stdout (pnas_jax.demo's
+  runner; passed in so that the demo can import this module).
+  """
+  run_pnas("latency", "networks", "--config", latency_config, *overrides, "--out", out, "--json",
+        *[f"{name}={path}" for name, path in arch_paths])
+  records = {r["name"]: r for r in load_network_measurements(out).records}
+  return {name: {"value": float(records[name]["median"]), "std": math.sqrt(records[name]["var"]),
+                 "min": float(records[name]["min"])} for name, _ in arch_paths}

@@ -1,0 +1,204 @@
+"""pnas_jax/front.py against independent brute-force references."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from pnas_jax import front
+from pnas_jax.config_loading import load_config
+from pnas_jax.errors import UserValueError
+from pnas_jax.latency.measure import sample_archs
+from pnas_jax.latency.predictor import macs_predictor
+from pnas_jax.search_space.space import Arch, SearchSpace
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def fmnist_space():
+  cfg = load_config(os.path.join(REPO, "configs", "search", "fashion_mnist.py"))
+  return SearchSpace.from_dict(cfg.space.to_dict())
+
+
+def _union_area(lat, acc, ref):
+  """Exact area of the union of the boxes [lat_i, r_lat] x [r_acc, acc_i] by coordinate
+  compression: every elementary cell of the grid of all coordinates is in or out."""
+  boxes = [(x, ref[1], ref[0], y) for x, y in zip(lat, acc, strict=True) if x < ref[0] and y > ref[1]]
+  xs = sorted({b[0] for b in boxes} | {b[2] for b in boxes})
+  ys = sorted({b[1] for b in boxes} | {b[3] for b in boxes})
+  area = 0.0
+  for (x0, x1), (y0, y1) in itertools.product(itertools.pairwise(xs), itertools.pairwise(ys)):
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes):
+      area += (x1 - x0) * (y1 - y0)
+  return area
+
+
+def test_hypervolume_against_union_of_boxes_and_a_grid_count():
+  rng = np.random.default_rng(0)
+  for trial in range(20):
+    n = int(rng.integers(1, 12))
+    lat, acc = rng.uniform(0.2, 1.0, n), rng.uniform(80, 90, n)
+    ref = (1.05, 82.0 if trial % 2 else 79.0)  # some points beyond the reference in accuracy
+    exact = _union_area(lat, acc, ref)
+    assert front.hypervolume(lat, acc, ref) == pytest.approx(exact, rel=1e-12, abs=1e-12)
+  # A grid count (independent of any sorting): cell centres dominated by some point.
+  lat, acc = rng.uniform(0.2, 1.0, 8), rng.uniform(80, 90, 8)
+  gx, gy = np.meshgrid(np.linspace(0, 1.05, 801)[:-1] + 1.05 / 1600,
+                       np.linspace(79, 90, 801)[:-1] + 11 / 1600)
+  covered = np.zeros(gx.shape, bool)
+  for x, y in zip(lat, acc, strict=True):
+    covered |= (gx >= x) & (gy <= y)
+  grid = covered.mean() * 1.05 * 11
+  assert front.hypervolume(lat, acc, (1.05, 79.0)) == pytest.approx(grid, rel=5e-3)
+  assert front.hypervolume([2.0], [95.0], (1.0, 80.0)) == 0.0  # beyond the reference latency
+
+
+def test_pareto_front_is_the_non_dominated_set():
+  rng = np.random.default_rng(1)
+  lat, acc = rng.integers(0, 6, 30).astype(float), rng.integers(0, 6, 30).astype(float)
+  got = front.pareto_front(lat, acc)
+  dominated = [any(lat[j] <= lat[i] and acc[j] >= acc[i] and (lat[j] < lat[i] or acc[j] > acc[i])
+                   for j in range(30)) for i in range(30)]
+  want = {(lat[i], acc[i]) for i in range(30) if not dominated[i]}
+  assert {(lat[i], acc[i]) for i in got} == want and len(got) == len(want)
+  assert list(lat[got]) == sorted(lat[got])
+
+
+def test_kendall_tau_against_scipy_and_a_pairwise_count():
+  rng = np.random.default_rng(2)
+  for _ in range(10):
+    x, y = rng.normal(size=15), rng.normal(size=15)
+    y = y + rng.uniform(0, 2) * x
+    pairs = list(itertools.combinations(range(15), 2))
+    conc = sum((x[i] - x[j]) * (y[i] - y[j]) > 0 for i, j in pairs)
+    assert front.kendall_tau(x, y) == pytest.approx((2 * conc - len(pairs)) / len(pairs), abs=1e-12)
+    assert front.kendall_tau(x, y) == pytest.approx(scipy.stats.kendalltau(x, y).statistic, abs=1e-12)
+  x, y = rng.integers(0, 4, 20), rng.integers(0, 3, 20)  # ties: tau-b
+  assert front.kendall_tau(x, y) == pytest.approx(
+      scipy.stats.kendalltau(x, y, variant="b").statistic, abs=1e-12)
+  assert math.isnan(front.kendall_tau([1, 1, 1], [1, 2, 3]))
+
+
+def test_bootstrap_interval():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=20)
+  r = front.bootstrap_interval(x, 2 * x + 1, n_resamples=500)
+  assert r["estimate"] == 1.0 and r["low"] == 1.0 and r["high"] == 1.0
+  # Against the same resamples drawn here, and the normal-theory interval of a mean.
+  y = x + rng.normal(size=20)
+  r = front.bootstrap_interval(x, y, n_resamples=300, seed=7)
+  idx = np.random.default_rng(7).integers(0, 20, size=(300, 20))
+  taus = [scipy.stats.kendalltau(x[i], y[i]).statistic for i in idx]
+  taus = [t for t in taus if np.isfinite(t)]
+  assert (r["low"], r["high"]) == pytest.approx(tuple(np.quantile(taus, [0.025, 0.975])), abs=1e-12)
+  z = rng.normal(5.0, 2.0, 400)
+  m = front.bootstrap_interval(z, z, statistic=lambda a, b: float(np.mean(a)), n_resamples=2000)
+  half = 1.96 * z.std(ddof=1) / math.sqrt(400)
+  assert m["high"] - m["low"] == pytest.approx(2 * half, rel=0.1)
+  assert m["low"] < z.mean() < m["high"]
+
+
+def test_interpolate_front_and_matched_comparison():
+  lat, acc, std = [1.0, 2.0, 4.0, 3.0], [80.0, 82.0, 86.0, 81.0], [0.2, 0.4, 0.2, 0.1]
+  # (3.0, 81.0) is dominated by (2.0, 82.0): the curve runs 1 -> 2 -> 4.
+  r = front.interpolate_front(lat, acc, std, 3.0)
+  assert r["mean"] == pytest.approx(84.0) and (r["left"], r["right"]) == (1, 2)
+  assert r["std"] == pytest.approx(math.sqrt(0.25 * 0.16 + 0.25 * 0.04))
+  assert front.interpolate_front(lat, acc, std, 1.0)["mean"] == pytest.approx(80.0)
+  assert front.interpolate_front(lat, acc, std, 4.0)["mean"] == pytest.approx(86.0)
+  assert front.interpolate_front(lat, acc, std, 0.5) is None
+  beyond = front.interpolate_front(lat, acc, std, 4.5)
+  assert (beyond["mean"], beyond["std"], beyond["right"]) == (86.0, 0.2, 2)
+  c = front.matched_comparison(85.0, 0.3, 3, 84.0, 0.4, 3)
+  assert c["diff"] == pytest.approx(1.0) and c["pooled_std"] == pytest.approx(math.sqrt(0.125))
+  assert c["effect"] == pytest.approx(1.0 / math.sqrt(0.125))
+  assert c["z"] == pytest.approx(1.0 / math.sqrt(0.25 / 3))
+
+
+def _net(name, method, lat, accs, target=None):
+  return {"name": name, "method": method, "target": target, "latency": {"value": lat, "std": 0.01},
+          "accuracy": front.aggregate_seeds(accs)}
+
+
+def test_front_summary_and_plot(tmp_path):
+  nets = [_net(f"h{i}", "hand", lat, [80 + 4 * lat - 0.1, 80 + 4 * lat + 0.1])
+          for i, lat in enumerate([0.5, 1.0, 1.5])]
+  nets += [_net("f", "found", 0.75, [84.9, 85.1], "t"), _net("r", "random", 0.74, [82.0, 82.2], "t")]
+  s = front.front_summary(nets)
+  (f,) = s["found_vs"]
+  assert f["vs_hand"]["mean"] == pytest.approx(83.0) and f["vs_hand"]["diff"] == pytest.approx(2.0)
+  assert f["vs_hand"]["between"] == ["h0", "h1"]
+  assert f["vs_random_mean"]["diff"] == pytest.approx(2.9)
+  ref = s["reference"]
+  assert (ref["latency"], ref["accuracy"]) == pytest.approx((1.65, 81.0))
+  assert s["methods"]["hand"]["front"] == ["h0", "h1", "h2"]
+  assert s["methods"]["found"]["hypervolume"] == pytest.approx((1.65 - 0.75) * 4.0)
+  assert s["methods"]["found"]["hypervolume_per_seed"]["values"] == pytest.approx([0.9 * 3.9, 0.9 * 4.1])
+  png = front.plot_fronts(nets, str(tmp_path / "f.png"), title="t")
+  assert pathlib.Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_aggregate_seeds():
+  a = front.aggregate_seeds([1.0, 2.0, 4.0])
+  assert a["mean"] == pytest.approx(7 / 3) and a["n"] == 3
+  assert a["std"] == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
+  assert front.aggregate_seeds([3.0])["std"] == 0.0
+
+
+def test_hand_designed_family_is_uniform_and_monotone(fmnist_space):
+  space = fmnist_space
+  assert front.skip_order(space) == [5, 3, 1, 0]
+  macs = macs_predictor(space)
+  fam = front.hand_designed_family(space)
+  assert len(fam) == 10
+  for op in ("3x3_MBConv6", "3x3_MBConv3"):
+    members = [(n, a) for n, a in fam if n.startswith(op)]
+    for k, (name, arch) in enumerate(members):
+      assert name == f"{op}-d{k}" and arch.ops.count("Zero") == k
+      assert set(arch.ops) - {"Zero"} == {op}  # uniform: every kept block is the op
+    lat = macs.of_archs([a for _, a in members])
+    assert np.all(np.diff(lat) < 0)  # fewer blocks, less cost
+  # Width: expansion 3 is cheaper than 6 at every depth.
+  six, three = macs.of_archs([a for _, a in fam[:5]]), macs.of_archs([a for _, a in fam[5:]])
+  assert np.all(three < six)
+  with pytest.raises(UserValueError, match="not a candidate"):
+    front.hand_designed_family(space, ops=("7x7_MBConv6",))
+
+
+def test_spanning_members():
+  lat = [5.0, 1.0, 3.0, 2.0, 4.0, 6.0]
+  assert front.spanning_members(lat, 2.5, 4.5) == [3, 2, 4, 0]
+  assert front.spanning_members(lat, 0.5, 10.0) == [1, 3, 2, 4, 0, 5]
+
+
+def test_sample_in_band_is_in_band_distinct_and_seeded(fmnist_space):
+  macs = macs_predictor(fmnist_space)
+  full = float(macs.of_archs([Arch.uniform(fmnist_space, "3x3_MBConv6")])[0])
+  target, band = 0.7 * full, 0.05
+  archs = front.sample_in_band(fmnist_space, macs.of_archs, target, band, 6, seed=1)
+  lat = macs.of_archs(archs)
+  assert np.all((lat >= (1 - band) * target) & (lat <= target)) and len(set(archs)) == 6
+  assert archs == front.sample_in_band(fmnist_space, macs.of_archs, target, band, 6, seed=1)
+  assert archs[0] not in front.sample_in_band(fmnist_space, macs.of_archs, target, band, 3, seed=1,
+                                              exclude=archs[:1])
+  with pytest.raises(UserValueError, match="widen the band"):
+    front.sample_in_band(fmnist_space, macs.of_archs, 1e-3, band, 1, max_draws=5000)
+
+
+def test_sample_spread_covers_the_latency_range(fmnist_space):
+  macs = macs_predictor(fmnist_space)
+  archs = front.sample_spread(fmnist_space, macs.of_archs, 12, seed=0, n_draws=5000)
+  assert len(set(archs)) == 12
+  lat = np.sort(macs.of_archs(archs))
+  everything = macs.of_archs(sample_archs(fmnist_space, 5000, seed=1))
+  lo, hi = np.percentile(everything, [1, 99])
+  assert lat[0] < lo + 0.1 * (hi - lo) and lat[-1] > hi - 0.1 * (hi - lo)
+  assert np.max(np.diff(lat)) < 0.25 * (hi - lo)  # no big gap
