@@ -49,7 +49,7 @@ from results_io import write_result
 from pnas_jax import front
 from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.config_loading import load_config, split_config_args
-from pnas_jax.demo import _pnas as run_pnas
+from pnas_jax.demo import run_pnas
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import write_bytes_atomic
 from pnas_jax.latency.objective import MEASURED_PREDICTOR

@@ -85,7 +85,7 @@ def demo_overrides(quick: bool, seed: int, data: str, data_dir: str | None, late
   return latency, search, train
 
 
-def _pnas(*args: str) -> str:
+def run_pnas(*args: str) -> str:
   """Runs `pnas ARGS` in a child process (fresh XLA flags: single-threaded latency timing)."""
   p = subprocess.run([sys.executable, "-m", "pnas_jax.cli", *args], capture_output=True, text=True)
   if p.returncode == 2:  # a user error: the child's one-line message says what to fix
@@ -167,8 +167,8 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
     space = space_for_data(search_cfg.space.to_dict(), dataset)
     predictor_path = os.path.join(latency_dir, "predictor.json")
     if not os.path.exists(predictor_path):
-      _pnas("latency", "measure", "--config", latency_cfg, *l_over)
-      _pnas("latency", "fit", "--config", latency_cfg, *l_over, "--json")
+      run_pnas("latency", "measure", "--config", latency_cfg, *l_over)
+      run_pnas("latency", "fit", "--config", latency_cfg, *l_over, "--json")
     load_predictor(predictor_path, space)  # checks it fits this space
     fit_metrics = read_json(predictor_path, UserFileError).get("metrics")
     search_dir = os.path.join(workdir, "search")
@@ -193,7 +193,7 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
     # 4. The five trained nets timed in one interleaved session (same protocol as the table).
     bar.start(len(PHASES) - 1, PHASES[-1][0])
     t = time.time()
-    out = _pnas("latency", "networks", "--config", latency_cfg, *l_over,
+    out = run_pnas("latency", "networks", "--config", latency_cfg, *l_over,
                 "--out", os.path.join(latency_dir, "final_networks.json"), "--json",
                 *[f"{name}={os.path.join(workdir, 'archs', name + '.json')}" for name, _ in nets])
     measured = json.loads(out.strip().splitlines()[-1])

@@ -423,7 +423,7 @@ def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str
   on a CPU single-threaded XLA and the process CPU-time clock). "std" is the standard deviation of
   the timed calls. Names already in `out` are not timed again (resumable).
 
-  run_pnas(*args) runs `pnas ARGS` in a child process and returns its stdout (pnas_jax.demo's
+  run_pnas(*args) runs `pnas ARGS` in a child process and returns its stdout (pnas_jax.demo.run_pnas
   runner; passed in so that the demo can import this module).
   """
   run_pnas("latency", "networks", "--config", latency_config, *overrides, "--out", out, "--json",
