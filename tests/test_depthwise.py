@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pnas_jax.layers import depthwise, zoo
+from pnas_jax.layers import depthwise
+from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet
 from pnas_jax.search_space.space import Arch
 
