@@ -367,7 +367,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   calls.update(twin_calls("demo_baseline", baseline, dspace.resolution, dbsz))
   out["cache_events"] = events.snapshot()
   out["step_time"] = interleaved_medians(calls, rounds, per_round)
-  out["table"] = summarise(out, out["peak"]["gflops"] * 1e9)
+  # The peak again right after the timed rounds (load can change during a long run): the larger.
+  out["peak_after"] = peak_flops(n, 5)
+  peak = max(out["peak"]["gflops"], out["peak_after"]["gflops"])
+  out["table"] = summarise(out, peak * 1e9)
   w = out["imagenet"]["compile"]["weight"]
   out["goals_met"] = {
       "weight_step_s": out["step_time"]["weight"]["median_s"] <= GOALS["weight_step_s"],
