@@ -84,7 +84,7 @@ def make_jax_step(entry: zoo.ZooEntry, resolution: int, batch: int):
   space = entry.space.replace(resolution=resolution)
   net = ChildNet(space, entry.arch, dropout_rate=entry.dropout_rate, dw_impl="auto")
   kx, ky, kinit = jax.random.split(jax.random.key(0), 3)
-  images = jax.random.normal(kx, (batch, resolution, resolution, 3), jnp.float32)
+  images = jax.random.normal(kx, (batch, resolution, resolution, space.in_channels), jnp.float32)
   labels = jax.random.randint(ky, (batch,), 0, space.n_classes)
   variables = jax.jit(functools.partial(net.init, train=False))(kinit, images[:1])
   params, batch_stats = variables["params"], variables["batch_stats"]
@@ -134,7 +134,7 @@ def make_torch_step(entry: zoo.ZooEntry, resolution: int, batch: int):
       net.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY
   )
   loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
-  images = torch.randn(batch, 3, resolution, resolution)
+  images = torch.randn(batch, space.in_channels, resolution, resolution)
   labels = torch.randint(0, space.n_classes, (batch,))
 
   def step():

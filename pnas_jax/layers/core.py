@@ -49,6 +49,11 @@ def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
     _BN_AXIS.reset(token)
 
 
+def current_batch_norm_axis() -> str | None:
+  """The axis name BN layers built now synchronise their statistics over (see batch_norm_axis)."""
+  return _BN_AXIS.get()
+
+
 def BatchNorm(**kwargs) -> nn.BatchNorm:  # noqa: N802 (a layer constructor, named like one)
   """nn.BatchNorm with the reference momentum / epsilon and the current batch_norm_axis."""
   return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=_BN_AXIS.get(), **kwargs)
