@@ -332,6 +332,15 @@ _KIND_STYLE = {
 _OTHER_MARKERS = ("D", "v", "P", "X", "h", "<", ">")
 
 
+def _points_by_kind(points: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+  """The points with a finite x and y, grouped by their "kind" (in first-seen order)."""
+  by_kind: dict[str, list[Mapping[str, Any]]] = {}
+  for p in points:
+    if _finite(p.get("x")) is not None and _finite(p.get("y")) is not None:
+      by_kind.setdefault(str(p.get("kind", "other")), []).append(p)
+  return by_kind
+
+
 def plot_pareto(
     points: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -357,17 +366,10 @@ def plot_pareto(
   """
   fig = Figure(figsize=(7.0, 5.0), layout="constrained")
   ax = fig.add_subplot()
-  by_kind: dict[str, list[Mapping[str, Any]]] = {}
-  for p in points:
-    if _finite(p.get("x")) is None or _finite(p.get("y")) is None:
-      continue
-    by_kind.setdefault(str(p.get("kind", "other")), []).append(p)
+  by_kind = _points_by_kind(points)
   other_i = 0
   for kind, pts in by_kind.items():
-    style = _KIND_STYLE.get(kind)
-    if style is None:
-      style = dict(marker=_OTHER_MARKERS[other_i % len(_OTHER_MARKERS)], color=f"C{4 + other_i % 6}", s=45)
-      other_i += 1
+    style, other_i = _kind_style(kind, other_i)
     xs = [float(p["x"]) for p in pts]
     ys = [float(p["y"]) for p in pts]
     ax.scatter(xs, ys, label=kind, edgecolors="black", linewidths=0.5, zorder=3, **style)
@@ -375,14 +377,20 @@ def plot_pareto(
       ax.annotate(str(p.get("label", "")), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
   if target is not None:
     ax.axvline(float(target), ls="--", color="black", lw=1.0, label="latency target")
-  if not by_kind:
+  return _finish_scatter(fig, ax, path, bool(by_kind), x_label, y_label, title)
+
+
+def _finish_scatter(fig: Figure, ax: Any, path: str | os.PathLike, has_points: bool, x_label: str,
+                    y_label: str, title: str | None) -> str:
+  """The accuracy-vs-latency plots' common finish: labels, grid, legend (or "no points"), save."""
+  if not has_points:
     ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes, color="grey")
   ax.margins(0.08)
   ax.set_xlabel(x_label)
   ax.set_ylabel(y_label)
   ax.grid(True, alpha=0.3)
-  if by_kind or target is not None:
-    handles, labels = ax.get_legend_handles_labels()
+  handles, labels = ax.get_legend_handles_labels()
+  if handles:
     ax.legend(handles, labels, fontsize=8, loc="best")
   if title:
     ax.set_title(title)
@@ -420,10 +428,7 @@ def plot_pareto_errorbars(
   """
   fig = Figure(figsize=(7.5, 5.5), layout="constrained")
   ax = fig.add_subplot()
-  by_kind: dict[str, list[Mapping[str, Any]]] = {}
-  for p in points:
-    if _finite(p.get("x")) is not None and _finite(p.get("y")) is not None:
-      by_kind.setdefault(str(p.get("kind", "other")), []).append(p)
+  by_kind = _points_by_kind(points)
   other_i = 0
   for kind in dict.fromkeys([*by_kind, *(lines or {})]):
     style, other_i = _kind_style(kind, other_i)
@@ -440,14 +445,4 @@ def plot_pareto_errorbars(
     if line:
       lx, ly = zip(*line, strict=True)
       ax.plot(lx, ly, color=style["color"], lw=1.0, alpha=0.7, zorder=1)
-  if not by_kind:
-    ax.text(0.5, 0.5, "no points", ha="center", va="center", transform=ax.transAxes, color="grey")
-  ax.margins(0.08)
-  ax.set_xlabel(x_label)
-  ax.set_ylabel(y_label)
-  ax.grid(True, alpha=0.3)
-  if by_kind:
-    ax.legend(fontsize=8, loc="best")
-  if title:
-    ax.set_title(title)
-  return _save(fig, path)
+  return _finish_scatter(fig, ax, path, bool(by_kind), x_label, y_label, title)
