@@ -231,7 +231,7 @@ def _report(workdir, space, objective, found, results, seed, quick, timings, wal
       "seed": seed, "quick": quick, "device": device_description(),
       "dataset": results["found"]["dataset"], "test_examples": results["found"]["test_examples"],
       "search": {"expected_latency_ms": found.expected_latency, "holdout_top1": found.holdout_top1,
-                 "steps": found.step, "images_per_s": found.images_per_s, "status": found.status,
+                 "steps": found.step, "images_per_s": found.images_per_s, "status": found.status.value,
                  "estimator": estimator, "derive": objective.derive_mode,
                  "derive_band": objective.derive_band,
                  "argmax_arch": list(derive(found.probabilities, space).ops)},

@@ -17,6 +17,7 @@ from pnas_jax.config_loading import load_config
 from pnas_jax.latency.objective import LatencyObjective
 from pnas_jax.latency.predictor import macs_predictor
 from pnas_jax.search_space import Arch
+from pnas_jax.train.loop import Status
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -46,7 +47,7 @@ def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
   # Probabilities whose per-block argmax is the first candidate everywhere.
   probs = [[0.5] + [0.5 / (len(b.candidates) - 1)] * (len(b.candidates) - 1) for b in space.blocks]
   found = types.SimpleNamespace(expected_latency=3.0, holdout_top1=80.0, step=10, images_per_s=5.0,
-                                status="done", arch=found_arch, probabilities=probs)
+                                status=Status.DONE, arch=found_arch, probabilities=probs)
 
   def res(arch, acc, ms):
     return {"test_top1": acc, "latency_ms_b1": ms, "arch": list(arch.ops), "params": 1000,
