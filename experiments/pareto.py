@@ -44,6 +44,7 @@ import time
 from typing import Any
 
 import numpy as np
+from front_common import ROOT, SEARCH_CONFIG, TINY_CONFIG, TRAIN_CONFIG, run, train_overrides
 from results_io import write_result
 
 from pnas_jax import front
@@ -57,23 +58,13 @@ from pnas_jax.latency.predictor import load_latency_model, load_predictor, macs_
 from pnas_jax.search_space.io import load_arch
 from pnas_jax.train.sweep import WARMUP_DIR, sweep
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SEARCH_CONFIG = str(ROOT / "configs" / "search" / "fashion_mnist.py")
-TRAIN_CONFIG = str(ROOT / "configs" / "train" / "fashion_mnist.py")
 LATENCY_CONFIG = str(ROOT / "configs" / "latency" / "fashion_mnist.py")
-TINY_CONFIG = str(ROOT / "configs" / "search" / "tiny.py")
 QUICK_SEARCH = ["--config.schedule.steps_per_epoch=30", "--config.schedule.warmup_epochs=1.0",
                 "--config.schedule.epochs=1.5", "--config.schedule.arch_every=1",
                 "--config.optim.arch_lr=0.05", "--config.eval.max_batches=4",
                 "--config.eval.bn_batches=2", "--config.latency.n_networks=8",
                 "--config.latency.repeats=20", "--config.log.plots=False"]
-QUICK_TRAIN = ["--config.schedule.steps_per_epoch=60", "--config.schedule.epochs=1.0",
-               "--config.eval.every_epochs=0"]
 TINY_SEARCH = ["--config.eval.every_epochs=0", "--config.eval.bn_batches=0"]
-TINY_TRAIN = ["--config.data.batch_size=32", "--config.data.eval_batch_size=64",
-              "--config.schedule.steps_per_epoch=3", "--config.schedule.epochs=1.0",
-              "--config.eval.every_epochs=0", "--config.model.dw_impl=lax",
-              "--config.checkpoint.every_steps=100", "--config.log.every_steps=100"]
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -112,11 +103,7 @@ def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[
   cfg = load_config(args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG), [*preset, *overrides])
   if not cfg.latency.target_ratios and not cfg.latency.targets:
     cfg.latency.target_ratios = (0.8,) if args.tiny else (0.5, 0.7, 0.9)
-  train = [f"--config.data.name={cfg.data.name}"]
-  if cfg.data.data_dir:
-    train.append(f"--config.data.data_dir={cfg.data.data_dir}")
-  train += TINY_TRAIN if args.tiny else QUICK_TRAIN if args.quick else []
-  return cfg, train + [f"--config.{kv}" for kv in args.train]
+  return cfg, train_overrides(cfg, args)
 
 
 def sweep_predictor(cfg: Any, sweep_dir: str, space: Any):
@@ -259,8 +246,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main())
-  except PnasError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  run(main)

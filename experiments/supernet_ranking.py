@@ -32,10 +32,10 @@ import time
 from typing import Any
 
 import jax
+from front_common import SEARCH_CONFIG, TINY_CONFIG, TRAIN_CONFIG, run, train_overrides
 from results_io import write_result
 
 from pnas_jax import front, plots
-from pnas_jax.checkpointing import Checkpointer
 from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.config_loading import load_config, split_config_args
 from pnas_jax.errors import PnasError
@@ -43,24 +43,13 @@ from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
 from pnas_jax.latency.predictor import macs_predictor
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.evaluation import PathEvaluator
-from pnas_jax.train.loop import CHECKPOINT_DIR
+from pnas_jax.train.loop import final_state
 from pnas_jax.train.parallel import replicate
 from pnas_jax.train.search import search, setup_search
 from pnas_jax.train.state import create_search_state
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SEARCH_CONFIG = str(ROOT / "configs" / "search" / "fashion_mnist.py")
-TRAIN_CONFIG = str(ROOT / "configs" / "train" / "fashion_mnist.py")
-TINY_CONFIG = str(ROOT / "configs" / "search" / "tiny.py")
 QUICK_SEARCH = ["--config.schedule.steps_per_epoch=40", "--config.schedule.warmup_epochs=2.0",
                 "--config.latency.n_networks=8", "--config.latency.repeats=20"]
-QUICK_TRAIN = ["--config.schedule.steps_per_epoch=60", "--config.schedule.epochs=1.0",
-               "--config.eval.every_epochs=0"]
-# Synthetic 16x16 data, tiny nets: what configs/search/tiny.py searches.
-TINY_TRAIN = ["--config.data.batch_size=32", "--config.data.eval_batch_size=64",
-              "--config.schedule.steps_per_epoch=3", "--config.schedule.epochs=1.0",
-              "--config.eval.every_epochs=0", "--config.model.dw_impl=lax",
-              "--config.checkpoint.every_steps=100", "--config.log.every_steps=100"]
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -93,11 +82,7 @@ def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[
   """(search config, training overrides): --quick / --tiny settings first, the user's last."""
   search_over = [*(QUICK_SEARCH if args.quick and not args.tiny else []), *overrides]
   cfg = load_config(args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG), search_over)
-  train = [f"--config.data.name={cfg.data.name}"]
-  if cfg.data.data_dir:
-    train.append(f"--config.data.data_dir={cfg.data.data_dir}")
-  train += TINY_TRAIN if args.tiny else QUICK_TRAIN if args.quick else []
-  return cfg, train + [f"--config.{kv}" for kv in args.train]
+  return cfg, train_overrides(cfg, args)
 
 
 def warmed_up_supernet(cfg: Any, workdir: str, run_warmup: bool, progress: bool):
@@ -113,11 +98,7 @@ def warmed_up_supernet(cfg: Any, workdir: str, run_warmup: bool, progress: bool)
   setup = setup_search(cfg, workdir)
   like = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx, setup.arch_tx,
                              setup.step_options["alpha_init_std"])
-  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=0, keep=1)
-  try:
-    step, state, _ = ckpt.restore(like)
-  finally:
-    ckpt.close()
+  step, state = final_state(workdir, like)
   return setup, replicate(state, setup.mesh), step
 
 
@@ -205,8 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main())
-  except PnasError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  run(main)

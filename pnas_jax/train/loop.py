@@ -216,6 +216,17 @@ class RunDir:
         os.remove(path)
 
 
+def final_state(workdir: str, like: S) -> tuple[int, S]:
+  """(step, state) of the newest checkpoint of the run in `workdir`, shaped like `like` (to start
+  another run from it, e.g. a sweep's target from its warm-up)."""
+  ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), every_steps=0, keep=1)
+  try:
+    step, state, _ = ckpt.restore(like)
+  finally:
+    ckpt.close()
+  return step, state
+
+
 def run_loop(
     state: S,
     one_step: Callable[[S, int], tuple[S, int]],

@@ -38,7 +38,6 @@ from jax.sharding import Mesh
 from pnas_jax.arch.derive import probabilities
 from pnas_jax.arch.estimators import Estimator, estimator_from_config
 from pnas_jax.arch.supernet import Supernet, child_variables
-from pnas_jax.checkpointing import Checkpointer
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.errors import UserValueError
@@ -48,7 +47,7 @@ from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train import inputs
 from pnas_jax.train.evaluation import PathEvaluator
-from pnas_jax.train.loop import CHECKPOINT_DIR, Outcome, RunDir, RunStateError, Status, run_loop
+from pnas_jax.train.loop import Outcome, RunDir, RunStateError, Status, final_state, run_loop
 from pnas_jax.train.monitor import LoopMonitor, Progress
 from pnas_jax.train.optim import arch_optimizer, weight_optimizer
 from pnas_jax.train.parallel import data_mesh, data_parallel, global_batch, replicate, to_host
@@ -243,11 +242,7 @@ def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite
 def _warmed_up(warmup_dir: str, like: SearchState, warmup_steps: int) -> SearchState:
   """The final state of a warm-up run in `warmup_dir`; it must end where this schedule's warm-up
   ends."""
-  ckpt = Checkpointer(os.path.join(warmup_dir, CHECKPOINT_DIR), every_steps=0, keep=1)
-  try:
-    step, state, _ = ckpt.restore(like)
-  finally:
-    ckpt.close()
+  step, state = final_state(warmup_dir, like)
   if step != warmup_steps:
     raise RunStateError(
         f"{warmup_dir} ends at step {step}, but this search's warm-up is {warmup_steps} steps; "

@@ -1,0 +1,46 @@
+"""What experiments/pareto.py and experiments/supernet_ranking.py share: the configs they start from,
+the retraining presets of --quick / --tiny, and how they end on a user error.
+
+Not an experiment itself; the scripts import it from their own directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pnas_jax.errors import PnasError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SEARCH_CONFIG = str(ROOT / "configs" / "search" / "fashion_mnist.py")
+TRAIN_CONFIG = str(ROOT / "configs" / "train" / "fashion_mnist.py")
+TINY_CONFIG = str(ROOT / "configs" / "search" / "tiny.py")
+QUICK_TRAIN = ["--config.schedule.steps_per_epoch=60", "--config.schedule.epochs=1.0",
+               "--config.eval.every_epochs=0"]
+# Synthetic 16x16 data, tiny nets: what configs/search/tiny.py searches.
+TINY_TRAIN = ["--config.data.batch_size=32", "--config.data.eval_batch_size=64",
+              "--config.schedule.steps_per_epoch=3", "--config.schedule.epochs=1.0",
+              "--config.eval.every_epochs=0", "--config.model.dw_impl=lax",
+              "--config.checkpoint.every_steps=100", "--config.log.every_steps=100"]
+
+
+def train_overrides(search_cfg: Any, args: argparse.Namespace) -> list[str]:
+  """The retraining config's overrides: the search's data, the --tiny / --quick preset, then the
+  user's --train KEY=VALUE (last, so they win)."""
+  train = [f"--config.data.name={search_cfg.data.name}"]
+  if search_cfg.data.data_dir:
+    train.append(f"--config.data.data_dir={search_cfg.data.data_dir}")
+  train += TINY_TRAIN if args.tiny else QUICK_TRAIN if args.quick else []
+  return train + [f"--config.{kv}" for kv in args.train]
+
+
+def run(main: Callable[[], int]) -> None:
+  """Exits with main()'s status; a user error prints its one-line message and exits 2."""
+  try:
+    sys.exit(main())
+  except PnasError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
