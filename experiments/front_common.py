@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pnas_jax.config_loading import split_config_args
 from pnas_jax.errors import PnasError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,6 +26,19 @@ TINY_TRAIN = ["--config.data.batch_size=32", "--config.data.eval_batch_size=64",
               "--config.schedule.steps_per_epoch=3", "--config.schedule.epochs=1.0",
               "--config.eval.every_epochs=0", "--config.model.dw_impl=lax",
               "--config.checkpoint.every_steps=100", "--config.log.every_steps=100"]
+
+
+def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str], quick_help: str,
+                         out: str) -> tuple[argparse.Namespace, list[str]]:
+  """Adds the flags both experiments take (--quick, --tiny, --no-progress, --out, --json) and parses
+  `argv`; returns (args, the --config.KEY=VALUE overrides of the search config)."""
+  p.add_argument("--quick", action="store_true", help=quick_help)
+  p.add_argument("--tiny", action="store_true", help="tiny space, synthetic data, MACs (seconds)")
+  p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--out", default=out)
+  p.add_argument("--json", action="store_true")
+  rest, overrides = split_config_args(argv)
+  return p.parse_args(rest), overrides
 
 
 def train_overrides(search_cfg: Any, args: argparse.Namespace) -> list[str]:

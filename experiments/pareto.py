@@ -44,12 +44,20 @@ import time
 from typing import Any
 
 import numpy as np
-from front_common import ROOT, SEARCH_CONFIG, TINY_CONFIG, TRAIN_CONFIG, run, train_overrides
+from front_common import (
+  ROOT,
+  SEARCH_CONFIG,
+  TINY_CONFIG,
+  TRAIN_CONFIG,
+  parse_with_overrides,
+  run,
+  train_overrides,
+)
 from results_io import write_result
 
 from pnas_jax import front
 from pnas_jax.compile_cache import enable_compilation_cache
-from pnas_jax.config_loading import load_config, split_config_args
+from pnas_jax.config_loading import load_config
 from pnas_jax.demo import run_pnas
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import write_bytes_atomic
@@ -88,13 +96,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument("--ref-latency", type=float, default=None)
   p.add_argument("--ref-accuracy", type=float, default=None)
   p.add_argument("--workdir", default="results/pareto")
-  p.add_argument("--quick", action="store_true", help="a short sweep and short trainings (minutes)")
-  p.add_argument("--tiny", action="store_true", help="tiny space, synthetic data, MACs (seconds)")
-  p.add_argument("--no-progress", action="store_true")
-  p.add_argument("--out", default="results/pareto.json")
-  p.add_argument("--json", action="store_true")
-  rest, overrides = split_config_args(argv)
-  return p.parse_args(rest), overrides
+  return parse_with_overrides(p, argv, "a short sweep and short trainings (minutes)", "results/pareto.json")
 
 
 def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[str]]:

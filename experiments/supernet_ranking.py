@@ -32,12 +32,12 @@ import time
 from typing import Any
 
 import jax
-from front_common import SEARCH_CONFIG, TINY_CONFIG, TRAIN_CONFIG, run, train_overrides
+from front_common import SEARCH_CONFIG, TINY_CONFIG, TRAIN_CONFIG, parse_with_overrides, run, train_overrides
 from results_io import write_result
 
 from pnas_jax import front, plots
 from pnas_jax.compile_cache import enable_compilation_cache
-from pnas_jax.config_loading import load_config, split_config_args
+from pnas_jax.config_loading import load_config
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
 from pnas_jax.latency.predictor import macs_predictor
@@ -69,13 +69,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument("--eval-batches", type=int, default=None,
                  help="held-out batches per supernet evaluation (default: the config's eval.max_batches)")
   p.add_argument("--bootstrap", type=int, default=2000)
-  p.add_argument("--quick", action="store_true", help="short warm-up and trainings (minutes)")
-  p.add_argument("--tiny", action="store_true", help="tiny space, synthetic data, MACs (seconds)")
-  p.add_argument("--no-progress", action="store_true")
-  p.add_argument("--out", default="results/supernet_ranking.json")
-  p.add_argument("--json", action="store_true")
-  rest, overrides = split_config_args(argv)
-  return p.parse_args(rest), overrides
+  return parse_with_overrides(p, argv, "short warm-up and trainings (minutes)",
+                              "results/supernet_ranking.json")
 
 
 def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[str]]:
