@@ -1,6 +1,6 @@
 r"""Latency table and predictor for configs/search/fashion_mnist.py's space, measured on this CPU.
 
-The demo's target device is one core of the machine it runs on, at batch 1: single-threaded XLA
+The demo's target device is one core of the machine it runs on, at the search config's batch (16): single-threaded XLA
 timed with the process CPU-time clock (repeatable on a shared machine; see
 pnas_jax/latency/timing.py), in its own process so training can still use every core.
 
@@ -21,7 +21,8 @@ def get_config(arg=None):
   search = load_config(os.path.join(os.path.dirname(__file__), "..", "search", "fashion_mnist.py"))
   config = latency_config()  # the one-core CPU timing protocol (pnas_jax/latency/config.py)
   config.name = "fashion_mnist"
-  config.space = search.space.to_dict()  # one source of truth: the search config's space
+  config.space = search.space.to_dict()  # one source of truth: the search config's space ...
+  config.batch = search.latency.batch  # ... and target batch
   config.table = "results/latency/fashion_mnist_table.json"
   config.networks = "results/latency/fashion_mnist_networks.json"
   config.predictor = "results/latency/fashion_mnist_predictor.json"
