@@ -43,7 +43,6 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 from front_common import (
   ROOT,
   SEARCH_CONFIG,
@@ -63,7 +62,8 @@ from pnas_jax.errors import PnasError
 from pnas_jax.file_io import write_bytes_atomic
 from pnas_jax.latency.objective import MEASURED_PREDICTOR
 from pnas_jax.latency.predictor import load_latency_model, load_predictor, macs_predictor
-from pnas_jax.search_space.io import load_arch
+from pnas_jax.search_space.io import load_arch, save_arch
+from pnas_jax.search_space.space import Arch
 from pnas_jax.train.sweep import WARMUP_DIR, sweep
 
 LATENCY_CONFIG = str(ROOT / "configs" / "latency" / "fashion_mnist.py")
@@ -118,73 +118,11 @@ def sweep_predictor(cfg: Any, sweep_dir: str, space: Any):
   return load_latency_model(model, space)
 
 
-def choose_networks(space: Any, predictor: Any, targets: list[tuple[str, float, Any]], band: float,
-                    args: argparse.Namespace) -> list[tuple[str, str, str | None, Any]]:
-  """(name, method, target label, arch): the found nets, the hand-designed nets bracketing the
-  targets' range, `args.random` random nets in each target's band."""
-  nets = [(f"found_{label}", "found", label, arch) for label, _, arch in targets]
-  family = list(dict((a, n) for n, a in front.hand_designed_family(space, args.hand_ops.split(","))
-                     ).items())
-  lat = predictor.of_archs([a for a, _ in family])
-  # The range of the targets' bands and of the found nets (an argmax-derived net can miss its band).
-  found_lat = list(predictor.of_archs([arch for _, _, arch in targets]))
-  ts = [t for _, t, _ in targets]
-  idx = front.spanning_members(lat, min([(1 - band) * min(ts), *found_lat]), max([*ts, *found_lat]))
-  if args.max_hand and len(idx) > args.max_hand:  # evenly spaced, both ends kept
-    idx = [idx[i] for i in sorted(set(np.linspace(0, len(idx) - 1, args.max_hand).round().astype(int)))]
-  nets += [(f"hand_{family[i][1]}", "hand", None, family[i][0]) for i in idx]
-  taken = [n[3] for n in nets]
-  for k, (label, target, _) in enumerate(targets):
-    for j, a in enumerate(front.sample_in_band(space, predictor.of_archs, target, band, args.random,
-                                               seed=args.sample_seed + k, exclude=taken)):
-      nets.append((f"random_{label}_{j + 1}", "random", label, a))
-      taken.append(a)
-  return nets
-
-
 def _markdown(r: dict[str, Any]) -> str:
-  unit = r["latency_unit"]
   lines = ["# Found vs hand-designed vs random: retrained fronts", "",
            f"{r['seeds']} seeds per network; latency: {r['latency_protocol']}.", "",
-           f"| network | method | target | test top-1 (%) | latency ({unit}) | predicted | params "
-           "| architecture |", "|---|---|---|---|---|---|---|---|"]
-  for n in r["networks"]:
-    a, lt = n["accuracy"], n["latency"]
-    lines.append(f"| {n['name']} | {n['method']} | {n['target'] or ''} | {a['mean']:.2f} +- "
-                 f"{a['std']:.2f} | {lt['value']:.4g} +- {lt['std']:.2g} | "
-                 f"{n['predicted_latency']:.4g} | {n['params']:,} | {' '.join(n['ops'])} |")
-  s, ref = r["summary"], r["summary"]["reference"]
-  lines += ["", f"Hypervolume (reference: latency {ref['latency']:.4g}, accuracy {ref['accuracy']:.2f}; "
-            f"{ref['rule']}):", "", "| method | hypervolume | per seed index | front |", "|---|---|---|---|"]
-  for m, f in s["methods"].items():
-    ps = f.get("hypervolume_per_seed")
-    per_seed = "" if ps is None else f"{ps['mean']:.4g} +- {ps['std']:.2g}"
-    lines.append(f"| {m} | {f['hypervolume']:.4g} | {per_seed} | {', '.join(f['front'])} |")
-  lines += ["", "Found nets at matched latency (diff in points; effect = diff / pooled seed std; "
-            "z = diff / standard error):", "", "| found | vs | diff | effect | z |", "|---|---|---|---|---|"]
-  fmt = lambda v: "" if v is None else f"{v:+.2f}"  # noqa: E731
-  for c in s["found_vs"]:
-    rows = [("hand front (" + " / ".join(c["vs_hand"]["between"]) + ")", c["vs_hand"])] if c.get(
-        "vs_hand") else [("hand front", None)]
-    rows += [(x["name"], x) for x in c.get("vs_random", [])]
-    for what, x in rows:
-      lines.append(f"| {c['name']} | {what} | " + (
-          "faster than every hand-designed net | | |" if x is None else
-          f"{fmt(x['diff'])} | {fmt(x['effect'])} | {fmt(x['z'])} |"))
+           *front.front_markdown(r["networks"], r["summary"], r["target_hits"], r["latency_unit"])]
   return "\n".join(lines + ["", f"![fronts]({pathlib.Path(r['plot']).name})", ""])
-
-
-def _networks(nets, reports, latency, predictor) -> list[dict[str, Any]]:
-  """The per-network records of front.front_summary: seed statistics, latency, sizes."""
-  pred = predictor.of_archs([n[3] for n in nets])
-  out = []
-  for (name, method, label, arch), p in zip(nets, pred, strict=True):
-    rep = reports[name]
-    out.append({"name": name, "method": method, "target": label, "ops": list(arch.ops),
-                "accuracy": front.aggregate_seeds([r["test_top1"] for r in rep]),
-                "latency": latency[name], "predicted_latency": float(p),
-                "params": rep[0]["params"], "macs_m": rep[0]["macs_m"]})
-  return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
   predictor = sweep_predictor(cfg, sweep_dir, space)
   band = args.band or cfg.latency.derive_band or 0.05
   targets = [(label, r.target, r.arch) for label, r in sw.targets]
-  nets = choose_networks(space, predictor, targets, band, args)
+  nets = front.choose_networks(space, predictor.of_archs, targets, band, n_random=args.random,
+                               hand_ops=args.hand_ops.split(","), max_hand=args.max_hand,
+                               sample_seed=args.sample_seed)
   seeds = list(range(args.seeds or (2 if args.quick else 3)))
   reports, code = front.train_networks([(n[0], n[3]) for n in nets], space, workdir,
                                        args.train_config, train_over, seeds, progress)
@@ -210,24 +150,30 @@ def main(argv: list[str] | None = None) -> int:
     return code
   t_train = time.time() - t0 - t_sweep
   mode = args.latency or ("predictor" if args.tiny else "measure")
+  baseline = Arch.uniform(space, cfg.latency.baseline_op)  # timed with the others: the targets
+  save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
   if mode == "measure":
     latency = front.measure_latencies(
-        [(n[0], os.path.join(workdir, "archs", f"{n[0]}.json")) for n in nets], args.latency_config,
-        os.path.join(workdir, "latency_networks.json"), run_pnas)
+        [(n[0], os.path.join(workdir, "archs", f"{n[0]}.json")) for n in [*nets, ("baseline",)]],
+        args.latency_config, os.path.join(workdir, "latency_networks.json"), run_pnas)
     protocol, unit = ("batch 1, single-threaded XLA in a child process, process CPU-time clock, "
                       "median of the timed calls (+- their std), all networks in one interleaved "
                       "session"), "ms"
   else:
-    latency = {n[0]: {"value": float(predictor.of_archs([n[3]])[0]), "std": 0.0} for n in nets}
+    latency = {n: {"value": float(predictor.of_archs([a])[0]), "std": 0.0}
+               for n, a in [(n[0], n[3]) for n in nets] + [("baseline", baseline)]}
     protocol, unit = f"the latency model ({predictor.unit}), not measured", predictor.unit
-  networks = _networks(nets, reports, latency, predictor)
+  networks = front.network_records(nets, reports, latency, predictor.of_archs)
+  hits = front.target_hits(targets, float(predictor.of_archs([baseline])[0]),
+                           latency["baseline"]["value"], latency)
   ref = None if args.ref_latency is None else (args.ref_latency, args.ref_accuracy)
   if (args.ref_latency is None) != (args.ref_accuracy is None):
     raise PnasError("give both --ref-latency and --ref-accuracy, or neither")
   out = pathlib.Path(args.out)
   result = {
       "networks": networks, "summary": front.front_summary(networks, ref), "seeds": len(seeds),
-      "latency_unit": unit, "latency_protocol": protocol, "band": band,
+      "latency_unit": unit, "latency_protocol": protocol, "band": band, "target_hits": hits,
+      "baseline": {"ops": list(baseline.ops), "latency": latency["baseline"]},
       "targets": [{"label": lb, "target": t, "unit": predictor.unit, "arch": list(a.ops)}
                   for lb, t, a in targets],
       "sweep": sweep_dir, "quick": args.quick, "tiny": args.tiny,

@@ -378,9 +378,11 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float],
 
 def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, workdir: str,
                    config_path: str, overrides: Sequence[str], seeds: Sequence[int],
-                   progress: bool = True) -> tuple[dict[str, list[dict[str, Any]]], int]:
+                   progress: bool = True, on_done: Callable[[], None] | None = None
+                   ) -> tuple[dict[str, list[dict[str, Any]]], int]:
   """Trains every (name, arch) once per seed with one budget (`pnas train` with `config_path` and
-  `overrides`); returns ({name: [report.json per seed]}, exit code).
+  `overrides`); returns ({name: [report.json per seed]}, exit code). With `progress`, a bar over
+  the trainings and one within each; `on_done()` is called after each training.
 
   The arch files go to workdir/archs/NAME.json and each training to workdir/train/NAME/seedS, so a
   rerun skips finished trainings (their report.json) and resumes an interrupted one. An
@@ -401,7 +403,7 @@ def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, wor
           cfg = load_config(config_path, [*overrides, f"--config.arch={arch_path}",
                                           f"--config.seed={seed}", "--config.log.progress=False",
                                           "--config.report.latency_repeats=0"])
-          result = train(cfg, run_dir, progress=False)
+          result = train(cfg, run_dir, progress=progress)
           if result.exit_code or not os.path.exists(report):
             return reports, result.exit_code or 1
         rep = read_json(report, UserFileError)
@@ -410,6 +412,8 @@ def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, wor
                                f"({' '.join(rep['arch'])}); use another workdir")
         reports.setdefault(name, []).append(rep)
         bar.update()
+        if on_done is not None:
+          on_done()
   finally:
     bar.close()
   return reports, 0
@@ -431,3 +435,114 @@ def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str
   records = {r["name"]: r for r in load_network_measurements(out).records}
   return {name: {"value": float(records[name]["median"]), "std": math.sqrt(records[name]["var"]),
                  "min": float(records[name]["min"])} for name, _ in arch_paths}
+
+
+# --- the protocol: which networks, their records, the targets they hit, the report table ----------
+
+
+def choose_networks(space: SearchSpace, latency_fn: LatencyFn, targets: Sequence[tuple[str, float, Arch]],
+                    band: float, *, n_random: int = 1, hand_ops: Sequence[str] = ("3x3_MBConv6",
+                                                                                    "3x3_MBConv3"),
+                    max_hand: int = 6, sample_seed: int = 0) -> list[tuple[str, str, str | None, Arch]]:
+  """(name, method, target label, arch) of the networks that decide whether a search won.
+
+  `targets`: (label, T, found arch) per latency target. The networks: the found net of every
+  target ("found_<label>"); the hand-designed members bracketing [(1 - band) min T, max T] and the
+  found nets' predicted latencies, at most `max_hand` of them, evenly spaced with both ends kept
+  ("hand_<op>-d<k>"); `n_random` random architectures per target, drawn uniformly from the space
+  conditioned on predicted latency in [(1 - band) T, T], so they meet the target as the found net
+  does ("random_<label>_<j>"). No architecture appears twice.
+  """
+  nets = [(f"found_{label}", "found", label, arch) for label, _, arch in targets]
+  family = list(dict((a, n) for n, a in hand_designed_family(space, hand_ops)).items())
+  lat = latency_fn([a for a, _ in family])
+  found_lat = list(latency_fn([arch for _, _, arch in targets]))
+  ts = [t for _, t, _ in targets]
+  idx = spanning_members(lat, min([(1 - band) * min(ts), *found_lat]), max([*ts, *found_lat]))
+  if max_hand and len(idx) > max_hand:
+    idx = [idx[i] for i in sorted(set(np.linspace(0, len(idx) - 1, max_hand).round().astype(int)))]
+  nets += [(f"hand_{family[i][1]}", "hand", None, family[i][0]) for i in idx]
+  taken = [n[3] for n in nets]
+  for k, (label, target, _) in enumerate(targets):
+    for j, a in enumerate(sample_in_band(space, latency_fn, target, band, n_random,
+                                         seed=sample_seed + k, exclude=taken)):
+      nets.append((f"random_{label}_{j + 1}", "random", label, a))
+      taken.append(a)
+  return nets
+
+
+def network_records(nets: Sequence[tuple[str, str, str | None, Arch]],
+                    reports: Mapping[str, Sequence[Mapping[str, Any]]],
+                    latency: Mapping[str, Mapping[str, float]], latency_fn: LatencyFn
+                    ) -> list[dict[str, Any]]:
+  """The records front_summary and plot_fronts take: per network its seed statistics of the test
+  top-1 (`reports`: report.json per seed), its measured latency, predicted latency and size."""
+  pred = latency_fn([n[3] for n in nets])
+  out = []
+  for (name, method, label, arch), p in zip(nets, pred, strict=True):
+    rep = reports[name]
+    out.append({"name": name, "method": method, "target": label, "ops": list(arch.ops),
+                "accuracy": aggregate_seeds([r["test_top1"] for r in rep]),
+                "latency": dict(latency[name]), "predicted_latency": float(p),
+                "params": rep[0]["params"], "macs_m": rep[0]["macs_m"]})
+  return out
+
+
+def target_hits(targets: Sequence[tuple[str, float, Arch]], predicted_baseline: float,
+                measured_baseline: float, measured: Mapping[str, Mapping[str, float]],
+                tolerance: float = 0.05) -> list[dict[str, Any]]:
+  """Did each found net land on its target, on the device?
+
+  A target T searched under the latency model is T / predicted(baseline) times the baseline; on
+  the device it is T_dev = T x measured(baseline) / predicted(baseline), with the baseline timed in
+  the same session as the found nets (so a drift of the machine between the search and the
+  measurement cancels). A target is hit when |measured(found) / T_dev - 1| <= tolerance.
+  """
+  out = []
+  for label, target, arch in targets:
+    ratio = target / predicted_baseline
+    dev_target = ratio * measured_baseline
+    lat = measured[f"found_{label}"]["value"]
+    out.append({"label": label, "target": target, "ratio": ratio, "target_measured": dev_target,
+                "found": f"found_{label}", "ops": list(arch.ops), "latency": lat,
+                "latency_over_target": lat / dev_target,
+                "hit": abs(lat / dev_target - 1.0) <= tolerance, "tolerance": tolerance})
+  return out
+
+
+def front_markdown(networks: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
+                   hits: Sequence[Mapping[str, Any]], unit: str) -> list[str]:
+  """Markdown lines: the targets and how each found net hit it, every network (mean +- seed std),
+  each method's hypervolume and front, and each found net against the hand front and the random
+  nets at its latency."""
+  lines = ["| target | x baseline | on the device | found net measures | of the target | hit |",
+           "|---|---|---|---|---|---|"]
+  lines += [f"| {h['label']} | {h['ratio']:.2f} | {h['target_measured']:.4g} {unit} | "
+            f"{h['latency']:.4g} {unit} | {100 * h['latency_over_target']:.1f}% | "
+            f"{'yes' if h['hit'] else 'NO'} (within {100 * h['tolerance']:.0f}%) |" for h in hits]
+  lines += ["", f"| network | method | target | test top-1 (%) | latency ({unit}) | predicted | params "
+            "| architecture |", "|---|---|---|---|---|---|---|---|"]
+  for n in networks:
+    a, lt = n["accuracy"], n["latency"]
+    lines.append(f"| {n['name']} | {n['method']} | {n['target'] or ''} | {a['mean']:.2f} +- "
+                 f"{a['std']:.2f} | {lt['value']:.4g} +- {lt['std']:.2g} | "
+                 f"{n['predicted_latency']:.4g} | {n['params']:,} | {' '.join(n['ops'])} |")
+  ref = summary["reference"]
+  lines += ["", f"Hypervolume (reference: latency {ref['latency']:.4g}, accuracy {ref['accuracy']:.2f}; "
+            f"{ref['rule']}):", "", "| method | hypervolume | per seed index | front |", "|---|---|---|---|"]
+  for m, f in summary["methods"].items():
+    ps = f.get("hypervolume_per_seed")
+    per_seed = "" if ps is None else f"{ps['mean']:.4g} +- {ps['std']:.2g}"
+    lines.append(f"| {m} | {f['hypervolume']:.4g} | {per_seed} | {', '.join(f['front'])} |")
+  lines += ["", "Found nets at matched latency (diff in points; effect = diff / pooled seed std; "
+            "z = diff / standard error):", "", "| found | vs | diff | effect | z |", "|---|---|---|---|---|"]
+  fmt = lambda v: "" if v is None else f"{v:+.2f}"  # noqa: E731
+  for c in summary["found_vs"]:
+    rows = [("hand front (" + " / ".join(c["vs_hand"]["between"]) + ")", c["vs_hand"])] if c.get(
+        "vs_hand") else [("hand front", None)]
+    rows += [(x["name"], x) for x in c.get("vs_random", [])]
+    for what, x in rows:
+      lines.append(f"| {c['name']} | {what} | " + (
+          "faster than every hand-designed net | | |" if x is None else
+          f"{fmt(x['diff'])} | {fmt(x['effect'])} | {fmt(x['z'])} |"))
+  return lines

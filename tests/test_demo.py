@@ -1,7 +1,8 @@
 """pnas demo: its configs load with the demo's overrides, and the report has every promised field.
 
-The demo itself (about 30 minutes, --quick about 5) is run by hand; its phases are the search,
-train and latency commands tested in test_search.py, test_retrain.py and test_latency_*.py.
+The demo itself (about 30 minutes, --quick about 5) is run by hand; its phases are the sweep,
+train and latency commands tested in test_sweep.py, test_retrain.py and test_latency_*.py, and the
+protocol pieces of pnas_jax/front.py (test_front.py, test_experiments.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import types
 
 import pytest
 
-from pnas_jax import demo
+from pnas_jax import demo, front
 from pnas_jax.config_loading import load_config
-from pnas_jax.latency.objective import LatencyObjective
 from pnas_jax.latency.predictor import macs_predictor
 from pnas_jax.search_space import Arch
+from pnas_jax.search_space.space import SearchSpace
 from pnas_jax.train.loop import Status
 
 
@@ -28,50 +29,57 @@ def test_demo_configs_load_with_its_overrides(quick, tmp_path):
   tc = load_config(demo._config_path("train", "fashion_mnist"), train)
   assert sc.seed == tc.seed == 3
   assert sc.latency.model == f"{tmp_path}/predictor.json" == lc.predictor
-  assert sc.latency.target_ratio == pytest.approx(0.7) and sc.latency.baseline_op == lc.baseline_op
-  # The latency config measures the search config's space (one source of truth).
-  assert lc.space.to_dict() == sc.space.to_dict()
-  assert tc.report.latency_repeats == 0  # the demo times all five nets together at the end
+  # A sweep over the demo's targets (no single target left set).
+  assert tuple(sc.latency.target_ratios) == demo.TARGET_RATIOS and sc.latency.target_ratio == 0
+  assert sc.latency.baseline_op == lc.baseline_op
+  # The latency config measures the search config's space at its batch (one source of truth).
+  assert lc.space.to_dict() == sc.space.to_dict() and lc.batch == sc.latency.batch == 16
+  assert tc.report.latency_repeats == 0  # the demo times every net together at the end
+
+
+def _record(name, method, target, acc, ms, arch):
+  return {"name": name, "method": method, "target": target, "ops": list(arch.ops),
+          "accuracy": front.aggregate_seeds([acc]), "latency": {"value": ms, "std": 0.01},
+          "predicted_latency": ms, "params": 1000, "macs_m": 2.0}
 
 
 def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
-  sc = load_config(demo._config_path("search", "fashion_mnist"))
-  from pnas_jax.search_space.space import SearchSpace
-
+  sc = load_config(demo._config_path("search", "fashion_mnist"), demo.demo_overrides(
+      False, 7, "fashion_mnist", None, str(tmp_path))[1])
   space = SearchSpace.from_dict(sc.space.to_dict())
   pred = macs_predictor(space)
   baseline = Arch.uniform(space, "3x3_MBConv6")
-  objective = LatencyObjective(pred, 0.7 * float(pred.of_archs([baseline])[0]), "MMACs", None,
-                               float(pred.of_archs([baseline])[0]), "budget", 0.03)
+  base = float(pred.of_archs([baseline])[0])
   found_arch = Arch(("Zero",) + ("3x3_MBConv3",) * (space.n_blocks - 1))
-  # Probabilities whose per-block argmax is the first candidate everywhere.
-  probs = [[0.5] + [0.5 / (len(b.candidates) - 1)] * (len(b.candidates) - 1) for b in space.blocks]
-  found = types.SimpleNamespace(expected_latency=3.0, holdout_top1=80.0, step=10, images_per_s=5.0,
-                                status=Status.DONE, arch=found_arch, probabilities=probs)
-
-  def res(arch, acc, ms):
-    return {"test_top1": acc, "latency_ms_b1": ms, "arch": list(arch.ops), "params": 1000,
-            "macs_m": 2.0, "dataset": "fashion_mnist", "test_examples": 10000}
-
-  results = {"found": res(found_arch, 88.0, 0.30), "baseline": res(baseline, 88.3, 0.50)}
-  for i in (1, 2, 3):
-    results[f"random{i}"] = res(baseline, 87.0 + i, 0.4 + 0.1 * i)
+  targets = [(f"ratio_{r:g}", r * base, found_arch) for r in demo.TARGET_RATIOS]
+  networks = [_record(f"found_{lb}", "found", lb, 88.0 + i, 0.3 + 0.1 * i, found_arch)
+              for i, (lb, _, _) in enumerate(targets)]
+  networks += [_record("hand_a", "hand", None, 87.5, 0.35, baseline),
+               _record("hand_b", "hand", None, 89.0, 0.55, baseline),
+               _record("random_ratio_0.6_1", "random", "ratio_0.6", 87.0, 0.3, baseline)]
+  measured = {n["name"]: n["latency"] for n in networks}
+  hits = front.target_hits(targets, base, 0.5, measured)  # baseline 0.5 ms on the device
+  search_result = types.SimpleNamespace(wall_s=30.0, holdout_top1=80.0, expected_latency=1.0,
+                                        status=Status.DONE)
+  sw = types.SimpleNamespace(warmup=types.SimpleNamespace(wall_s=100.0, step=500),
+                             targets=[(lb, search_result) for lb, _, _ in targets])
   fit = {"n_test": 5, "test": {"rel_rmse": 0.03}, "table_sum_test": {"rel_rmse": 0.4}}
-  r = demo._report(str(tmp_path), space, objective, found, results, 7, False, {"search": 1.0}, 60.0,
-                   fit, "reinforce")
+  r = demo._report(str(tmp_path), networks, hits, sw, baseline, {"value": 0.5, "std": 0.01}, 7,
+                   False, {"sweep": 1.0}, 60.0, fit, sc, ("fashion_mnist", 10000))
   with open(tmp_path / "report.json") as f:
     assert json.load(f) == json.loads(json.dumps(r))
-  assert r["seed"] == 7 and r["device"]
-  assert set(r["found"]) >= {"accuracy", "latency_ms", "target_ms", "arch"}
-  assert r["found"]["target_ms"] == pytest.approx(0.7 * 0.50)  # same-session baseline x ratio
-  assert r["found"]["meets_target"] is True  # 0.30 <= 1.1 x 0.35
-  assert r["accuracy_vs_baseline"] == pytest.approx(-0.3)
-  assert set(r["baseline"]) >= {"accuracy", "latency_ms"} and len(r["random"]) == 3
-  assert all(set(x) >= {"accuracy", "latency_ms"} for x in r["random"])
+  assert r["seed"] == 7 and r["device"] and r["dataset"] == "fashion_mnist"
+  # 0.6 x 0.5 ms = 0.30 (found 0.30: hit), 0.35 (found 0.40: 114%, missed), 0.40 (found 0.50).
+  assert [h["hit"] for h in r["targets"]] == [True, False, False]
+  assert [h["target_measured"] for h in r["targets"]] == pytest.approx([0.30, 0.35, 0.40])
+  assert set(r["summary"]["methods"]) == {"found", "hand", "random"}
+  (vs_hand,) = [c["vs_hand"] for c in r["summary"]["found_vs"] if c["name"] == "found_ratio_0.6"]
+  assert vs_hand is None  # faster than every hand-designed net
+  (c07,) = [c for c in r["summary"]["found_vs"] if c["name"] == "found_ratio_0.7"]
+  assert c07["vs_hand"]["mean"] == pytest.approx(87.5 + (89.0 - 87.5) * 0.25)  # 0.40 on 0.35..0.55
   md = (tmp_path / "report.md").read_text()
-  assert "| found | 88.00 | 0.300 |" in md and "meets it" in md and "relative RMSE 3.0%" in md
-  argmax = " ".join(b.candidates[0] for b in space.blocks)
-  assert r["search"]["argmax_arch"] == argmax.split() and r["search"]["derive_band"] == 0.03
-  assert (f"estimator reinforce; the found net is the most probable architecture with predicted "
-          f"latency within 3% below the search target (the per-block argmax would be {argmax})") in md
+  assert "1 of 3 targets hit on the device" in md and "relative RMSE 3.0%" in md
+  assert "| ratio_0.6 | 0.60 | 0.3 ms | 0.3 ms | 100.0% | yes (within 5%) |" in md
+  assert "| found_ratio_0.7 | found | ratio_0.7 | 89.00 +- 0.00 |" in md
+  assert "within 3% below the target" in md and "faster than every hand-designed net" in md
   assert os.path.getsize(tmp_path / "pareto.png") > 1000

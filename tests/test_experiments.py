@@ -64,6 +64,9 @@ def test_pareto_and_supernet_ranking_tiny(tmp_path):
   for n in r["networks"]:
     assert n["accuracy"]["n"] == 2 and n["latency"]["value"] == pytest.approx(n["predicted_latency"])
   (target,) = r["targets"]
+  (hit,) = r["target_hits"]  # latency from the model here: the device target is the model's
+  assert hit["target_measured"] == pytest.approx(target["target"]) and hit["found"] == "found_ratio_0.8"
+  assert r["baseline"]["latency"]["value"] * hit["ratio"] == pytest.approx(target["target"])
   (rand,) = [n for n in r["networks"] if n["method"] == "random"]
   assert (1 - r["band"]) * target["target"] <= rand["latency"]["value"] <= target["target"]
   assert set(r["summary"]["methods"]) == methods

@@ -202,3 +202,44 @@ def test_sample_spread_covers_the_latency_range(fmnist_space):
   lo, hi = np.percentile(everything, [1, 99])
   assert lat[0] < lo + 0.1 * (hi - lo) and lat[-1] > hi - 0.1 * (hi - lo)
   assert np.max(np.diff(lat)) < 0.25 * (hi - lo)  # no big gap
+
+
+def test_target_hits_rebase_each_target_on_the_baseline_timed_with_the_found_nets(fmnist_space):
+  arch = Arch.uniform(fmnist_space, "3x3_MBConv3")
+  targets = [("ratio_0.6", 1.2, arch), ("ratio_0.8", 1.6, arch)]  # predicted baseline: 2.0
+  measured = {"found_ratio_0.6": {"value": 1.5}, "found_ratio_0.8": {"value": 2.0}}
+  # The device runs 1.25x slower than the model: the baseline measures 2.5, so the targets there
+  # are 0.6 x 2.5 = 1.5 (hit exactly) and 0.8 x 2.5 = 2.0 (hit exactly).
+  hits = front.target_hits(targets, 2.0, 2.5, measured)
+  assert [h["ratio"] for h in hits] == pytest.approx([0.6, 0.8])
+  assert [h["target_measured"] for h in hits] == pytest.approx([1.5, 2.0])
+  assert all(h["hit"] for h in hits)
+  # 5.4% over the target misses at 5%, hits at 6%; 4.9% under hits.
+  measured["found_ratio_0.6"]["value"] = 1.5 * 1.054
+  measured["found_ratio_0.8"]["value"] = 2.0 * 0.951
+  hits = front.target_hits(targets, 2.0, 2.5, measured)
+  assert [h["hit"] for h in hits] == [False, True]
+  assert hits[0]["latency_over_target"] == pytest.approx(1.054)
+  assert front.target_hits(targets, 2.0, 2.5, measured, tolerance=0.06)[0]["hit"]
+
+
+def test_choose_networks_found_hand_bracketing_and_random_in_band(fmnist_space):
+  pred = macs_predictor(fmnist_space)
+  base = float(pred.of_archs([Arch.uniform(fmnist_space, "3x3_MBConv6")])[0])
+  found = sample_archs(fmnist_space, 2, seed=3)
+  targets = [("a", 0.6 * base, found[0]), ("b", 0.8 * base, found[1])]
+  nets = front.choose_networks(fmnist_space, pred.of_archs, targets, 0.05, n_random=2, max_hand=4)
+  assert [n[:3] for n in nets[:2]] == [("found_a", "found", "a"), ("found_b", "found", "b")]
+  hand = [n for n in nets if n[1] == "hand"]
+  random = [n for n in nets if n[1] == "random"]
+  assert 2 <= len(hand) <= 4 and [n[0] for n in random] == ["random_a_1", "random_a_2",
+                                                            "random_b_1", "random_b_2"]
+  lat = dict(zip([n[0] for n in nets], pred.of_archs([n[3] for n in nets]), strict=True))
+  lo = min(0.95 * 0.6 * base, *pred.of_archs(found))
+  hi = max(0.8 * base, *pred.of_archs(found))
+  hand_lat = sorted(lat[n[0]] for n in hand)
+  assert hand_lat[0] <= lo and hand_lat[-1] >= hi  # the hand curve covers the whole range
+  for name, _, label, _ in random:
+    t = 0.6 * base if label == "a" else 0.8 * base
+    assert 0.95 * t <= lat[name] <= t
+  assert len({n[3] for n in nets}) == len(nets)  # no architecture twice
