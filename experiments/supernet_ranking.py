@@ -16,6 +16,10 @@ e.g. --config.schedule.warmup_epochs=4 --config.optim.weight_sample=uniform.
       [--config configs/search/fashion_mnist.py --config.KEY=VALUE ...] [--train KEY=VALUE ...]
   python experiments/supernet_ranking.py --tiny --quick   # seconds: synthetic data, MACs (tests)
 
+With `--trained PARETO_WORKDIR --supernet PARETO_WORKDIR/sweep/warmup` it ranks the networks an
+experiments/pareto.py run trained (their mean over its seeds) with the supernet that run's sweep
+warmed up: minutes, no training.
+
 Full run (2 epochs of warm-up, 12 archs x 1 seed x 2 epochs) ~35 min on 2 CPU cores; --quick ~5 min.
 Resumable: rerun the same command (warm-up, every training and the supernet evaluations are kept).
 Writes results/supernet_ranking.json, .png (supernet vs stand-alone accuracy) and .md; with --json
@@ -41,6 +45,7 @@ from pnas_jax.config_loading import load_config
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
 from pnas_jax.latency.predictor import macs_predictor
+from pnas_jax.search_space.io import load_arch
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.evaluation import PathEvaluator
 from pnas_jax.train.loop import final_state
@@ -61,6 +66,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                  help="override of the stand-alone training config (repeatable)")
   p.add_argument("--supernet", default=None, help="a search / sweep-warm-up workdir to rank with "
                  "(its config: --config and overrides); default: a warm-up in WORKDIR/warmup")
+  p.add_argument("--trained", default=None, help="rank the networks an experiments/pareto.py "
+                 "workdir trained (DIR/archs/NAME.json, DIR/train/NAME/seed*/report.json) instead of "
+                 "drawing and training --n-archs new ones; pair with --supernet DIR/sweep/warmup")
   p.add_argument("--workdir", default="results/supernet_ranking")
   p.add_argument("--n-archs", type=int, default=12)
   p.add_argument("--seeds", type=int, default=1, help="stand-alone trainings per architecture")
@@ -116,6 +124,23 @@ def supernet_accuracies(setup: Any, state: Any, where: str, archs: list[Arch], c
   return out
 
 
+def trained_networks(workdir: str) -> tuple[list[tuple[str, Arch]], list[dict[str, Any]]]:
+  """(name, arch) and the seed statistics of the stand-alone test top-1 of every network trained
+  in an experiments/pareto.py workdir (finished trainings only)."""
+  named, alone = [], []
+  train_dir = os.path.join(workdir, "train")
+  if not os.path.isdir(train_dir):
+    raise PnasError(f"{train_dir} does not exist: give --trained an experiments/pareto.py workdir")
+  for name in sorted(os.listdir(train_dir)):
+    reports = [os.path.join(train_dir, name, d, "report.json")
+               for d in sorted(os.listdir(os.path.join(train_dir, name)))]
+    accs = [read_json(r, PnasError)["test_top1"] for r in reports if os.path.exists(r)]
+    if accs:
+      named.append((name, load_arch(os.path.join(workdir, "archs", f"{name}.json"))[1]))
+      alone.append(front.aggregate_seeds(accs))
+  return named, alone
+
+
 def _plot(result: dict[str, Any], path: pathlib.Path) -> None:
   t = result["kendall_tau"]
   pts = [{"label": a["name"], "x": a["supernet_top1"], "y": a["standalone_top1"]["mean"],
@@ -151,22 +176,27 @@ def main(argv: list[str] | None = None) -> int:
   sup_dir = os.path.abspath(args.supernet) if args.supernet else os.path.join(workdir, "warmup")
   setup, state, step = warmed_up_supernet(cfg, sup_dir, args.supernet is None, progress)
   predictor = setup.objective.predictor or macs_predictor(setup.space)
-  archs = front.sample_spread(setup.space, predictor.of_archs, args.n_archs, seed=args.sample_seed)
+  if args.trained:
+    named, alone = trained_networks(os.path.abspath(args.trained))
+  else:
+    archs = front.sample_spread(setup.space, predictor.of_archs, args.n_archs, seed=args.sample_seed)
+    named = [(f"a{i:02d}", a) for i, a in enumerate(archs)]
+    reports, code = front.train_networks(named, setup.space, workdir, args.train_config, train_over,
+                                         list(range(args.seeds)), progress)
+    if code:
+      return code
+    alone = [front.aggregate_seeds([r["test_top1"] for r in reports[n]]) for n, _ in named]
+  archs = [a for _, a in named]
   bn = cfg.eval.bn_batches if args.bn_batches is None else args.bn_batches
   max_b = (cfg.eval.max_batches if args.eval_batches is None else args.eval_batches) or None
   sup = supernet_accuracies(setup, state, f"{sup_dir}@{step}", archs,
                             os.path.join(workdir, "supernet_eval.json"), bn, max_b)
-  named = [(f"a{i:02d}", a) for i, a in enumerate(archs)]
-  reports, code = front.train_networks(named, setup.space, workdir, args.train_config, train_over,
-                                       list(range(args.seeds)), progress)
-  if code:
-    return code
-  alone = [front.aggregate_seeds([r["test_top1"] for r in reports[n]]) for n, _ in named]
   tau = front.bootstrap_interval(sup, [a["mean"] for a in alone], n_resamples=args.bootstrap)
   lat = predictor.of_archs(archs)
   out = pathlib.Path(args.out)
   result = {
-      "kendall_tau": tau, "n_archs": len(archs), "seeds": args.seeds,
+      "kendall_tau": tau, "n_archs": len(archs),
+      "seeds": min(a["n"] for a in alone), "trained": args.trained,
       "supernet": {"workdir": sup_dir, "step": step, "bn_batches": bn, "eval_batches": max_b},
       "latency_unit": predictor.unit, "quick": args.quick, "tiny": args.tiny,
       "search_config": args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG),

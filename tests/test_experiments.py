@@ -81,3 +81,13 @@ def test_pareto_and_supernet_ranking_tiny(tmp_path):
   t = k["kendall_tau"]
   assert -1 <= t["low"] <= t["high"] <= 1 and k["supernet"]["step"] == 6
   assert all(0 <= a["supernet_top1"] <= 100 for a in k["archs"])
+  # The pareto run's own trainings ranked (no new training): every network, its mean over 2 seeds.
+  k2 = _run("supernet_ranking.py", tmp_path / "rank2.json", "--tiny", "--bootstrap", "100",
+            "--no-progress", "--workdir", str(tmp_path / "r2"), "--trained", str(tmp_path / "p"),
+            "--supernet", str(tmp_path / "p" / "sweep" / "warmup"))
+  by_name = {n["name"]: n for n in r["networks"]}
+  assert {a["name"] for a in k2["archs"]} == set(by_name) and k2["seeds"] == 2
+  for a in k2["archs"]:
+    assert a["ops"] == by_name[a["name"]]["ops"]
+    assert a["standalone_top1"]["mean"] == pytest.approx(by_name[a["name"]]["accuracy"]["mean"])
+  assert not (tmp_path / "r2" / "train").exists()
