@@ -236,6 +236,19 @@ def test_reinforce_reward_uses_latency_target():
   np.testing.assert_allclose(r, 0.5 * 0.5 ** 0.1, rtol=1e-6)
 
 
+def test_constraint_reward_counts_latency_only_above_the_target():
+  est = get_estimator("reinforce", target=10.0, tradeoff=2.0, reward="constraint")
+  for lat in (2.0, 9.0, 10.0):  # at or below T: accuracy alone, whatever the latency
+    np.testing.assert_allclose(est.reward_fn(jnp.asarray(0.8), jnp.asarray(lat)), 0.8, rtol=1e-6)
+  np.testing.assert_allclose(est.reward_fn(jnp.asarray(0.8), jnp.asarray(12.5)), 0.8 * 0.8 ** 2,
+                             rtol=1e-6)
+  # The reference reward (the default) pays for every bit of latency below T as well.
+  ref = get_estimator("reinforce", target=10.0, tradeoff=2.0)
+  np.testing.assert_allclose(ref.reward_fn(jnp.asarray(0.8), jnp.asarray(5.0)), 0.8 * 4.0, rtol=1e-6)
+  with pytest.raises(UnknownNameError, match="constraint, reference|reference, constraint"):
+    get_estimator("reinforce", target=10.0, reward="hard")
+
+
 def test_sampling_distributions():
   alpha = (jnp.log(jnp.asarray([0.5, 0.3, 0.15, 0.05])),)
   p = np.asarray([0.5, 0.3, 0.15, 0.05])
