@@ -80,4 +80,5 @@ def get_config(arg=None):
   c.latency.derive_band = 0.03
   c.checkpoint.every_steps = 200
   c.log.every_steps = 25
+  c.log.alpha_every = 10  # probabilities and E[LAT] every 10 arch steps: a curve in plots/alpha.png
   return c
