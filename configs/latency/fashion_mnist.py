@@ -1,8 +1,8 @@
 r"""Latency table and predictor for configs/search/fashion_mnist.py's space, measured on this CPU.
 
-The demo's target device is one core of the machine it runs on, at the search config's batch (16): single-threaded XLA
-timed with the process CPU-time clock (repeatable on a shared machine; see
-pnas_jax/latency/timing.py), in its own process so training can still use every core.
+The demo's target device is one core of the machine it runs on, at the search config's batch
+(16): single-threaded XLA timed with the process CPU-time clock (repeatable on a shared machine;
+see pnas_jax/latency/timing.py), in its own process so training can still use every core.
 
   pnas latency measure --config configs/latency/fashion_mnist.py
   pnas latency fit --config configs/latency/fashion_mnist.py
