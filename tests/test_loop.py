@@ -87,6 +87,11 @@ def test_config_differences_ignore_invocation_keys():
   old = {"optim": {"lr": 0.1}, "schedule": {"max_steps": 0, "epochs": 2.0}, "log": {"progress": True}}
   new = {"optim": {"lr": 0.2}, "schedule": {"max_steps": 5, "epochs": 2.0}, "log": {"progress": False}}
   assert config_differences(old, new) == ["optim.lr: 0.1 -> 0.2"]
+  # Keys a run does not read: a key, or a prefix ending in "." or "_" (not a bare prefix).
+  old = {"optim": {"lr": 0.1, "arch_lr": 1e-3, "arch_b1": 0.0, "lr_min": 0.0}, "arch": {"k": 4}}
+  new = {"optim": {"lr": 0.2, "arch_lr": 0.5, "arch_b1": 0.9, "lr_min": 0.1}, "arch": {"k": 8}}
+  assert config_differences(old, new, ("arch.", "optim.arch_", "optim.lr")) == [
+      "optim.lr_min: 0.0 -> 0.1"]
 
 
 def test_run_dir_writes_config_once_and_resumes(tmp_path):

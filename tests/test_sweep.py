@@ -14,6 +14,7 @@ import pytest
 from pnas_jax import cli
 from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserValueError
+from pnas_jax.train.loop import RunStateError
 from pnas_jax.train.search import search
 from pnas_jax.train.sweep import sweep, sweep_targets
 
@@ -84,6 +85,21 @@ def test_sweep_forks_every_target_from_one_warmup_and_resumes(tmp_path):
   # A finished sweep reruns nothing.
   again = sweep(_config(ratios), wd)
   assert again.warmup.images_per_s == 0 and all(t.images_per_s == 0 for _, t in again.targets)
+  # Another target first in the list: the warm-up (whose own target was the first one) is reused as
+  # it is, the old targets too; only the new target runs, forked from the same warm-up.
+  more = sweep(_config("--config.latency.target_ratios=(0.75, 0.6, 0.9)"), wd)
+  assert more.warmup.images_per_s == 0 and [lb for lb, _ in more.targets] == [
+      "ratio_0.75", "ratio_0.6", "ratio_0.9"]
+  assert more.targets[0][1].images_per_s > 0 and all(t.images_per_s == 0 for _, t in more.targets[1:])
+  # A pure warm-up does not read the architecture step's keys: they may change, the warm-up's own
+  # keys may not.
+  warm = os.path.join(wd, "warmup")
+  unused = search(_config("--config.schedule.epochs=0", "--config.latency.target_ratio=0.5",
+                          "--config.arch.estimator=full", "--config.optim.arch_lr=0.5"), warm)
+  assert unused.step == 6 and unused.images_per_s == 0
+  with pytest.raises(RunStateError, match="optim.warmup_lr"):
+    search(_config("--config.schedule.epochs=0", "--config.latency.target_ratio=0.5",
+                   "--config.optim.warmup_lr=0.3"), warm)
 
   # One target of the sweep is exactly the plain search with that target.
   plain = search(_config("--config.latency.target_ratio=0.9"), str(tmp_path / "plain"))

@@ -108,11 +108,15 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-  """'key: old -> new' for every key whose value differs, invocation-only keys aside."""
+def config_differences(old: dict[str, Any], new: dict[str, Any],
+                       unused: Sequence[str] = ()) -> list[str]:
+  """'key: old -> new' for every key whose value differs, invocation-only keys aside, and keys the
+  run does not read (`unused`: a key, or a prefix ending in "." or "_")."""
   flat_old, flat_new = _flatten(old), _flatten(json.loads(json.dumps(new)))
+  skip = lambda k: k in INVOCATION_KEYS or any(  # noqa: E731
+      k == u or u[-1] in "._" and k.startswith(u) for u in unused)
   keys = sorted(k for k in set(flat_old) | set(flat_new)
-                if flat_old.get(k) != flat_new.get(k) and k not in INVOCATION_KEYS)
+                if flat_old.get(k) != flat_new.get(k) and not skip(k))
   return [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys]
 
 
@@ -137,6 +141,7 @@ class RunDir:
     self.resume_step: int | None = None
     self.resume_meta: dict[str, Any] = {}
     self._lock: WorkdirLock | None = None
+    self._unused: tuple[str, ...] = ()
 
   def __enter__(self) -> RunDir:
     os.makedirs(self.workdir, exist_ok=True)
@@ -145,11 +150,12 @@ class RunDir:
     return self
 
   def open(self, config_dict: dict[str, Any], *, checkpoint_every: int, keep: int,
-           tensorboard: bool, overwrite: bool = False, outputs: Sequence[str] = ()) -> RunDir:
+           tensorboard: bool, overwrite: bool = False, outputs: Sequence[str] = (),
+           unused: Sequence[str] = ()) -> RunDir:
     """Resume-or-start: the checkpointer and the metrics log, after the checks of the module
     docstring; `outputs` are the run's own result files (refused without a checkpoint, deleted by
-    `overwrite`)."""
-    self.config_dict = config_dict
+    `overwrite`); `unused`: config keys this run does not read, which may change on resume."""
+    self.config_dict, self._unused = config_dict, tuple(unused)
     names = (CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR, *outputs)
     if overwrite and self.is_main:
       self._remove(names)
@@ -189,7 +195,7 @@ class RunDir:
     path = os.path.join(self.workdir, CONFIG_FILE)
     if not os.path.exists(path):
       return
-    diff = config_differences(read_json(path, RunStateError), self.config_dict)
+    diff = config_differences(read_json(path, RunStateError), self.config_dict, self._unused)
     if diff:
       raise RunStateError(
           f"{self.workdir} holds a {self.kind} started with another config ({', '.join(diff[:8])}); "

@@ -210,6 +210,15 @@ class SearchResult:
     return d
 
 
+# What a warm-up alone (no search epochs) does not read: the architecture step, the target and
+# the search phase's learning rate. A sweep's warm-up is reused when only these change (other
+# targets, another estimator or reward); they still decide the warm-up's own arch.json.
+WARMUP_UNUSED = ("arch.", "latency.target", "latency.target_ratio", "latency.targets",
+                 "latency.target_ratios", "latency.loss", "latency.loss_params.", "latency.derive",
+                 "latency.derive_band", "optim.lr", "optim.arch_", "schedule.arch_every",
+                 "schedule.arch_start_epoch", "log.alpha_every")
+
+
 def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite: bool = False,
            init_from: str | None = None) -> SearchResult:
   """Runs (or resumes) the search described by `config` in `workdir`; see the module docstring.
@@ -226,7 +235,7 @@ def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite
              setup.space.n_blocks, s.total_steps, s.warmup_steps, setup.mesh.devices.size)
     run.open(setup.config_dict, checkpoint_every=setup.run["checkpoint_every"],
              keep=setup.run["keep"], tensorboard=setup.run["tensorboard"], overwrite=overwrite,
-             outputs=SEARCH_OUTPUTS)
+             outputs=SEARCH_OUTPUTS, unused=WARMUP_UNUSED if s.total_steps == s.warmup_steps else ())
     initial = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx,
                                   setup.arch_tx, setup.step_options["alpha_init_std"])
     if init_from is not None and run.resume_step is None:
