@@ -14,9 +14,10 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
   3. every network retrained `--seeds` times with the same budget (configs/train/fashion_mnist.py;
      `--train KEY=VALUE` overrides, e.g. --train schedule.epochs=4), each training in its own
      workdir WORKDIR/train/NAME/seedS;
-  4. the latency of every network measured in ONE interleaved session on the target device
-     (`pnas latency networks --config configs/latency/fashion_mnist.py` in a child process:
-     batch 1, single-threaded XLA, process CPU-time clock, median of the timed calls);
+  4. the latency of every network and of the baseline measured in ONE interleaved session on the
+     target device (`pnas latency networks --config configs/latency/fashion_mnist.py` in a child
+     process: the search config's batch (16), single-threaded XLA, process CPU-time clock, median
+     of the timed calls); each target re-based on the baseline timed there (front.target_hits);
   5. per network the mean +- std over seeds of the test top-1 and the latency; per method its
      Pareto front and hypervolume (maximise accuracy, minimise latency; reference point: 1.1 x the
      slowest network's latency and 1 point below the least accurate network, or --ref-latency /
@@ -152,16 +153,16 @@ def main(argv: list[str] | None = None) -> int:
   mode = args.latency or ("predictor" if args.tiny else "measure")
   baseline = Arch.uniform(space, cfg.latency.baseline_op)  # timed with the others: the targets
   save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
+  named = [(n[0], n[3]) for n in nets] + [("baseline", baseline)]
   if mode == "measure":
     latency = front.measure_latencies(
-        [(n[0], os.path.join(workdir, "archs", f"{n[0]}.json")) for n in [*nets, ("baseline",)]],
+        [(name, os.path.join(workdir, "archs", f"{name}.json")) for name, _ in named],
         args.latency_config, os.path.join(workdir, "latency_networks.json"), run_pnas)
-    protocol, unit = ("batch 1, single-threaded XLA in a child process, process CPU-time clock, "
-                      "median of the timed calls (+- their std), all networks in one interleaved "
-                      "session"), "ms"
+    protocol = front.MEASURED_PROTOCOL.format(batch=load_config(args.latency_config).batch)
+    unit = "ms"
   else:
-    latency = {n: {"value": float(predictor.of_archs([a])[0]), "std": 0.0}
-               for n, a in [(n[0], n[3]) for n in nets] + [("baseline", baseline)]}
+    values = predictor.of_archs([a for _, a in named])
+    latency = {name: {"value": float(v), "std": 0.0} for (name, _), v in zip(named, values, strict=True)}
     protocol, unit = f"the latency model ({predictor.unit}), not measured", predictor.unit
   networks = front.network_records(nets, reports, latency, predictor.of_archs)
   hits = front.target_hits(targets, float(predictor.of_archs([baseline])[0]),

@@ -29,6 +29,7 @@ the last stdout line is the JSON object.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import pathlib
 import sys
@@ -68,7 +69,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                  "(its config: --config and overrides); default: a warm-up in WORKDIR/warmup")
   p.add_argument("--trained", default=None, help="rank the networks an experiments/pareto.py "
                  "workdir trained (DIR/archs/NAME.json, DIR/train/NAME/seed*/report.json) instead of "
-                 "drawing and training --n-archs new ones; pair with --supernet DIR/sweep/warmup")
+                 "drawing and training --n-archs new ones (--n-archs, --seeds and --train then do "
+                 "nothing); needs --supernet DIR/sweep/warmup")
   p.add_argument("--workdir", default="results/supernet_ranking")
   p.add_argument("--n-archs", type=int, default=12)
   p.add_argument("--seeds", type=int, default=1, help="stand-alone trainings per architecture")
@@ -126,18 +128,19 @@ def supernet_accuracies(setup: Any, state: Any, where: str, archs: list[Arch], c
 
 def trained_networks(workdir: str) -> tuple[list[tuple[str, Arch]], list[dict[str, Any]]]:
   """(name, arch) and the seed statistics of the stand-alone test top-1 of every network trained
-  in an experiments/pareto.py workdir (finished trainings only)."""
-  named, alone = [], []
+  in an experiments/pareto.py workdir (WORKDIR/train/NAME/seed*/report.json; finished ones)."""
   train_dir = os.path.join(workdir, "train")
   if not os.path.isdir(train_dir):
     raise PnasError(f"{train_dir} does not exist: give --trained an experiments/pareto.py workdir")
+  named, alone = [], []
   for name in sorted(os.listdir(train_dir)):
-    reports = [os.path.join(train_dir, name, d, "report.json")
-               for d in sorted(os.listdir(os.path.join(train_dir, name)))]
-    accs = [read_json(r, PnasError)["test_top1"] for r in reports if os.path.exists(r)]
-    if accs:
+    reports = sorted(glob.glob(os.path.join(train_dir, name, "seed*", "report.json")))
+    if reports:
       named.append((name, load_arch(os.path.join(workdir, "archs", f"{name}.json"))[1]))
-      alone.append(front.aggregate_seeds(accs))
+      alone.append(front.aggregate_seeds([read_json(r, PnasError)["test_top1"] for r in reports]))
+  if len(named) < 2:
+    raise PnasError(f"{train_dir} holds {len(named)} finished training(s); ranking needs >= 2 "
+                    "(let the pareto run finish first)")
   return named, alone
 
 
@@ -168,6 +171,8 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   args, overrides = _parse(sys.argv[1:] if argv is None else argv)
+  if args.trained and args.supernet is None:
+    raise PnasError("--trained needs --supernet (the pareto run's WORKDIR/sweep/warmup)")
   enable_compilation_cache()
   t0, progress = time.time(), not args.no_progress
   cfg, train_over = _configs(args, overrides)

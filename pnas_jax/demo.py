@@ -38,7 +38,7 @@ from pnas_jax import front
 from pnas_jax.config_loading import load_config
 from pnas_jax.errors import MissingFileError, PnasError, UserFileError
 from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
-from pnas_jax.latency.predictor import load_predictor
+from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space.io import save_arch
 from pnas_jax.search_space.space import Arch
@@ -109,7 +109,7 @@ class PhaseProgress:
     self.enabled = enabled
     self._bar = tqdm(total=100, desc="demo", unit="%", disable=not enabled, file=sys.stderr,
                      bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
-    self._done, self._phase, self._t = 0.0, 0, 0.0
+    self._done, self._phase, self._t, self._start_done = 0.0, 0, 0.0, 0.0
 
   def start(self, i: int) -> None:
     self._phase, self._t, self._start_done = i, time.time(), self._done
@@ -155,7 +155,8 @@ def _latency_phase(workdir: str, search_cfg: Any, l_over: list[str]) -> tuple[An
   if not os.path.exists(predictor_path):
     run_pnas("latency", "measure", "--config", latency_cfg, *l_over)
     run_pnas("latency", "fit", "--config", latency_cfg, *l_over, "--json")
-  predictor = load_predictor(predictor_path, space)  # checks it fits this space
+  # Checks it fits this space and the target batch (a workdir of an older demo may hold another).
+  predictor = load_latency_model(predictor_path, space, batch=search_cfg.latency.batch)
   return space, predictor, read_json(predictor_path, UserFileError).get("metrics")
 
 
@@ -184,9 +185,10 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
     nets = front.choose_networks(space, predictor.of_archs, targets, search_cfg.latency.derive_band
                                  or 0.05, n_random=RANDOM_PER_TARGET, max_hand=MAX_HAND,
                                  sample_seed=1000 + seed)
+    seeds = [seed]
     reports, code = front.train_networks(
         [(n[0], n[3]) for n in nets], space, workdir, _config_path("train", "fashion_mnist"), t_over,
-        [seed], progress=bar.enabled, on_done=bar.sub_step(len(nets)))
+        seeds, progress=bar.enabled, on_done=bar.sub_step(len(nets) * len(seeds)))
     timings["train"] = bar.finish()
     if code:
       return {"exit_code": code, "partial": True}
@@ -194,8 +196,9 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
     bar.start(3)  # 4. every net and the baseline timed in one interleaved session
     baseline = Arch.uniform(space, search_cfg.latency.baseline_op)
     save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
+    names = [n[0] for n in nets] + ["baseline"]
     latency = front.measure_latencies(
-        [(n, os.path.join(workdir, "archs", f"{n}.json")) for n in [n[0] for n in nets] + ["baseline"]],
+        [(name, os.path.join(workdir, "archs", f"{name}.json")) for name in names],
         _config_path("latency", "fashion_mnist"), os.path.join(latency_dir, "final_networks.json"),
         run_pnas, l_over)
     timings["final latency"] = bar.finish()
@@ -206,22 +209,19 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
   hits = front.target_hits(targets, float(predictor.of_archs([baseline])[0]),
                            latency["baseline"]["value"], latency)
   first = reports[nets[0][0]][0]
-  return _report(workdir, networks, hits, sw, baseline, latency["baseline"], seed, quick, timings,
-                 time.time() - t0, fit_metrics, search_cfg, (first["dataset"], first["test_examples"]))
+  return _report(workdir, networks, hits, sw, baseline=baseline, baseline_latency=latency["baseline"],
+                 seed=seed, quick=quick, timings=timings, wall_s=time.time() - t0,
+                 fit_metrics=fit_metrics, search_cfg=search_cfg,
+                 dataset=(first["dataset"], first["test_examples"]))
 
 
-LATENCY_PROTOCOL = ("batch {batch}, one core (single-threaded XLA in a child process, process CPU-time "
-                    "clock), median of the timed calls (+- their std), every net and the baseline "
-                    "interleaved in one session")
-
-
-def _report(workdir: str, networks: list[dict[str, Any]], hits: list[dict[str, Any]], sw: Any,
+def _report(workdir: str, networks: list[dict[str, Any]], hits: list[dict[str, Any]], sw: Any, *,
             baseline: Arch, baseline_latency: dict[str, float], seed: int, quick: bool,
             timings: dict[str, float], wall_s: float, fit_metrics: dict[str, Any] | None,
             search_cfg: Any, dataset: tuple[str, int]) -> dict[str, Any]:
   """Writes report.json, report.md and pareto.png; returns the report."""
   report = {
-      "targets": hits, "networks": networks, "summary": front.front_summary(networks),
+      "target_hits": hits, "networks": networks, "summary": front.front_summary(networks),
       "baseline": {"ops": list(baseline.ops), "latency": baseline_latency},
       "sweep": {"warmup_s": sw.warmup.wall_s, "warmup_steps": sw.warmup.step,
                 "estimator": search_cfg.arch.estimator, "derive": search_cfg.latency.derive,
@@ -232,7 +232,7 @@ def _report(workdir: str, networks: list[dict[str, Any]], hits: list[dict[str, A
       "seed": seed, "quick": quick, "device": device_description(),
       "dataset": dataset[0], "test_examples": dataset[1],
       "predictor_fit": fit_metrics, "latency_unit": "ms",
-      "latency_protocol": LATENCY_PROTOCOL.format(batch=search_cfg.latency.batch),
+      "latency_protocol": front.MEASURED_PROTOCOL.format(batch=search_cfg.latency.batch),
       "timings_s": timings, "wall_s": wall_s,
   }
   write_json(os.path.join(workdir, "report.json"), report)
@@ -245,7 +245,7 @@ def _report(workdir: str, networks: list[dict[str, Any]], hits: list[dict[str, A
 
 def _markdown(r: dict[str, Any]) -> str:
   sw, fit = r["sweep"], r.get("predictor_fit") or {}
-  hit = sum(h["hit"] for h in r["targets"])
+  hit = sum(h["hit"] for h in r["target_hits"])
   times = ", ".join(f"{t['search_s']:.0f} s" for t in sw["targets"])
   lines = [
       "# pnas demo report", "",
@@ -257,11 +257,11 @@ def _markdown(r: dict[str, Any]) -> str:
       f"{sw['estimator']}, derivation {sw['derive']}"
       + (f" (the most probable architecture with predicted latency within "
          f"{100 * sw['derive_band']:.0f}% below the target)" if sw["derive"] == "budget" else "")
-      + f". {hit} of {len(r['targets'])} targets hit on the device.", "",
+      + f". {hit} of {len(r['target_hits'])} targets hit on the device.", "",
       f"Latency: {r['latency_protocol']}."
       + (f" Latency predictor: held-out relative RMSE {100 * fit['test']['rel_rmse']:.1f}% on "
          f"{fit['n_test']} networks." if fit.get("n_test") else ""), "",
-      *front.front_markdown(r["networks"], r["summary"], r["targets"], r["latency_unit"]), "",
+      *front.front_markdown(r["networks"], r["summary"], r["target_hits"], r["latency_unit"]), "",
       "With one seed per network, differences below ~0.3 points are seed noise; "
       "experiments/pareto.py repeats this with several seeds.", "",
       "![accuracy vs latency](pareto.png)", "",
@@ -286,10 +286,12 @@ def cmd_demo(args: Any) -> int:
 
 def add_commands(subparsers: Any) -> None:
   """Registers `pnas demo`."""
-  p = subparsers.add_parser("demo", help="the push-button run: latency table -> search -> retrain "
-                                         "-> report (offline, Fashion-MNIST)")
+  p = subparsers.add_parser("demo", help="the push-button run: latency table -> sweep of 3 targets "
+                                         "-> retrain found, hand-designed and random nets -> front "
+                                         "(offline, Fashion-MNIST)")
   p.add_argument("--workdir", default="results/demo", help="outputs (rerun to resume)")
-  p.add_argument("--quick", action="store_true", help="a first look in about 5 minutes")
+  p.add_argument("--quick", action="store_true",
+                 help="a first look in about 5 minutes (short phases: its accuracies say little)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--data", default="fashion_mnist",
                  help="fashion_mnist (Debian's IDX files) or tfds:fashion_mnist")

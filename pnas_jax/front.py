@@ -43,6 +43,10 @@ from pnas_jax.train.retrain import train
 
 # predicted latency of each architecture (e.g. Predictor.of_archs)
 LatencyFn = Callable[[Sequence[Arch]], np.ndarray]
+# How measure_latencies times (with a CPU latency config: pnas_jax/latency/config.py's protocol).
+MEASURED_PROTOCOL = ("batch {batch}, one core (single-threaded XLA in a child process, process "
+                     "CPU-time clock), median of the timed calls (+- their std), every network and "
+                     "the baseline interleaved in one session")
 
 # --- the hand-designed family ---------------------------------------------------------------------
 
@@ -448,13 +452,19 @@ def choose_networks(space: SearchSpace, latency_fn: LatencyFn, targets: Sequence
 
   `targets`: (label, T, found arch) per latency target. The networks: the found net of every
   target ("found_<label>"); the hand-designed members bracketing [(1 - band) min T, max T] and the
-  found nets' predicted latencies, at most `max_hand` of them, evenly spaced with both ends kept
-  ("hand_<op>-d<k>"); `n_random` random architectures per target, drawn uniformly from the space
-  conditioned on predicted latency in [(1 - band) T, T], so they meet the target as the found net
-  does ("random_<label>_<j>"). No architecture appears twice.
+  found nets' predicted latencies, at most `max_hand` of them (0: all; else >= 2), evenly spaced
+  with both ends kept ("hand_<op>-d<k>"); `n_random` random architectures per target, drawn
+  uniformly from the space conditioned on predicted latency in [(1 - band) T, T], so they meet the
+  target as the found net does ("random_<label>_<j>"). Hand-designed and random nets never repeat
+  an architecture already chosen (two targets may find the same one).
   """
+  if max_hand == 1:
+    raise UserValueError("max_hand = 1: the hand-designed curve needs both ends of the range "
+                         "(give 0 for all members, or >= 2)")
   nets = [(f"found_{label}", "found", label, arch) for label, _, arch in targets]
-  family = list(dict((a, n) for n, a in hand_designed_family(space, hand_ops)).items())
+  found = {arch for _, _, arch in targets}
+  family = [(a, n) for a, n in dict((a, n) for n, a in hand_designed_family(space, hand_ops)).items()
+            if a not in found]
   lat = latency_fn([a for a, _ in family])
   found_lat = list(latency_fn([arch for _, _, arch in targets]))
   ts = [t for _, t, _ in targets]
@@ -515,8 +525,8 @@ def front_markdown(networks: Sequence[Mapping[str, Any]], summary: Mapping[str, 
   """Markdown lines: the targets and how each found net hit it, every network (mean +- seed std),
   each method's hypervolume and front, and each found net against the hand front and the random
   nets at its latency."""
-  lines = ["| target | x baseline | on the device | found net measures | of the target | hit |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| target | x baseline | target (re-based on the baseline) | found net | of the target "
+           "| hit |", "|---|---|---|---|---|---|"]
   lines += [f"| {h['label']} | {h['ratio']:.2f} | {h['target_measured']:.4g} {unit} | "
             f"{h['latency']:.4g} {unit} | {100 * h['latency_over_target']:.1f}% | "
             f"{'yes' if h['hit'] else 'NO'} (within {100 * h['tolerance']:.0f}%) |" for h in hits]

@@ -64,14 +64,16 @@ def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
   sw = types.SimpleNamespace(warmup=types.SimpleNamespace(wall_s=100.0, step=500),
                              targets=[(lb, search_result) for lb, _, _ in targets])
   fit = {"n_test": 5, "test": {"rel_rmse": 0.03}, "table_sum_test": {"rel_rmse": 0.4}}
-  r = demo._report(str(tmp_path), networks, hits, sw, baseline, {"value": 0.5, "std": 0.01}, 7,
-                   False, {"sweep": 1.0}, 60.0, fit, sc, ("fashion_mnist", 10000))
+  r = demo._report(str(tmp_path), networks, hits, sw, baseline=baseline,
+                   baseline_latency={"value": 0.5, "std": 0.01}, seed=7, quick=False,
+                   timings={"sweep": 1.0}, wall_s=60.0, fit_metrics=fit, search_cfg=sc,
+                   dataset=("fashion_mnist", 10000))
   with open(tmp_path / "report.json") as f:
     assert json.load(f) == json.loads(json.dumps(r))
   assert r["seed"] == 7 and r["device"] and r["dataset"] == "fashion_mnist"
   # 0.6 x 0.5 ms = 0.30 (found 0.30: hit), 0.35 (found 0.40: 114%, missed), 0.40 (found 0.50).
-  assert [h["hit"] for h in r["targets"]] == [True, False, False]
-  assert [h["target_measured"] for h in r["targets"]] == pytest.approx([0.30, 0.35, 0.40])
+  assert [h["hit"] for h in r["target_hits"]] == [True, False, False]
+  assert [h["target_measured"] for h in r["target_hits"]] == pytest.approx([0.30, 0.35, 0.40])
   assert set(r["summary"]["methods"]) == {"found", "hand", "random"}
   (vs_hand,) = [c["vs_hand"] for c in r["summary"]["found_vs"] if c["name"] == "found_ratio_0.6"]
   assert vs_hand is None  # faster than every hand-designed net
@@ -80,6 +82,7 @@ def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
   md = (tmp_path / "report.md").read_text()
   assert "1 of 3 targets hit on the device" in md and "relative RMSE 3.0%" in md
   assert "| ratio_0.6 | 0.60 | 0.3 ms | 0.3 ms | 100.0% | yes (within 5%) |" in md
+  assert "batch 16, one core" in r["latency_protocol"]
   assert "| found_ratio_0.7 | found | ratio_0.7 | 89.00 +- 0.00 |" in md
   assert "within 3% below the target" in md and "faster than every hand-designed net" in md
   assert os.path.getsize(tmp_path / "pareto.png") > 1000

@@ -243,3 +243,14 @@ def test_choose_networks_found_hand_bracketing_and_random_in_band(fmnist_space):
     t = 0.6 * base if label == "a" else 0.8 * base
     assert 0.95 * t <= lat[name] <= t
   assert len({n[3] for n in nets}) == len(nets)  # no architecture twice
+
+
+def test_choose_networks_never_trains_a_found_net_again_as_a_hand_member(fmnist_space):
+  pred = macs_predictor(fmnist_space)
+  uniform3 = Arch.uniform(fmnist_space, "3x3_MBConv3")  # a hand-designed member (d0)
+  t = float(pred.of_archs([uniform3])[0])
+  nets = front.choose_networks(fmnist_space, pred.of_archs, [("a", t, uniform3)], 0.05, max_hand=0)
+  assert [n[0] for n in nets].count("found_a") == 1
+  assert all(n[3] != uniform3 for n in nets[1:]) and "hand_3x3_MBConv3-d0" not in [n[0] for n in nets]
+  with pytest.raises(UserValueError, match="max_hand = 1"):
+    front.choose_networks(fmnist_space, pred.of_archs, [("a", t, uniform3)], 0.05, max_hand=1)

@@ -113,10 +113,13 @@ def config_differences(old: dict[str, Any], new: dict[str, Any],
   """'key: old -> new' for every key whose value differs, invocation-only keys aside, and keys the
   run does not read (`unused`: a key, or a prefix ending in "." or "_")."""
   flat_old, flat_new = _flatten(old), _flatten(json.loads(json.dumps(new)))
-  skip = lambda k: k in INVOCATION_KEYS or any(  # noqa: E731
-      k == u or u[-1] in "._" and k.startswith(u) for u in unused)
+
+  def skipped(key: str) -> bool:
+    return key in INVOCATION_KEYS or any(
+        key == u or (u.endswith((".", "_")) and key.startswith(u)) for u in unused)
+
   keys = sorted(k for k in set(flat_old) | set(flat_new)
-                if flat_old.get(k) != flat_new.get(k) and not skip(k))
+                if flat_old.get(k) != flat_new.get(k) and not skipped(k))
   return [f"{k}: {flat_old.get(k)!r} -> {flat_new.get(k)!r}" for k in keys]
 
 

@@ -211,8 +211,8 @@ class SearchResult:
 
 
 # What a warm-up alone (no search epochs) does not read: the architecture step, the target and
-# the search phase's learning rate. A sweep's warm-up is reused when only these change (other
-# targets, another estimator or reward); they still decide the warm-up's own arch.json.
+# the search phase's learning rate. A sweep's warm-up is reused when only these change (targets
+# added or reordered: its own target is the first); they still decide the warm-up's arch.json.
 WARMUP_UNUSED = ("arch.", "latency.target", "latency.target_ratio", "latency.targets",
                  "latency.target_ratios", "latency.loss", "latency.loss_params.", "latency.derive",
                  "latency.derive_band", "optim.lr", "optim.arch_", "schedule.arch_every",
