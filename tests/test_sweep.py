@@ -83,8 +83,11 @@ def test_sweep_forks_every_target_from_one_warmup_and_resumes(tmp_path):
   assert [row["label"] for row in summary["targets"]] == ["ratio_0.6", "ratio_0.9"]
   assert os.path.getsize(os.path.join(wd, "front.png")) > 1000
   # A finished sweep reruns nothing.
+  times = json.loads(pathlib.Path(wd, "sweep.json").read_text())
   again = sweep(_config(ratios), wd)
   assert again.warmup.images_per_s == 0 and all(t.images_per_s == 0 for _, t in again.targets)
+  # ... and keeps the times of the run that did the work (not the rerun's fraction of a second).
+  assert json.loads(pathlib.Path(wd, "sweep.json").read_text()) == times
   # Another target first in the list: the warm-up (whose own target was the first one) is reused as
   # it is, the old targets too; only the new target runs, forked from the same warm-up.
   more = sweep(_config("--config.latency.target_ratios=(0.75, 0.6, 0.9)"), wd)
