@@ -2,10 +2,13 @@ r"""The offline default: search on Fashion-MNIST for this machine's CPU, in minu
 
 Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist; `apt-get install
 dataset-fashion-mnist`), or --config.data.name=tfds:fashion_mnist. Latency: a table and a few whole
-networks measured here first (single-threaded, CPU-time clock; cached in WORKDIR/latency), target
-0.7 x the latency of the hand-designed baseline (every block 3x3_MBConv6, like MobileNetV2).
+networks measured here first (one core at batch 16, CPU-time clock; cached in WORKDIR/latency),
+target 0.7 x the latency of the hand-designed baseline (every block 3x3_MBConv6, like MobileNetV2);
+`pnas demo` sweeps 0.6, 0.7 and 0.8 x.
 
   pnas search --config configs/search/fashion_mnist.py --workdir results/search_fmnist
+  pnas sweep --config configs/search/fashion_mnist.py --workdir results/sweep_fmnist \
+      --config.latency.target_ratios='(0.6, 0.7, 0.8)'
 """
 
 from pnas_jax.train.search_config import search_config
