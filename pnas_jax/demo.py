@@ -53,7 +53,7 @@ TARGET_RATIOS = (0.6, 0.7, 0.8)
 MAX_HAND = 3
 RANDOM_PER_TARGET = 1
 # Phase budgets as fractions of the whole run (for the ETA; the trainings share theirs).
-PHASES = (("latency", 0.04), ("sweep", 0.24), ("train", 0.68), ("final latency", 0.04))
+PHASES = (("latency", 0.02), ("sweep", 0.20), ("train", 0.76), ("final latency", 0.02))
 
 
 def _config_path(kind: str, name: str) -> str:

@@ -1,6 +1,6 @@
 """pnas demo: its configs load with the demo's overrides, and the report has every promised field.
 
-The demo itself (about 30 minutes, --quick about 5) is run by hand; its phases are the sweep,
+The demo itself (about 20 minutes, --quick about 5) is run by hand; its phases are the sweep,
 train and latency commands tested in test_sweep.py, test_retrain.py and test_latency_*.py, and the
 protocol pieces of pnas_jax/front.py (test_front.py, test_experiments.py).
 """
