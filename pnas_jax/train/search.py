@@ -41,7 +41,7 @@ from pnas_jax.arch.supernet import Supernet, child_variables
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.errors import UserValueError
-from pnas_jax.file_io import save_msgpack, write_json
+from pnas_jax.file_io import read_json, save_msgpack, write_json
 from pnas_jax.latency.objective import LatencyObjective, latency_objective
 from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
@@ -57,7 +57,8 @@ from pnas_jax.train.steps import arch_step, weight_step
 
 log = logging.getLogger(__name__)
 CHOSEN_PATH_FILE = "chosen_path.msgpack"
-SEARCH_OUTPUTS = ("arch.json", "net.config", CHOSEN_PATH_FILE, "summary.json", "plots")
+SUMMARY_FILE = "summary.json"
+SEARCH_OUTPUTS = ("arch.json", "net.config", CHOSEN_PATH_FILE, SUMMARY_FILE, "plots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +243,7 @@ def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite
       initial = _warmed_up(init_from, initial, s.warmup_steps)
     state = replicate(run.restore_or(initial), setup.mesh)
     state, outcome = _run(setup, run, state, progress)
-    result = _result(setup, run, state, outcome, time.time() - t_start)
+    result = _result(setup, run, state, outcome, _wall_s(run, outcome, time.time() - t_start))
     if run.is_main:
       _write_outputs(setup, run, state, result)
   return result
@@ -373,6 +374,15 @@ def _epoch_records(setup: SearchSetup, run: RunDir, monitor: LoopMonitor
   return hook
 
 
+def _wall_s(run: RunDir, outcome: Outcome, elapsed: float) -> float:
+  """This invocation's time, or, for a search it found finished (no image consumed), the time its
+  summary.json recorded (a rerun does not replace the search's time by its own second)."""
+  path = os.path.join(run.workdir, SUMMARY_FILE)
+  if outcome.images == 0 and os.path.exists(path):
+    return float(read_json(path, RunStateError).get("wall_s", elapsed))
+  return elapsed
+
+
 def _result(setup: SearchSetup, run: RunDir, state: SearchState, outcome: Outcome,
             wall_s: float) -> SearchResult:
   obj = setup.objective
@@ -400,6 +410,6 @@ def _write_outputs(setup: SearchSetup, run: RunDir, state: SearchState, result: 
   save_net_config(os.path.join(workdir, "net.config"), space, arch)
   host = to_host({"params": state.params, "batch_stats": state.batch_stats})
   save_msgpack(os.path.join(workdir, CHOSEN_PATH_FILE), child_variables(host, space, arch))
-  write_json(os.path.join(workdir, "summary.json"), result.to_dict())
+  write_json(os.path.join(workdir, SUMMARY_FILE), result.to_dict())
   if setup.run["plots"]:
     write_search_plots(workdir, space, arch, run.logger.records(), result)

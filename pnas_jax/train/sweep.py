@@ -27,8 +27,8 @@ from typing import Any
 
 from pnas_jax import plots
 from pnas_jax.config_loading import validate_config
-from pnas_jax.errors import UserFileError, UserValueError
-from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
+from pnas_jax.errors import UserValueError
+from pnas_jax.file_io import write_bytes_atomic, write_json
 from pnas_jax.latency.objective import MEASURED_PREDICTOR
 from pnas_jax.train.search import SearchResult, search
 from pnas_jax.workdir_lock import WorkdirLock
@@ -123,33 +123,24 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
   return result
 
 
-def _wall_s(r: SearchResult, previous: dict[str, Any] | None) -> float:
-  """The search's time: this invocation's, or, when it found the search finished and ran nothing,
-  the time the previous sweep.json recorded for it."""
-  return previous["wall_s"] if r.images_per_s == 0 and previous else r.wall_s
-
-
-def _row(label: str, r: SearchResult, previous: dict[str, Any] | None) -> dict[str, Any]:
+def _row(label: str, r: SearchResult) -> dict[str, Any]:
   return {"label": label, "target": r.target, "unit": r.latency_unit, "arch": list(r.arch.ops),
           "arch_latency": r.arch_latency, "expected_latency": r.expected_latency,
           "over_target": r.arch_latency / r.target if r.arch_latency and r.target else None,
-          "holdout_top1": r.holdout_top1, "status": r.status.value,
-          "wall_s": _wall_s(r, previous), "workdir": r.workdir}
+          "holdout_top1": r.holdout_top1, "status": r.status.value, "wall_s": r.wall_s,
+          "workdir": r.workdir}
 
 
 def _write_summary(result: SweepResult) -> None:
   """sweep.json, sweep.md and front.png (the found front under the latency model)."""
-  path = os.path.join(result.workdir, "sweep.json")
-  before = read_json(path, UserFileError) if os.path.exists(path) else {}
-  previous = {row["label"]: row for row in before.get("targets", [])}
-  rows = [_row(label, r, previous.get(label)) for label, r in result.targets]
-  summary = {"warmup": {"wall_s": _wall_s(result.warmup, before.get("warmup")),
-                        "steps": result.warmup.step, "workdir": result.warmup.workdir},
+  rows = [_row(label, r) for label, r in result.targets]
+  summary = {"warmup": {"wall_s": result.warmup.wall_s, "steps": result.warmup.step,
+                        "workdir": result.warmup.workdir},
              "targets": rows, "partial": result.partial}
-  write_json(path, summary)
+  write_json(os.path.join(result.workdir, "sweep.json"), summary)
   unit = rows[0]["unit"] if rows else ""
   lines = ["# pnas sweep", "",
-           f"Shared warm-up: {result.warmup.step} steps, {summary['warmup']['wall_s']:.0f} s.", "",
+           f"Shared warm-up: {result.warmup.step} steps, {result.warmup.wall_s:.0f} s.", "",
            f"| target | target ({unit}) | derived arch ({unit}) | / target | held-out top-1 (supernet, %) "
            "| search time (s) | architecture |", "|---|---|---|---|---|---|---|"]
   for r in rows:
