@@ -63,7 +63,7 @@ from pnas_jax.errors import PnasError
 from pnas_jax.file_io import write_bytes_atomic
 from pnas_jax.latency.objective import MEASURED_PREDICTOR
 from pnas_jax.latency.predictor import load_latency_model, load_predictor, macs_predictor
-from pnas_jax.search_space.io import load_arch, save_arch
+from pnas_jax.search_space.io import load_arch
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.sweep import WARMUP_DIR, sweep
 
@@ -152,21 +152,18 @@ def main(argv: list[str] | None = None) -> int:
   t_train = time.time() - t0 - t_sweep
   mode = args.latency or ("predictor" if args.tiny else "measure")
   baseline = Arch.uniform(space, cfg.latency.baseline_op)  # timed with the others: the targets
-  save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
-  named = [(n[0], n[3]) for n in nets] + [("baseline", baseline)]
   if mode == "measure":
-    latency = front.measure_latencies(
-        [(name, os.path.join(workdir, "archs", f"{name}.json")) for name, _ in named],
-        args.latency_config, os.path.join(workdir, "latency_networks.json"), run_pnas)
+    latency = front.measure_with_baseline(nets, baseline, space, workdir, args.latency_config,
+                                          os.path.join(workdir, "latency_networks.json"), run_pnas)
     protocol = front.MEASURED_PROTOCOL.format(batch=load_config(args.latency_config).batch)
     unit = "ms"
   else:
+    named = [(n[0], n[3]) for n in nets] + [("baseline", baseline)]
     values = predictor.of_archs([a for _, a in named])
     latency = {name: {"value": float(v), "std": 0.0} for (name, _), v in zip(named, values, strict=True)}
     protocol, unit = f"the latency model ({predictor.unit}), not measured", predictor.unit
-  networks = front.network_records(nets, reports, latency, predictor.of_archs)
-  hits = front.target_hits(targets, float(predictor.of_archs([baseline])[0]),
-                           latency["baseline"]["value"], latency)
+  networks, hits = front.evaluate_networks(nets, reports, targets, baseline, latency,
+                                           predictor.of_archs)
   ref = None if args.ref_latency is None else (args.ref_latency, args.ref_accuracy)
   if (args.ref_latency is None) != (args.ref_accuracy is None):
     raise PnasError("give both --ref-latency and --ref-accuracy, or neither")

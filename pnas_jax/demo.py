@@ -40,7 +40,6 @@ from pnas_jax.errors import MissingFileError, PnasError, UserFileError
 from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
 from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.timing import device_description
-from pnas_jax.search_space.io import save_arch
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.inputs import load_config_dataset, space_for_data
 from pnas_jax.train.sweep import sweep
@@ -195,19 +194,15 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
 
     bar.start(3)  # 4. every net and the baseline timed in one interleaved session
     baseline = Arch.uniform(space, search_cfg.latency.baseline_op)
-    save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
-    names = [n[0] for n in nets] + ["baseline"]
-    latency = front.measure_latencies(
-        [(name, os.path.join(workdir, "archs", f"{name}.json")) for name in names],
-        _config_path("latency", "fashion_mnist"), os.path.join(latency_dir, "final_networks.json"),
-        run_pnas, l_over)
+    latency = front.measure_with_baseline(
+        nets, baseline, space, workdir, _config_path("latency", "fashion_mnist"),
+        os.path.join(latency_dir, "final_networks.json"), run_pnas, l_over)
     timings["final latency"] = bar.finish()
   finally:
     bar.close()
 
-  networks = front.network_records(nets, reports, latency, predictor.of_archs)
-  hits = front.target_hits(targets, float(predictor.of_archs([baseline])[0]),
-                           latency["baseline"]["value"], latency)
+  networks, hits = front.evaluate_networks(nets, reports, targets, baseline, latency,
+                                           predictor.of_archs)
   first = reports[nets[0][0]][0]
   return _report(workdir, networks, hits, sw, baseline=baseline, baseline_latency=latency["baseline"],
                  seed=seed, quick=quick, timings=timings, wall_s=time.time() - t0,

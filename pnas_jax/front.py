@@ -520,6 +520,29 @@ def target_hits(targets: Sequence[tuple[str, float, Arch]], predicted_baseline: 
   return out
 
 
+def evaluate_networks(nets: Sequence[tuple[str, str, str | None, Arch]],
+                      reports: Mapping[str, Sequence[Mapping[str, Any]]],
+                      targets: Sequence[tuple[str, float, Arch]], baseline: Arch,
+                      latency: Mapping[str, Mapping[str, float]], latency_fn: LatencyFn
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """(network_records, target_hits) of trained `nets` whose latencies, the baseline's ("baseline")
+  included, were taken in one session (`latency`)."""
+  hits = target_hits(targets, float(latency_fn([baseline])[0]), latency["baseline"]["value"], latency)
+  return network_records(nets, reports, latency, latency_fn), hits
+
+
+def measure_with_baseline(nets: Sequence[tuple[str, str, str | None, Arch]], baseline: Arch,
+                          space: SearchSpace, workdir: str, latency_config: str, out: str,
+                          run_pnas: Callable[..., str], overrides: Sequence[str] = ()
+                          ) -> dict[str, dict[str, float]]:
+  """measure_latencies of `nets` (their workdir/archs/NAME.json, as train_networks writes them)
+  and of the baseline ("baseline", saved to workdir/archs/baseline.json) in one session."""
+  save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
+  names = [n[0] for n in nets] + ["baseline"]
+  return measure_latencies([(name, os.path.join(workdir, "archs", f"{name}.json")) for name in names],
+                           latency_config, out, run_pnas, overrides)
+
+
 def front_markdown(networks: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
                    hits: Sequence[Mapping[str, Any]], unit: str) -> list[str]:
   """Markdown lines: the targets and how each found net hit it, every network (mean +- seed std),
