@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -111,7 +114,29 @@ def test_set_cpu_threads_refuses_after_backend_start(monkeypatch):
     measure.set_cpu_threads(2)
   measure.set_cpu_threads(None)
   monkeypatch.setenv("XLA_FLAGS", " ".join(measure.SINGLE_THREAD_FLAGS))
-  measure.set_cpu_threads(1)  # already set: nothing to do
+  if len(os.sched_getaffinity(0)) > 1:  # the flags alone: the process must still be pinned
+    with pytest.raises(RuntimeError, match="taskset"):
+      measure.set_cpu_threads(1)
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+  measure.set_cpu_threads(1)  # flags set and one CPU: nothing to do
+
+
+def test_one_core_target_pins_the_process_before_jax_starts():
+  """cpu_threads=1 leaves XLA one CPU, so its intra-op pool has one thread (a 2-core machine's
+  pool otherwise runs a 'single-threaded' network on both cores)."""
+  if (os.cpu_count() or 1) < 2:
+    pytest.skip("a one-CPU machine: there is nothing to pin")
+  code = ("import os; from pnas_jax.latency import measure; measure.set_cpu_threads(1); "
+          "import jax; jax.devices(); from pnas_jax.latency.timing import device_description; "
+          "print(len(os.sched_getaffinity(0)), os.environ['XLA_FLAGS'], '|', device_description())")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout
+  n, rest = out.split(" ", 1)
+  assert n == "1"
+  flags, device = rest.split("|")
+  assert flags.split() == list(measure.SINGLE_THREAD_FLAGS)
+  assert f"pinned to 1 of {os.cpu_count()} cores" in device
 
 
 def test_latency_model_experiment_smoke(tmp_path, capsys):
@@ -153,3 +178,28 @@ def test_bad_latency_in_networks_file_names_file_and_network(tmp_path, field, va
   path.write_text(json.dumps(d))
   with pytest.raises(LatencyTableError, match=rf"nets.json: networks\[1\] \(a1\): {field} = "):
     measure.load_network_measurements(path)
+
+
+def test_search_measure_model_times_one_core_in_a_child_process(tmp_path):
+  """latency.model='measure' with cpu_threads=1 on a CPU: the table and networks are timed in a
+  pinned child process (this one keeps its cores) and the fitted predictor says so."""
+  import pathlib
+
+  from pnas_jax.config_loading import load_config
+  from pnas_jax.latency.objective import latency_objective
+  from pnas_jax.search_space import SearchSpace
+
+  tiny = pathlib.Path(__file__).resolve().parents[1] / "configs" / "search" / "tiny.py"
+  cfg = load_config(str(tiny), ["--config.latency.model=measure", "--config.latency.n_networks=3",
+                                "--config.latency.repeats=2", "--config.latency.target_ratio=0.8",
+                                "--config.latency.target=0", "--config.log.progress=False"])
+  before = os.sched_getaffinity(0)
+  objective = latency_objective(cfg, SearchSpace(**cfg.space.to_dict()), str(tmp_path))
+  assert os.sched_getaffinity(0) == before
+  header = load_table(tmp_path / "latency" / "table.json").header
+  assert header.xla_flags.split() == list(measure.SINGLE_THREAD_FLAGS)
+  if (os.cpu_count() or 1) > 1:
+    assert "pinned to 1 of" in header.device
+  nets = json.loads((tmp_path / "latency" / "networks.json").read_text())["networks"]
+  assert [n["name"] for n in nets] == ["baseline", "sample000", "sample001", "sample002"]
+  assert objective.target == pytest.approx(0.8 * objective.baseline)

@@ -18,8 +18,11 @@ block) or "budget" (the most probable architecture whose modelled latency is in
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +39,7 @@ from pnas_jax.latency.predictor import (
   TableSumPredictor,
   fit_linear,
   load_latency_model,
+  load_predictor,
   macs_predictor,
   save_predictor,
 )
@@ -77,13 +81,20 @@ class LatencyObjective:
 
 
 def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_networks: int,
-                      baseline_op: str, seed: int = 0, progress: bool = True) -> Predictor:
+                      baseline_op: str, seed: int = 0, progress: bool = True,
+                      cpu_threads: int | None = None) -> Predictor:
   """Measures (or resumes) the table and `n_networks` networks here, fits the linear predictor
   and saves it as `directory`/predictor.json (a sweep's targets and later searches reuse it).
 
   The baseline arch (every block `baseline_op`) is always among the measured networks, so the
-  target derived from it rests on a measurement.
+  target derived from it rests on a measurement. cpu_threads=1 on a CPU backend: the target is one
+  core, so the timing runs in a child process pinned to one CPU with single-threaded XLA
+  (measure.set_cpu_threads), as `pnas latency measure` and the final `pnas latency networks` time
+  it; this process keeps every core for training.
   """
+  if cpu_threads == 1 and jax.default_backend() == "cpu":
+    _measure_in_child(space, directory, protocol, n_networks, baseline_op, seed, progress)
+    return load_predictor(os.path.join(directory, MEASURED_PREDICTOR), space)
   os.makedirs(directory, exist_ok=True)
   table = measure.measure_table(space, os.path.join(directory, "table.json"), protocol, progress)
   costs = cost_table(table, space)
@@ -98,6 +109,29 @@ def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_netwo
                            seed=seed)
   save_predictor(os.path.join(directory, MEASURED_PREDICTOR), predictor)
   return predictor
+
+
+def _measure_in_child(space: SearchSpace, directory: str, protocol: Any, n_networks: int,
+                      baseline_op: str, seed: int, progress: bool) -> None:
+  """measure_predictor(..., cpu_threads=None) in a fresh process pinned to one core."""
+  request = {"space": space.to_dict(), "directory": directory,
+             "protocol": dataclasses.asdict(protocol), "n_networks": n_networks,
+             "baseline_op": baseline_op, "seed": seed, "progress": progress}
+  code = "import sys; from pnas_jax.latency.objective import _child_main; _child_main(sys.stdin.read())"
+  child = subprocess.run([sys.executable, "-c", code], input=json.dumps(request), text=True,
+                         stdout=subprocess.PIPE)
+  if child.returncode != 0:
+    raise RuntimeError(f"measuring the latency table in {directory} failed in its one-core child "
+                       f"process (exit {child.returncode}; its error is printed above)")
+
+
+def _child_main(request_json: str) -> None:
+  """The child of _measure_in_child: pin to one core before JAX starts, then measure and fit."""
+  r = json.loads(request_json)
+  measure.set_cpu_threads(1)
+  measure_predictor(SearchSpace.from_dict(r["space"]), r["directory"],
+                    TimingProtocol(**r["protocol"]), r["n_networks"], r["baseline_op"], r["seed"],
+                    r["progress"])
 
 
 def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyObjective:
@@ -132,7 +166,8 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
     predictor = macs_predictor(space)
   elif model == "measure":
     predictor = measure_predictor(space, os.path.join(workdir, "latency"), protocol, n_networks,
-                                  baseline_op, config.seed, progress=config.log.progress)
+                                  baseline_op, config.seed, progress=config.log.progress,
+                                  cpu_threads=lat.cpu_threads)
   else:
     if not os.path.exists(model):
       raise MissingFileError(

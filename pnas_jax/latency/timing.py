@@ -111,12 +111,16 @@ def time_interleaved(
 
 
 def device_description() -> str:
-  """E.g. 'cpu: cpu (2 cores)' or 'gpu: NVIDIA H100 80GB HBM3'."""
+  """E.g. 'cpu: cpu (2 cores, jax 0.10.2)', 'cpu: cpu (pinned to 1 of 2 cores, jax 0.10.2)' or
+  'gpu: NVIDIA H100 80GB HBM3 x1 (jax 0.10.2)'."""
   d = jax.devices()[0]
   kind = getattr(d, "device_kind", str(d))
   backend = jax.default_backend()
   if backend == "cpu":
     import os
 
-    return f"cpu: {kind} ({os.cpu_count()} cores, jax {jax.__version__})"
+    cores = f"{os.cpu_count()} cores"
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 1):
+      cores = f"pinned to {len(os.sched_getaffinity(0))} of {cores}"
+    return f"cpu: {kind} ({cores}, jax {jax.__version__})"
   return f"{backend}: {kind} x{jax.device_count()} (jax {jax.__version__})"

@@ -121,6 +121,9 @@ def search_config() -> ml_collections.ConfigDict:
   c.latency.batch = 1  # measurement batch ("measure") and the batch the table must have
   c.latency.repeats = 30
   c.latency.clock = "process"
+  # "measure" on a CPU: 1 = the target is one core (timed in a child process pinned to one CPU with
+  # single-threaded XLA, as `pnas latency measure` does); None = this process's XLA threading.
+  c.latency.cpu_threads = 1
   c.latency.n_networks = 0  # "measure": whole networks measured to fit the linear predictor
   # The final arch: "argmax" per block (the paper) or "budget": the most probable arch whose
   # latency under the model is in [(1 - derive_band) T, T] (short searches, whose argmax can miss
@@ -189,6 +192,8 @@ RANGES: dict[str, Range] = {
     "latency.target_ratio": Range(0, note="0: use target"),
     "latency.batch": INT_GE1,
     "latency.repeats": INT_GE1,
+    "latency.cpu_threads": Range(1, 1, integer=True, optional=True,
+                                 note="None: this process's XLA threading"),
     "latency.n_networks": Range(0, integer=True, note="0: the table alone; a fit needs >= 3"),
     "latency.derive_band": FRACTION,
     "eval.every_epochs": Range(0, note="0: never"),
