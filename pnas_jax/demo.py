@@ -19,8 +19,8 @@ Offline on Fashion-MNIST by default (Debian's dataset-fashion-mnist; `make demo`
      net at its latency (pnas_jax/front.py, the protocol of experiments/pareto.py with one seed).
 The target device is one core of this machine at batch 16: every latency is measured in a child
 process pinned to one CPU running single-threaded XLA, timed with the process CPU-time clock
-(repeatable while other jobs share the machine), while training uses every core. Every phase is resumable: rerun the same
-command after an interruption.
+(repeatable while other jobs share the machine), while training uses every core. Every phase is
+resumable: rerun the same command after an interruption.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ from pnas_jax.train.retrain import train
 LatencyFn = Callable[[Sequence[Arch]], np.ndarray]
 # How measure_latencies times (with a CPU latency config: pnas_jax/latency/config.py's protocol).
 MEASURED_PROTOCOL = ("batch {batch}, one core (a child process pinned to one CPU, single-threaded "
-                     "XLA, process CPU-time clock), median of the timed calls (+- their std), every network and "
-                     "the baseline interleaved in one session")
+                     "XLA, process CPU-time clock), median of the timed calls (+- their std), "
+                     "every network and the baseline interleaved in one session")
 
 # --- the hand-designed family ---------------------------------------------------------------------
 
@@ -428,8 +428,8 @@ def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str
                       ) -> dict[str, dict[str, float]]:
   """{name: {"value": median ms, "std": ms, "min": ms}} of every (name, arch.json), timed in ONE
   interleaved session by `pnas latency networks` in a child process (its latency config's protocol:
-  on a CPU one pinned core, single-threaded XLA and the process CPU-time clock). "std" is the standard deviation of
-  the timed calls. Names already in `out` are not timed again (resumable).
+  on a CPU one pinned core, single-threaded XLA and the process CPU-time clock). "std" is the
+  standard deviation of the timed calls. Names already in `out` are not timed again (resumable).
 
   run_pnas(*args) runs `pnas ARGS` in a child process and returns its stdout (pnas_jax.demo.run_pnas
   runner; passed in so that the demo can import this module).
