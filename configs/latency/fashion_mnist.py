@@ -27,5 +27,6 @@ def get_config(arg=None):
   config.networks = "results/latency/fashion_mnist_networks.json"
   config.predictor = "results/latency/fashion_mnist_predictor.json"
   config.n_networks = 24
+  config.repeats = search.latency.repeats  # ~1 ms a call: 200 timed calls cost little
   config.baseline_op = "3x3_MBConv6"  # also measure the hand-designed baseline (every block this op)
   return config
