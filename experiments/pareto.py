@@ -89,6 +89,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                  help="measure on this device (default) or use the latency model (--tiny's default)")
   p.add_argument("--seeds", type=int, default=None, help="trainings per network (default 3; --quick 2)")
   p.add_argument("--random", type=int, default=1, help="random architectures per target")
+  p.add_argument("--workers", type=int, default=None,
+                 help="trainings at a time, each in a child process (1: one after another here; "
+                      "default: 2 on a CPU with >= 2 cores, else 1)")
   p.add_argument("--band", type=float, default=None,
                  help="random nets' band below each target (default: the search's derive_band, else 0.05)")
   p.add_argument("--hand-ops", default="3x3_MBConv6,3x3_MBConv3")
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                                sample_seed=args.sample_seed)
   seeds = list(range(args.seeds or (2 if args.quick else 3)))
   reports, code = front.train_networks([(n[0], n[3]) for n in nets], space, workdir,
-                                       args.train_config, train_over, seeds, progress)
+                                       args.train_config, train_over, seeds, progress,
+                                       workers=args.workers)
   if code:
     return code
   t_train = time.time() - t0 - t_sweep

@@ -74,6 +74,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   p.add_argument("--workdir", default="results/supernet_ranking")
   p.add_argument("--n-archs", type=int, default=12)
   p.add_argument("--seeds", type=int, default=1, help="stand-alone trainings per architecture")
+  p.add_argument("--workers", type=int, default=None,
+                 help="trainings at a time, each in a child process (1: one after another here; "
+                      "default: 2 on a CPU with >= 2 cores, else 1)")
   p.add_argument("--sample-seed", type=int, default=0)
   p.add_argument("--bn-batches", type=int, default=None, help="default: the config's eval.bn_batches")
   p.add_argument("--eval-batches", type=int, default=None,
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     archs = front.sample_spread(setup.space, predictor.of_archs, args.n_archs, seed=args.sample_seed)
     named = [(f"a{i:02d}", a) for i, a in enumerate(archs)]
     reports, code = front.train_networks(named, setup.space, workdir, args.train_config, train_over,
-                                         list(range(args.seeds)), progress)
+                                         list(range(args.seeds)), progress, workers=args.workers)
     if code:
       return code
     alone = [front.aggregate_seeds([r["test_top1"] for r in reports[n]]) for n, _ in named]

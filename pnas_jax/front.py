@@ -23,9 +23,13 @@ library so `pnas demo` can show the same front:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -382,45 +386,161 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float],
 
 def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, workdir: str,
                    config_path: str, overrides: Sequence[str], seeds: Sequence[int],
-                   progress: bool = True, on_done: Callable[[], None] | None = None
-                   ) -> tuple[dict[str, list[dict[str, Any]]], int]:
+                   progress: bool = True, on_done: Callable[[], None] | None = None,
+                   workers: int | None = None) -> tuple[dict[str, list[dict[str, Any]]], int]:
   """Trains every (name, arch) once per seed with one budget (`pnas train` with `config_path` and
   `overrides`); returns ({name: [report.json per seed]}, exit code). With `progress`, a bar over
-  the trainings and one within each; `on_done()` is called after each training.
+  the trainings (and, in this process, one within each); `on_done()` is called after each training.
+
+  workers > 1 runs that many trainings at a time, each `pnas train` in a child process (its output
+  in workdir/train/NAME/seedS.log); the bar then names the running ones and their last logged
+  step. Small networks leave a multi-threaded XLA:CPU process partly idle, so two at a time finish
+  a batch of trainings sooner on a CPU (docs/design.md §2.15). None: 2 on a CPU backend with >= 2
+  cores, else 1 (an accelerator is not shared between processes).
 
   The arch files go to workdir/archs/NAME.json and each training to workdir/train/NAME/seedS, so a
   rerun skips finished trainings (their report.json) and resumes an interrupted one. An
-  interrupted training stops the loop and returns its non-zero exit code with the reports so far.
+  interrupted or failed training stops the loop (running ones finish) and returns its non-zero
+  exit code with the reports so far.
   """
+  if workers is None:
+    import jax
+
+    workers = 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+  if workers < 1:
+    raise UserValueError(f"workers = {workers}: give the number of trainings to run at once (>= 1)")
   os.makedirs(os.path.join(workdir, "archs"), exist_ok=True)
-  reports: dict[str, list[dict[str, Any]]] = {}
-  bar = tqdm(total=len(networks) * len(seeds), desc="train", disable=not progress, file=sys.stderr)
+  jobs = []
+  for name, arch in networks:
+    arch_path = os.path.join(workdir, "archs", f"{name}.json")
+    save_arch(arch_path, space, arch, name=name)
+    for seed in seeds:
+      run_dir = os.path.join(workdir, "train", name, f"seed{seed}")
+      jobs.append(_TrainJob(name, seed, run_dir, [
+          *overrides, f"--config.arch={arch_path}", f"--config.seed={seed}",
+          "--config.log.progress=False", "--config.report.latency_repeats=0"]))
+  todo = [j for j in jobs if not os.path.exists(j.report)]
+  bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="train", disable=not progress,
+             file=sys.stderr)
+  for _ in range(len(jobs) - len(todo)):
+    if on_done is not None:
+      on_done()
+
+  def finished(job: _TrainJob) -> None:
+    bar.update()
+    if on_done is not None:
+      on_done()
+
   try:
-    for name, arch in networks:
-      arch_path = os.path.join(workdir, "archs", f"{name}.json")
-      save_arch(arch_path, space, arch, name=name)
-      for seed in seeds:
-        bar.set_description(f"train {name} seed {seed}")
-        run_dir = os.path.join(workdir, "train", name, f"seed{seed}")
-        report = os.path.join(run_dir, "report.json")
-        if not os.path.exists(report):
-          cfg = load_config(config_path, [*overrides, f"--config.arch={arch_path}",
-                                          f"--config.seed={seed}", "--config.log.progress=False",
-                                          "--config.report.latency_repeats=0"])
-          result = train(cfg, run_dir, progress=progress)
-          if result.exit_code or not os.path.exists(report):
-            return reports, result.exit_code or 1
-        rep = read_json(report, UserFileError)
-        if tuple(rep["arch"]) != arch.ops:
-          raise UserValueError(f"{run_dir} holds a training of another architecture "
-                               f"({' '.join(rep['arch'])}); use another workdir")
-        reports.setdefault(name, []).append(rep)
-        bar.update()
-        if on_done is not None:
-          on_done()
+    if workers > 1 and len(todo) > 1:
+      code = _train_in_children(todo, config_path, workers, bar, finished)
+    else:
+      code = _train_here(todo, config_path, progress, bar, finished)
   finally:
     bar.close()
+  reports: dict[str, list[dict[str, Any]]] = {}
+  arch_of = dict(networks)
+  for job in jobs:
+    if not os.path.exists(job.report):
+      return reports, code or 1
+    rep = read_json(job.report, UserFileError)
+    if tuple(rep["arch"]) != arch_of[job.name].ops:
+      raise UserValueError(f"{job.run_dir} holds a training of another architecture "
+                           f"({' '.join(rep['arch'])}); use another workdir")
+    reports.setdefault(job.name, []).append(rep)
   return reports, 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainJob:
+  """One training of train_networks: `pnas train --config CONFIG *overrides --workdir run_dir`."""
+
+  name: str
+  seed: int
+  run_dir: str
+  overrides: list[str]
+
+  @property
+  def report(self) -> str:
+    return os.path.join(self.run_dir, "report.json")
+
+  @property
+  def log(self) -> str:
+    return f"{self.run_dir}.log"
+
+
+def _train_here(jobs: Sequence[_TrainJob], config_path: str, progress: bool, bar: Any,
+                finished: Callable[[_TrainJob], None]) -> int:
+  """The trainings one after another in this process; the first non-zero exit code, else 0."""
+  for job in jobs:
+    bar.set_description(f"train {job.name} seed {job.seed}")
+    result = train(load_config(config_path, job.overrides), job.run_dir, progress=progress)
+    if result.exit_code or not os.path.exists(job.report):
+      return result.exit_code or 1
+    finished(job)
+  return 0
+
+
+def _train_in_children(jobs: Sequence[_TrainJob], config_path: str, workers: int, bar: Any,
+                       finished: Callable[[_TrainJob], None]) -> int:
+  """The trainings `workers` at a time, each `pnas train` in a child process; the first non-zero
+  exit code, else 0. A failure starts no new training; the running ones are waited for."""
+  pending, running, code = list(jobs), [], 0
+  try:
+    while pending or running:
+      while pending and len(running) < workers and not code:
+        job = pending.pop(0)
+        os.makedirs(os.path.dirname(job.log), exist_ok=True)
+        with open(job.log, "w") as log:
+          cmd = [sys.executable, "-m", "pnas_jax.cli", "train", "--config", config_path,
+                 *job.overrides, "--workdir", job.run_dir]
+          running.append((job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+      if not running:
+        break
+      time.sleep(0.5)
+      for job, proc in list(running):
+        if proc.poll() is None:
+          continue
+        running.remove((job, proc))
+        if proc.returncode == 0 and os.path.exists(job.report):
+          finished(job)
+        elif not code:
+          code = proc.returncode or 1
+          _report_failure(job, proc.returncode)
+      bar.set_description("train " + ", ".join(f"{j.name} seed {j.seed} @ {_last_step(j.run_dir)}"
+                                               for j, _ in running))
+  finally:
+    for _, proc in running:  # an interrupt: each child saves its checkpoint on the signal too
+      try:
+        proc.wait(timeout=120)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+  return code
+
+
+def _last_step(run_dir: str) -> str:
+  """The training step last logged in run_dir/metrics.jsonl ('start' before the first)."""
+  try:
+    with open(os.path.join(run_dir, "metrics.jsonl"), "rb") as f:
+      f.seek(max(0, os.fstat(f.fileno()).st_size - 400))
+      last = f.read().decode(errors="replace").strip().splitlines()[-1]
+    return f"step {json.loads(last)['step']}"
+  except (OSError, IndexError, ValueError, KeyError):
+    return "start"
+
+
+def _report_failure(job: _TrainJob, returncode: int) -> None:
+  """A failed child training: a user error (exit 2) raises its message; else say where its log is."""
+  try:
+    with open(job.log, errors="replace") as f:
+      tail = f.read().strip().splitlines()[-1:]
+  except OSError:
+    tail = []
+  if returncode == 2:
+    raise UserValueError(f"training {job.name} seed {job.seed}: "
+                         f"{tail[0] if tail else 'a user error'} (log: {job.log})")
+  print(f"training {job.name} seed {job.seed} stopped (exit {returncode}); its output: {job.log}",
+        file=sys.stderr)
 
 
 def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str, out: str,

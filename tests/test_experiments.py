@@ -54,6 +54,18 @@ def test_bench_input_pipeline_quick(tmp_path):
   assert r["pipeline_over_resident"] > 0 and r["host_batch_ms"]["median_ms"] > 0
 
 
+def test_bench_trainings_quick(tmp_path):
+  out = tmp_path / "bench_trainings.json"
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_trainings.py"), "--quick",
+                         "--json", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert r["networks"] == ["3x3_MBConv6-d0", "3x3_MBConv6-d1"]
+  assert r["speedup"] == pytest.approx(r["median_s"]["1"] / r["median_s"]["2"])
+  assert all(len(v) == 1 and v[0] > 0 for v in r["wall_s"].values())
+
+
 def test_pareto_and_supernet_ranking_tiny(tmp_path):
   # Seconds: configs/search/tiny.py (synthetic 16x16 data, MACs as the latency model, so nothing is
   # timed), 3-step trainings. The ranking reuses the sweep's warm-up as its supernet.

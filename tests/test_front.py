@@ -254,3 +254,40 @@ def test_choose_networks_never_trains_a_found_net_again_as_a_hand_member(fmnist_
   assert all(n[3] != uniform3 for n in nets[1:]) and "hand_3x3_MBConv3-d0" not in [n[0] for n in nets]
   with pytest.raises(UserValueError, match="max_hand = 1"):
     front.choose_networks(fmnist_space, pred.of_archs, [("a", t, uniform3)], 0.05, max_hand=1)
+
+
+def test_trainings_in_child_processes_match_trainings_here(tmp_path):
+  """workers=2 runs each training as `pnas train` in a child process: same reports as in-process
+  (same seed, same budget), a log per training, and a rerun trains nothing again."""
+  import sys
+
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  from front_common import TINY_CONFIG, TINY_TRAIN, TRAIN_CONFIG
+
+  space = SearchSpace(**load_config(TINY_CONFIG).space.to_dict())
+  nets = [(f"n{i}", a) for i, a in enumerate(sample_archs(space, 2, seed=3))]
+  over = ["--config.data.name=synthetic", *TINY_TRAIN]
+  par, code = front.train_networks(nets, space, str(tmp_path / "par"), TRAIN_CONFIG, over, [0],
+                                   progress=False, workers=2)
+  assert code == 0 and set(par) == {"n0", "n1"}
+  assert all((tmp_path / "par" / "train" / n / "seed0.log").is_file() for n, _ in nets)
+  here, code = front.train_networks(nets[:1], space, str(tmp_path / "here"), TRAIN_CONFIG, over, [0],
+                                    progress=False)
+  assert code == 0 and here["n0"][0]["test_top1"] == par["n0"][0]["test_top1"]
+  assert here["n0"][0]["arch"] == list(nets[0][1].ops)
+  calls = []
+  again, code = front.train_networks(nets, space, str(tmp_path / "par"), TRAIN_CONFIG, over, [0],
+                                     progress=False, workers=2, on_done=lambda: calls.append(1))
+  assert code == 0 and again == par and len(calls) == 2
+  with pytest.raises(UserValueError, match="workers = 0"):
+    front.train_networks(nets, space, str(tmp_path / "x"), TRAIN_CONFIG, over, [0], workers=0)
+
+
+def test_a_child_training_user_error_names_the_training(tmp_path):
+  space = SearchSpace(**load_config(os.path.join(REPO, "configs", "search", "tiny.py")).space.to_dict())
+  nets = [(f"n{i}", a) for i, a in enumerate(sample_archs(space, 2, seed=3))]
+  with pytest.raises(UserValueError, match=r"training n0 seed 0: .*schedule.epochs"):
+    front.train_networks(nets, space, str(tmp_path), os.path.join(REPO, "configs", "train",
+                                                                  "fashion_mnist.py"),
+                         ["--config.data.name=synthetic", "--config.schedule.epochs=-1"], [0],
+                         progress=False, workers=2)

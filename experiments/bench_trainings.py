@@ -1,0 +1,83 @@
+"""How fast does a batch of small trainings finish: one after another here, or two at a time?
+
+Run (on the machine to measure; other benchmarks on a shared machine should take the same lock):
+
+  flock /tmp/pnas_bench.lock python experiments/bench_trainings.py --json [--quick]
+
+The demo and experiments/pareto.py retrain a dozen or more small Fashion-MNIST networks. A
+multi-threaded XLA:CPU process leaves the cores partly idle on such small networks (batch 128 at
+28x28: the intra-op pool waits between short kernels), so front.train_networks can run `workers`
+trainings at a time, each `pnas train` in a child process. This times the same `--networks`
+trainings (the demo's baseline and smaller uniform networks, configs/train/fashion_mnist.py, the
+real data when Debian's dataset-fashion-mnist is installed, else synthetic; `--steps` steps, no
+evaluation) with workers = 1 (in this process, as before) and with workers = 2, alternating the
+two for `--rounds` rounds so that a change of the machine's load hits both alike. Reports each
+round's wall time and `speedup` = median(workers 1) / median(workers 2), measured in this run.
+
+Writes results/bench_trainings.json; with --json the last stdout line is the JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from front_common import SEARCH_CONFIG, TRAIN_CONFIG
+from results_io import write_result
+
+from pnas_jax import front
+from pnas_jax.compile_cache import enable_compilation_cache
+from pnas_jax.config_loading import load_config
+from pnas_jax.data.local_files import FASHION_MNIST_DIR
+from pnas_jax.latency.timing import device_description
+from pnas_jax.search_space.space import Arch, SearchSpace
+
+
+def _networks(space: SearchSpace, n: int) -> list[tuple[str, Arch]]:
+  """The baseline (every block 3x3_MBConv6) and the next `n - 1` hand-designed members."""
+  return front.hand_designed_family(space, ("3x3_MBConv6", "3x3_MBConv3"))[:n]
+
+
+def main(argv: list[str] | None = None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--networks", type=int, default=4)
+  p.add_argument("--steps", type=int, default=300, help="training steps per network")
+  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--quick", action="store_true", help="2 networks, 20 steps, 1 round (a smoke run)")
+  p.add_argument("--json", action="store_true")
+  p.add_argument("--out", default="results/bench_trainings.json")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.networks, args.steps, args.rounds = 2, 20, 1
+  enable_compilation_cache()
+  space = SearchSpace(**load_config(SEARCH_CONFIG).space.to_dict())
+  nets = _networks(space, args.networks)
+  data = "fashion_mnist" if os.path.isdir(FASHION_MNIST_DIR) else "synthetic"
+  over = [f"--config.data.name={data}", f"--config.schedule.steps_per_epoch={args.steps}",
+          "--config.schedule.epochs=1.0", "--config.eval.every_epochs=0",
+          "--config.eval.max_batches=1", "--config.checkpoint.every_steps=100000"]
+  times: dict[str, list[float]] = {"1": [], "2": []}
+  for r in range(args.rounds):
+    for workers in (1, 2):
+      with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        _, code = front.train_networks(nets, space, d, TRAIN_CONFIG, over, [r], progress=False,
+                                       workers=workers)
+        if code:
+          raise SystemExit(f"a training failed (exit {code})")
+        times[str(workers)].append(time.perf_counter() - t0)
+      print(f"round {r}: workers {workers}: {times[str(workers)][-1]:.1f} s", file=sys.stderr)
+  one, two = statistics.median(times["1"]), statistics.median(times["2"])
+  result = {"device": device_description(), "data": data, "networks": [n for n, _ in nets],
+            "steps": args.steps, "rounds": args.rounds, "wall_s": times,
+            "median_s": {"1": one, "2": two}, "speedup": one / two}
+  write_result(result, args.out, args.json)
+  return result
+
+
+if __name__ == "__main__":
+  main()
