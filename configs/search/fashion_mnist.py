@@ -51,8 +51,8 @@ def get_config(arg=None):
   # The target device: one core of this CPU at batch 16. At batch 1 every block costs about the
   # same whatever its op (measured here: 0.060-0.068 ms per block at 7x7, on a fixed 0.24 ms), so
   # latency counts blocks and the search can only choose which to skip. At batch 16 the op matters
-  # (7x7x32 block: 3x3_MBConv3 0.20 ms, 5x5_MBConv3 0.26, 3x3_MBConv6 0.30) and so does where it
-  # sits (a 14x14 block costs 0.33-0.45 ms, a 7x7 one 0.17-0.30).
+  # (7x7x32 block on one pinned core: 3x3_MBConv3 0.11 ms, 5x5_MBConv3 0.16, 3x3_MBConv6 0.20)
+  # and so does where it sits (a 14x14 block costs 0.19-0.31 ms, a 7x7 one 0.09-0.20).
   c.latency.batch = 16
   c.latency.n_networks = 24
   # A call takes ~1 ms here, so 200 timed calls cost little; between sessions one network's median

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ml_collections
 
 from pnas_jax.config_loading import INT_GE0, INT_GE1, SEED, Range
+from pnas_jax.latency.measure import TimingProtocol
 
 
 def latency_config() -> ml_collections.ConfigDict:
@@ -21,12 +22,14 @@ def latency_config() -> ml_collections.ConfigDict:
   # SearchSpace fields (pnas_jax.search_space.SearchSpace); empty: SearchSpace's defaults.
   c.space = ml_collections.ConfigDict()
   # Timing protocol: batch, warm-up calls (the first compiles), timed repeats (median kept),
-  # taken round-robin `per_round` at a time over chunks of `chunk` layers/networks.
-  c.batch = 1
-  c.warmup = 3
+  # taken round-robin `per_round` at a time over chunks of `chunk` layers/networks. The defaults
+  # are TimingProtocol's, which a search's latency.model = "measure" uses too.
+  default = TimingProtocol()
+  c.batch = default.batch
+  c.warmup = default.warmup
   c.repeats = 60
-  c.per_round = 3
-  c.chunk = 60
+  c.per_round = default.per_round
+  c.chunk = default.chunk
   c.clock = "process"  # "process" (CPU time of this process) or "wall"
   c.cpu_threads = 1  # None: XLA's default threading
   c.dw_impl = "auto"
