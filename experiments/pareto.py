@@ -13,11 +13,13 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
      like the found net does);
   3. every network retrained `--seeds` times with the same budget (configs/train/fashion_mnist.py;
      `--train KEY=VALUE` overrides, e.g. --train schedule.epochs=4), each training in its own
-     workdir WORKDIR/train/NAME/seedS;
+     workdir WORKDIR/train/NAME/seedS, `--workers` at a time (default: two on a CPU, each in a
+     child process; front.train_networks);
   4. the latency of every network and of the baseline measured in ONE interleaved session on the
      target device (`pnas latency networks --config configs/latency/fashion_mnist.py` in a child
-     process: the search config's batch (16), single-threaded XLA, process CPU-time clock, median
-     of the timed calls); each target re-based on the baseline timed there (front.target_hits);
+     process pinned to one CPU: the search config's batch (16), single-threaded XLA, process
+     CPU-time clock, median of the timed calls); each target re-based on the baseline timed
+     there (front.target_hits);
   5. per network the mean +- std over seeds of the test top-1 and the latency; per method its
      Pareto front and hypervolume (maximise accuracy, minimise latency; reference point: 1.1 x the
      slowest network's latency and 1 point below the least accurate network, or --ref-latency /
@@ -30,9 +32,10 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
   python experiments/pareto.py --quick   # minutes: short sweep and trainings, 2 seeds
   python experiments/pareto.py --tiny --quick   # seconds: tiny space, synthetic data, MACs (tests)
 
-Full run on 2 CPU cores: sweep ~6 min, ~12 networks x 3 seeds x ~2.5 min of training, latency
-~1 min: about 1.5 h. Resumable: rerun the same command. Writes results/pareto.json, .png (the
-fronts with error bars) and .md (the tables); with --json the last stdout line is the JSON object.
+Full run on 2 CPU cores (4 targets, 6-epoch warm-up): sweep ~12 min, 13 networks x 3 seeds
+trained two at a time (--workers) ~63 min, latency under a minute: about 1.25 h. Resumable:
+rerun the same command. Writes results/pareto.json, .png (the fronts with error bars) and .md
+(the tables); with --json the last stdout line is the JSON object.
 """
 
 from __future__ import annotations
