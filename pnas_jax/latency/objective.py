@@ -140,7 +140,7 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   model, check_device, batch = lat.model, lat.check_device, lat.batch
   protocol = TimingProtocol(batch=batch, repeats=lat.repeats, clock=lat.clock,
                             dw_impl=config.model.dw_impl, seed=config.seed)
-  n_networks, baseline_op = lat.n_networks, lat.baseline_op
+  n_networks, baseline_op, cpu_threads = lat.n_networks, lat.baseline_op, lat.cpu_threads
   target, ratio = lat.target, lat.target_ratio
   if lat.target_ratios or lat.targets:
     raise UserValueError(
@@ -167,7 +167,7 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   elif model == "measure":
     predictor = measure_predictor(space, os.path.join(workdir, "latency"), protocol, n_networks,
                                   baseline_op, config.seed, progress=config.log.progress,
-                                  cpu_threads=lat.cpu_threads)
+                                  cpu_threads=cpu_threads)
   else:
     if not os.path.exists(model):
       raise MissingFileError(
