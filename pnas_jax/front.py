@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -404,8 +405,6 @@ def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, wor
   exit code with the reports so far.
   """
   if workers is None:
-    import jax
-
     workers = 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) >= 2 else 1
   if workers < 1:
     raise UserValueError(f"workers = {workers}: give the number of trainings to run at once (>= 1)")

@@ -120,7 +120,8 @@ def device_description() -> str:
     import os
 
     cores = f"{os.cpu_count()} cores"
-    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < (os.cpu_count() or 1):
-      cores = f"pinned to {len(os.sched_getaffinity(0))} of {cores}"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if usable < (os.cpu_count() or 1):
+      cores = f"pinned to {usable} of {cores}"
     return f"cpu: {kind} ({cores}, jax {jax.__version__})"
   return f"{backend}: {kind} x{jax.device_count()} (jax {jax.__version__})"
