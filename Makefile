@@ -45,8 +45,9 @@ demo-quick: setup
 lint: setup
 	$(VENV)/bin/ruff check pnas_jax tests experiments configs
 
+# Huge pages for malloc, as every `pnas` process sets for itself (pnas_jax/host_malloc.py).
 test: lint
-	$(PY) -m pytest -n 2 -q
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 $(PY) -m pytest -n 2 -q
 
 bench: setup
 	$(PY) -m pip install -q -e '.[test,bench]'

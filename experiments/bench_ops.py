@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from results_io import write_result
 
+from pnas_jax.host_malloc import reexec_with_hugepages
 from pnas_jax.latency.timing import device_description, time_fn
 from pnas_jax.layers import depthwise
 from pnas_jax.models import zoo
@@ -267,4 +268,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

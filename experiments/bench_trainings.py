@@ -1,4 +1,5 @@
-"""How fast does a batch of small trainings finish: one after another here, or two at a time?
+"""How fast does a batch of small trainings finish: one after another, two at a time, and without
+huge pages for malloc?
 
 Run (on the machine to measure; other benchmarks on a shared machine should take the same lock):
 
@@ -10,9 +11,15 @@ multi-threaded XLA:CPU process leaves the cores partly idle on such small networ
 trainings at a time, each `pnas train` in a child process. This times the same `--networks`
 trainings (the demo's baseline and smaller uniform networks, configs/train/fashion_mnist.py, the
 real data when Debian's dataset-fashion-mnist is installed, else synthetic; `--steps` steps, no
-evaluation) with workers = 1 (in this process, as before) and with workers = 2, alternating the
-two for `--rounds` rounds so that a change of the machine's load hits both alike. Reports each
-round's wall time and `speedup` = median(workers 1) / median(workers 2), measured in this run.
+evaluation) three ways, in turn for `--rounds` rounds so that a change of the machine's load hits
+all alike:
+  workers_1          one at a time in this process (which runs with huge pages for malloc, as
+                     every `pnas` process does: pnas_jax/host_malloc.py);
+  workers_2          two at a time in child processes;
+  workers_2_4k_pages the same with PNAS_HUGEPAGES=off (glibc's default: XLA's per-call temporaries
+                     are mmapped and page-faulted in again at every step).
+Reports each round's wall time, `speedup` = median(workers_1) / median(workers_2) and
+`hugepage_speedup` = median(workers_2_4k_pages) / median(workers_2), measured in this run.
 
 Writes results/bench_trainings.json; with --json the last stdout line is the JSON object.
 """
@@ -20,6 +27,7 @@ Writes results/bench_trainings.json; with --json the last stdout line is the JSO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -29,12 +37,32 @@ import time
 from front_common import SEARCH_CONFIG, TRAIN_CONFIG
 from results_io import write_result
 
-from pnas_jax import front
+from pnas_jax import front, host_malloc
 from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.config_loading import load_config
 from pnas_jax.data.local_files import FASHION_MNIST_DIR
 from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space.space import Arch, SearchSpace
+
+# name: (trainings at a time, huge pages for malloc in the children)
+VARIANTS = {"workers_1": (1, True), "workers_2": (2, True), "workers_2_4k_pages": (2, False)}
+
+
+@contextlib.contextmanager
+def _malloc_environment(hugepages: bool):
+  """Child processes started inside run with (True) or without (False) huge pages for malloc."""
+  saved = {k: os.environ.get(k) for k in ("GLIBC_TUNABLES", host_malloc.ENV_VAR)}
+  if not hugepages:
+    os.environ.pop("GLIBC_TUNABLES", None)
+    os.environ[host_malloc.ENV_VAR] = "off"
+  try:
+    yield
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
 
 
 def _networks(space: SearchSpace, n: int) -> list[tuple[str, Arch]]:
@@ -60,24 +88,26 @@ def main(argv: list[str] | None = None) -> dict:
   over = [f"--config.data.name={data}", f"--config.schedule.steps_per_epoch={args.steps}",
           "--config.schedule.epochs=1.0", "--config.eval.every_epochs=0",
           "--config.eval.max_batches=1", "--config.checkpoint.every_steps=100000"]
-  times: dict[str, list[float]] = {"1": [], "2": []}
+  times: dict[str, list[float]] = {name: [] for name in VARIANTS}
   for r in range(args.rounds):
-    for workers in (1, 2):
-      with tempfile.TemporaryDirectory() as d:
+    for name, (workers, hugepages) in VARIANTS.items():
+      with tempfile.TemporaryDirectory() as d, _malloc_environment(hugepages):
         t0 = time.perf_counter()
         _, code = front.train_networks(nets, space, d, TRAIN_CONFIG, over, [r], progress=False,
                                        workers=workers)
         if code:
           raise SystemExit(f"a training failed (exit {code})")
-        times[str(workers)].append(time.perf_counter() - t0)
-      print(f"round {r}: workers {workers}: {times[str(workers)][-1]:.1f} s", file=sys.stderr)
-  one, two = statistics.median(times["1"]), statistics.median(times["2"])
+        times[name].append(time.perf_counter() - t0)
+      print(f"round {r}: {name}: {times[name][-1]:.1f} s", file=sys.stderr)
+  median = {name: statistics.median(t) for name, t in times.items()}
   result = {"device": device_description(), "data": data, "networks": [n for n, _ in nets],
-            "steps": args.steps, "rounds": args.rounds, "wall_s": times,
-            "median_s": {"1": one, "2": two}, "speedup": one / two}
+            "steps": args.steps, "rounds": args.rounds, "wall_s": times, "median_s": median,
+            "speedup": median["workers_1"] / median["workers_2"],
+            "hugepage_speedup": median["workers_2_4k_pages"] / median["workers_2"]}
   write_result(result, args.out, args.json)
   return result
 
 
 if __name__ == "__main__":
+  host_malloc.reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

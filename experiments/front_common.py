@@ -14,6 +14,7 @@ from typing import Any
 
 from pnas_jax.config_loading import split_config_args
 from pnas_jax.errors import PnasError
+from pnas_jax.host_malloc import reexec_with_hugepages
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEARCH_CONFIG = str(ROOT / "configs" / "search" / "fashion_mnist.py")
@@ -52,7 +53,9 @@ def train_overrides(search_cfg: Any, args: argparse.Namespace) -> list[str]:
 
 
 def run(main: Callable[[], int]) -> None:
-  """Exits with main()'s status; a user error prints its one-line message and exits 2."""
+  """Exits with main()'s status; a user error prints its one-line message and exits 2. First
+  re-executes the script with huge pages for malloc, as `pnas` does (pnas_jax/host_malloc.py)."""
+  reexec_with_hugepages()
   try:
     sys.exit(main())
   except PnasError as e:

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from pnas_jax.host_malloc import reexec_with_hugepages
+
 
 def _plot(path: str, measured, table_pred, fitted_pred, test_idx, report, device: str) -> None:
   import matplotlib
@@ -199,4 +201,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
   sys.exit(main())

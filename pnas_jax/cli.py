@@ -17,6 +17,7 @@ from typing import Any
 
 from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.errors import PnasError
+from pnas_jax.host_malloc import reexec_with_hugepages
 
 # Modules contributing subcommands; each defines add_commands(subparsers).
 COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli", "pnas_jax.demo",
@@ -160,7 +161,13 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   """Runs one subcommand. A user error (PnasError: a bad value or file) prints one line naming it
-  and the fix, exit status 2; any other exception is a bug and keeps its traceback."""
+  and the fix, exit status 2; any other exception is a bug and keeps its traceback.
+
+  Run as a program (argv None), it first re-executes itself with huge pages for malloc
+  (host_malloc.py: XLA:CPU's per-call temporaries stop page-faulting).
+  """
+  if argv is None:
+    reexec_with_hugepages()
   args = build_parser().parse_args(argv)
   enable_compilation_cache()
   try:

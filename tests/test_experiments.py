@@ -62,7 +62,10 @@ def test_bench_trainings_quick(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r["networks"] == ["3x3_MBConv6-d0", "3x3_MBConv6-d1"]
-  assert r["speedup"] == pytest.approx(r["median_s"]["1"] / r["median_s"]["2"])
+  med = r["median_s"]
+  assert set(med) == {"workers_1", "workers_2", "workers_2_4k_pages"}
+  assert r["speedup"] == pytest.approx(med["workers_1"] / med["workers_2"])
+  assert r["hugepage_speedup"] == pytest.approx(med["workers_2_4k_pages"] / med["workers_2"])
   assert all(len(v) == 1 and v[0] > 0 for v in r["wall_s"].values())
 
 
