@@ -61,7 +61,6 @@ from results_io import write_result
 from pnas_jax import front
 from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.config_loading import load_config
-from pnas_jax.demo import run_pnas
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import write_bytes_atomic
 from pnas_jax.latency.objective import MEASURED_PREDICTOR
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
   baseline = Arch.uniform(space, cfg.latency.baseline_op)  # timed with the others: the targets
   if mode == "measure":
     latency = front.measure_with_baseline(nets, baseline, space, workdir, args.latency_config,
-                                          os.path.join(workdir, "latency_networks.json"), run_pnas)
+                                          os.path.join(workdir, "latency_networks.json"))
     protocol = front.MEASURED_PROTOCOL.format(batch=load_config(args.latency_config).batch)
     unit = "ms"
   else:

@@ -26,7 +26,6 @@ resumable: rerun the same command after an interruption.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,8 +34,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pnas_jax import front
+from pnas_jax.child_process import run_pnas
 from pnas_jax.config_loading import load_config
-from pnas_jax.errors import MissingFileError, PnasError, UserFileError
+from pnas_jax.errors import MissingFileError, UserFileError
 from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
 from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.timing import device_description
@@ -87,16 +87,6 @@ def demo_overrides(quick: bool, seed: int, data: str, data_dir: str | None, late
     train += ["--config.schedule.steps_per_epoch=60", "--config.schedule.epochs=1.0",
               "--config.eval.every_epochs=0", "--config.log.every_steps=20"]
   return latency, search, train
-
-
-def run_pnas(*args: str) -> str:
-  """Runs `pnas ARGS` in a child process (fresh XLA flags: single-threaded latency timing)."""
-  p = subprocess.run([sys.executable, "-m", "pnas_jax.cli", *args], capture_output=True, text=True)
-  if p.returncode == 2:  # a user error: the child's one-line message says what to fix
-    raise PnasError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"pnas {args[0]} failed")
-  if p.returncode != 0:
-    raise RuntimeError(f"pnas {' '.join(args[:2])} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
-  return p.stdout
 
 
 class PhaseProgress:
@@ -197,7 +187,7 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
     baseline = Arch.uniform(space, search_cfg.latency.baseline_op)
     latency = front.measure_with_baseline(
         nets, baseline, space, workdir, _config_path("latency", "fashion_mnist"),
-        os.path.join(latency_dir, "final_networks.json"), run_pnas, l_over)
+        os.path.join(latency_dir, "final_networks.json"), l_over)
     timings["final latency"] = bar.finish()
   finally:
     bar.close()

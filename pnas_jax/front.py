@@ -38,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pnas_jax import plots
+from pnas_jax.child_process import pnas_command, run_pnas
 from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserFileError, UserValueError
 from pnas_jax.file_io import read_json
@@ -491,8 +492,8 @@ def _train_in_children(jobs: Sequence[_TrainJob], config_path: str, workers: int
         job = pending.pop(0)
         os.makedirs(os.path.dirname(job.log), exist_ok=True)
         with open(job.log, "w") as log:
-          cmd = [sys.executable, "-m", "pnas_jax.cli", "train", "--config", config_path,
-                 *job.overrides, "--workdir", job.run_dir]
+          cmd = pnas_command("train", "--config", config_path, *job.overrides, "--workdir",
+                             job.run_dir)
           running.append((job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
       if not running:
         break
@@ -543,15 +544,11 @@ def _report_failure(job: _TrainJob, returncode: int) -> None:
 
 
 def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str, out: str,
-                      run_pnas: Callable[..., str], overrides: Sequence[str] = ()
-                      ) -> dict[str, dict[str, float]]:
+                      overrides: Sequence[str] = ()) -> dict[str, dict[str, float]]:
   """{name: {"value": median ms, "std": ms, "min": ms}} of every (name, arch.json), timed in ONE
   interleaved session by `pnas latency networks` in a child process (its latency config's protocol:
   on a CPU one pinned core, single-threaded XLA and the process CPU-time clock). "std" is the
   standard deviation of the timed calls. Names already in `out` are not timed again (resumable).
-
-  run_pnas(*args) runs `pnas ARGS` in a child process and returns its stdout (pnas_jax.demo.run_pnas
-  runner; passed in so that the demo can import this module).
   """
   run_pnas("latency", "networks", "--config", latency_config, *overrides, "--out", out, "--json",
         *[f"{name}={path}" for name, path in arch_paths])
@@ -652,14 +649,13 @@ def evaluate_networks(nets: Sequence[tuple[str, str, str | None, Arch]],
 
 def measure_with_baseline(nets: Sequence[tuple[str, str, str | None, Arch]], baseline: Arch,
                           space: SearchSpace, workdir: str, latency_config: str, out: str,
-                          run_pnas: Callable[..., str], overrides: Sequence[str] = ()
-                          ) -> dict[str, dict[str, float]]:
+                          overrides: Sequence[str] = ()) -> dict[str, dict[str, float]]:
   """measure_latencies of `nets` (their workdir/archs/NAME.json, as train_networks writes them)
   and of the baseline ("baseline", saved to workdir/archs/baseline.json) in one session."""
   save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
   names = [n[0] for n in nets] + ["baseline"]
   return measure_latencies([(name, os.path.join(workdir, "archs", f"{name}.json")) for name in names],
-                           latency_config, out, run_pnas, overrides)
+                           latency_config, out, overrides)
 
 
 def front_markdown(networks: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
