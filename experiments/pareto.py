@@ -15,7 +15,8 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
      `--train KEY=VALUE` overrides, e.g. --train schedule.epochs=4), each training in its own
      workdir WORKDIR/train/NAME/seedS, `--workers` at a time (default: two on a CPU, each in a
      child process; front.train_networks);
-  4. the latency of every network and of the baseline measured in ONE interleaved session on the
+  4. the latency of every network and of the baseline measured interleaved, in each of three
+     timing processes (the median per network over them: front.measure_latencies), on the
      target device (`pnas latency networks --config configs/latency/fashion_mnist.py` in a child
      process pinned to one CPU: the search config's batch (16), single-threaded XLA, process
      CPU-time clock, median of the timed calls); each target re-based on the baseline timed

@@ -13,7 +13,8 @@ Offline on Fashion-MNIST by default (Debian's dataset-fashion-mnist; `make demo`
      the hand-designed family's members that span the targets (uniform nets, every block
      3x3_MBConv6 or 3x3_MBConv3, blocks skipped from the end of each stage) and one random
      architecture per target, drawn inside the target's latency band as the found net is;
-  4. measure every trained net and the baseline in one interleaved session and write report.md,
+  4. measure every trained net and the baseline, interleaved, in each of three timing processes
+     (the median per net) and write report.md,
      report.json and pareto.png: each method's front (accuracy vs measured latency), whether each
      found net hit its target, and each found net against the hand-designed curve and the random
      net at its latency (pnas_jax/front.py, the protocol of experiments/pareto.py with one seed).
@@ -76,7 +77,7 @@ def demo_overrides(quick: bool, seed: int, data: str, data_dir: str | None, late
   search = [*common, "--config.log.plots=True", "--config.log.progress=False",
             f"--config.latency.model={latency_dir}/predictor.json", "--config.latency.target_ratio=0",
             f"--config.latency.target_ratios={TARGET_RATIOS}"]
-  # Latency is measured once for every net at the end (one interleaved session).
+  # Latency is measured once for every net at the end (front.measure_latencies).
   train = [*common, "--config.report.latency_repeats=0", "--config.log.progress=False"]
   if quick:
     latency += ["--config.n_networks=8", "--config.repeats=20"]
@@ -183,7 +184,7 @@ def _run_demo(workdir: str, quick: bool, seed: int, data: str, data_dir: str | N
     if code:
       return {"exit_code": code, "partial": True}
 
-    bar.start(3)  # 4. every net and the baseline timed in one interleaved session
+    bar.start(3)  # 4. every net and the baseline timed together (front.measure_latencies)
     baseline = Arch.uniform(space, search_cfg.latency.baseline_op)
     latency = front.measure_with_baseline(
         nets, baseline, space, workdir, _config_path("latency", "fashion_mnist"),

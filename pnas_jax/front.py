@@ -17,8 +17,8 @@ library so `pnas demo` can show the same front:
 - `kendall_tau` and `bootstrap_interval`: rank agreement of two accuracies over architectures.
 - `plot_fronts`: accuracy against latency with error bars, one front per method.
 - `train_networks` (each network x seed trained with one budget, each in its own resumable workdir)
-  and `measure_latencies` (all networks timed in one interleaved session in a child process, the
-  demo's protocol).
+  and `measure_latencies` (all networks timed interleaved in each of several child processes, the
+  median per network over them: the demo's protocol).
 """
 
 from __future__ import annotations
@@ -49,10 +49,14 @@ from pnas_jax.train.retrain import train
 
 # predicted latency of each architecture (e.g. Predictor.of_archs)
 LatencyFn = Callable[[Sequence[Arch]], np.ndarray]
+# Separate timing processes per measure_latencies call: one network's median moves by up to ~15%
+# from one process to the next on a 2-core CPU (docs/design.md §3.2), so each is timed in several.
+LATENCY_SESSIONS = 3
 # How measure_latencies times (with a CPU latency config: pnas_jax/latency/config.py's protocol).
 MEASURED_PROTOCOL = ("batch {batch}, one core (a child process pinned to one CPU, single-threaded "
-                     "XLA, process CPU-time clock), median of the timed calls (+- their std), "
-                     "every network and the baseline interleaved in one session")
+                     "XLA, process CPU-time clock), every network and the baseline interleaved in "
+                     f"each of {LATENCY_SESSIONS} timing processes; the median over the processes "
+                     "of each one's median of the timed calls (+- the calls' std)")
 
 # --- the hand-designed family ---------------------------------------------------------------------
 
@@ -383,7 +387,7 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float],
           "n_resamples": int(t.size), "std": float(t.std(ddof=1)) if t.size > 1 else math.nan}
 
 
-# --- running: training with seeds, latency in one session -----------------------------------------
+# --- running: training with seeds, latency in several timing processes ------------------------------
 
 
 def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, workdir: str,
@@ -543,18 +547,40 @@ def _report_failure(job: _TrainJob, returncode: int) -> None:
         file=sys.stderr)
 
 
+def session_path(out: str, session: int) -> str:
+  """Where session `session` of measure_latencies writes (session 0: `out` itself)."""
+  root, ext = os.path.splitext(out)
+  return out if session == 0 else f"{root}.session{session}{ext or '.json'}"
+
+
 def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str, out: str,
-                      overrides: Sequence[str] = ()) -> dict[str, dict[str, float]]:
-  """{name: {"value": median ms, "std": ms, "min": ms}} of every (name, arch.json), timed in ONE
-  interleaved session by `pnas latency networks` in a child process (its latency config's protocol:
-  on a CPU one pinned core, single-threaded XLA and the process CPU-time clock). "std" is the
-  standard deviation of the timed calls. Names already in `out` are not timed again (resumable).
+                      overrides: Sequence[str] = (), sessions: int = LATENCY_SESSIONS
+                      ) -> dict[str, dict[str, float]]:
+  """{name: {"value", "std", "min", "sessions"}} of every (name, arch.json), in ms.
+
+  Each of `sessions` child processes runs `pnas latency networks` (its latency config's protocol:
+  on a CPU one pinned core, single-threaded XLA and the process CPU-time clock) and times every
+  network, interleaved, in one session; session k writes session_path(out, k). "value" is the
+  median over the sessions of each session's median, "sessions" those medians, "std" the median of
+  the sessions' standard deviations of the timed calls, "min" the fastest call of all. A session
+  file that already holds a network is not timed again (resumable).
   """
-  run_pnas("latency", "networks", "--config", latency_config, *overrides, "--out", out, "--json",
-        *[f"{name}={path}" for name, path in arch_paths])
-  records = {r["name"]: r for r in load_network_measurements(out).records}
-  return {name: {"value": float(records[name]["median"]), "std": math.sqrt(records[name]["var"]),
-                 "min": float(records[name]["min"])} for name, _ in arch_paths}
+  if sessions < 1:
+    raise UserValueError(f"sessions = {sessions}: give the number of timing processes (>= 1)")
+  runs = []
+  for k in range(sessions):
+    path = session_path(out, k)
+    run_pnas("latency", "networks", "--config", latency_config, *overrides, "--out", path, "--json",
+             *[f"{name}={arch}" for name, arch in arch_paths])
+    runs.append({r["name"]: r for r in load_network_measurements(path).records})
+  result = {}
+  for name, _ in arch_paths:
+    recs = [run[name] for run in runs]
+    result[name] = {"value": float(np.median([r["median"] for r in recs])),
+                    "std": float(np.median([math.sqrt(r["var"]) for r in recs])),
+                    "min": float(min(r["min"] for r in recs)),
+                    "sessions": [float(r["median"]) for r in recs]}
+  return result
 
 
 # --- the protocol: which networks, their records, the targets they hit, the report table ----------
@@ -642,7 +668,7 @@ def evaluate_networks(nets: Sequence[tuple[str, str, str | None, Arch]],
                       latency: Mapping[str, Mapping[str, float]], latency_fn: LatencyFn
                       ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """(network_records, target_hits) of trained `nets` whose latencies, the baseline's ("baseline")
-  included, were taken in one session (`latency`)."""
+  included, were taken together (`latency`, measure_latencies)."""
   hits = target_hits(targets, float(latency_fn([baseline])[0]), latency["baseline"]["value"], latency)
   return network_records(nets, reports, latency, latency_fn), hits
 
@@ -651,7 +677,7 @@ def measure_with_baseline(nets: Sequence[tuple[str, str, str | None, Arch]], bas
                           space: SearchSpace, workdir: str, latency_config: str, out: str,
                           overrides: Sequence[str] = ()) -> dict[str, dict[str, float]]:
   """measure_latencies of `nets` (their workdir/archs/NAME.json, as train_networks writes them)
-  and of the baseline ("baseline", saved to workdir/archs/baseline.json) in one session."""
+  and of the baseline ("baseline", saved to workdir/archs/baseline.json), timed together."""
   save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
   names = [n[0] for n in nets] + ["baseline"]
   return measure_latencies([(name, os.path.join(workdir, "archs", f"{name}.json")) for name in names],
