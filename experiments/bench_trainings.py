@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from unittest import mock
 
 from front_common import SEARCH_CONFIG, TRAIN_CONFIG
 from results_io import write_result
@@ -51,18 +52,11 @@ VARIANTS = {"workers_1": (1, True), "workers_2": (2, True), "workers_2_4k_pages"
 @contextlib.contextmanager
 def _malloc_environment(hugepages: bool):
   """Child processes started inside run with (True) or without (False) huge pages for malloc."""
-  saved = {k: os.environ.get(k) for k in ("GLIBC_TUNABLES", host_malloc.ENV_VAR)}
-  if not hugepages:
-    os.environ.pop("GLIBC_TUNABLES", None)
-    os.environ[host_malloc.ENV_VAR] = "off"
-  try:
+  with mock.patch.dict(os.environ):  # restores the environment as it was on the way out
+    if not hugepages:
+      os.environ.pop("GLIBC_TUNABLES", None)
+      os.environ[host_malloc.ENV_VAR] = "off"
     yield
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
 
 
 def _networks(space: SearchSpace, n: int) -> list[tuple[str, Arch]]:

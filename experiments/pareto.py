@@ -33,8 +33,9 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
   python experiments/pareto.py --quick   # minutes: short sweep and trainings, 2 seeds
   python experiments/pareto.py --tiny --quick   # seconds: tiny space, synthetic data, MACs (tests)
 
-Full run on 2 CPU cores (4 targets, 6-epoch warm-up): sweep ~12 min, 13 networks x 3 seeds
-trained two at a time (--workers) ~63 min, latency under a minute: about 1.25 h. Resumable:
+Full run on 2 CPU cores (4 targets, 6-epoch warm-up, --train schedule.epochs=3; measured
+2026-11-30): sweep 7.5 min, 13 networks x 3 seeds trained two at a time (--workers) 58 min,
+latency under a minute: about 65 min. Resumable:
 rerun the same command. Writes results/pareto.json, .png (the fronts with error bars) and .md
 (the tables); with --json the last stdout line is the JSON object.
 """
