@@ -43,20 +43,18 @@ from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserFileError, UserValueError
 from pnas_jax.file_io import read_json
 from pnas_jax.latency.measure import load_network_measurements, sample_archs
+from pnas_jax.latency.sessions import DEFAULT_SESSIONS
 from pnas_jax.search_space.io import save_arch
 from pnas_jax.search_space.space import Arch, SearchSpace
 from pnas_jax.train.retrain import train
 
 # predicted latency of each architecture (e.g. Predictor.of_archs)
 LatencyFn = Callable[[Sequence[Arch]], np.ndarray]
-# Separate timing processes per measure_latencies call: one network's median moves by up to ~15%
-# from one process to the next on a 2-core CPU (docs/design.md §3.2), so each is timed in several.
-LATENCY_SESSIONS = 3
 # How measure_latencies times (with a CPU latency config: pnas_jax/latency/config.py's protocol).
 MEASURED_PROTOCOL = ("batch {batch}, one core (a child process pinned to one CPU, single-threaded "
                      "XLA, process CPU-time clock), every network and the baseline interleaved in "
-                     f"each of {LATENCY_SESSIONS} timing processes; the median over the processes "
-                     "of each one's median of the timed calls (+- the calls' std)")
+                     f"each of {DEFAULT_SESSIONS} timing processes; the median over the processes "
+                     "of each one's 10th percentile of the timed calls (+- the calls' std)")
 
 # --- the hand-designed family ---------------------------------------------------------------------
 
@@ -547,40 +545,29 @@ def _report_failure(job: _TrainJob, returncode: int) -> None:
         file=sys.stderr)
 
 
-def session_path(out: str, session: int) -> str:
-  """Where session `session` of measure_latencies writes (session 0: `out` itself)."""
-  root, ext = os.path.splitext(out)
-  return out if session == 0 else f"{root}.session{session}{ext or '.json'}"
-
-
 def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str, out: str,
-                      overrides: Sequence[str] = (), sessions: int = LATENCY_SESSIONS
-                      ) -> dict[str, dict[str, float]]:
+                      overrides: Sequence[str] = (), sessions: int = DEFAULT_SESSIONS
+                      ) -> dict[str, dict[str, Any]]:
   """{name: {"value", "std", "min", "sessions"}} of every (name, arch.json), in ms.
 
-  Each of `sessions` child processes runs `pnas latency networks` (its latency config's protocol:
-  on a CPU one pinned core, single-threaded XLA and the process CPU-time clock) and times every
-  network, interleaved, in one session; session k writes session_path(out, k). "value" is the
-  median over the sessions of each session's median, "sessions" those medians, "std" the median of
-  the sessions' standard deviations of the timed calls, "min" the fastest call of all. A session
-  file that already holds a network is not timed again (resumable).
+  A `pnas latency networks` child times every network, interleaved, with its latency config's
+  protocol (on a CPU one pinned core, single-threaded XLA and the process CPU-time clock) in each
+  of `sessions` fresh processes, and writes the merge to `out` (latency/sessions.py; resumable).
+  "value" is the median over the sessions of each session's latency (the 10th percentile of its
+  timed calls, latency/timing.py), "sessions" those latencies, "std" the typical standard deviation
+  of the timed calls, "min" the fastest call of all.
   """
   if sessions < 1:
     raise UserValueError(f"sessions = {sessions}: give the number of timing processes (>= 1)")
-  runs = []
-  for k in range(sessions):
-    path = session_path(out, k)
-    run_pnas("latency", "networks", "--config", latency_config, *overrides, "--out", path, "--json",
-             *[f"{name}={arch}" for name, arch in arch_paths])
-    runs.append({r["name"]: r for r in load_network_measurements(path).records})
-  result = {}
-  for name, _ in arch_paths:
-    recs = [run[name] for run in runs]
-    result[name] = {"value": float(np.median([r["median"] for r in recs])),
-                    "std": float(np.median([math.sqrt(r["var"]) for r in recs])),
-                    "min": float(min(r["min"] for r in recs)),
-                    "sessions": [float(r["median"]) for r in recs]}
-  return result
+  run_pnas("latency", "networks", "--config", latency_config, *overrides,
+           f"--config.sessions={sessions}", "--out", out, "--json",
+           *[f"{name}={arch}" for name, arch in arch_paths])
+  meas = load_network_measurements(out)
+  values, records = meas.by_name(), {r["name"]: r for r in meas.records}
+  return {name: {"value": values[name], "std": math.sqrt(records[name]["var"]),
+                 "min": float(records[name]["min"]),
+                 "sessions": [float(m) for m in records[name].get("sessions", [values[name]])]}
+          for name, _ in arch_paths}
 
 
 # --- the protocol: which networks, their records, the targets they hit, the report table ----------

@@ -22,6 +22,7 @@ def get_config(arg=None):
   c.chunk = 4
   c.clock = "wall"
   c.cpu_threads = None
+  c.sessions = 1
   c.table = {table!r}
   c.networks = {networks!r}
   c.predictor = {predictor!r}

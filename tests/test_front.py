@@ -16,6 +16,7 @@ from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserValueError
 from pnas_jax.latency.measure import NetworkMeasurements, sample_archs
 from pnas_jax.latency.predictor import macs_predictor
+from pnas_jax.latency.sessions import merge_networks
 from pnas_jax.latency.table import TableHeader
 from pnas_jax.search_space.space import Arch, SearchSpace
 
@@ -295,27 +296,28 @@ def test_a_child_training_user_error_names_the_training(tmp_path):
                          progress=False, workers=2)
 
 
-def test_measure_latencies_takes_the_median_over_timing_processes(tmp_path, monkeypatch, fmnist_space):
-  # Each session (a `pnas latency networks` child, faked here) times the networks with another
-  # process-level offset; the result is the median of the sessions' medians, per network.
+def test_measure_latencies_reads_the_median_over_timing_processes(tmp_path, monkeypatch, fmnist_space):
+  # `pnas latency networks` (faked here) times every network in each of config.sessions processes
+  # and writes the merge (latency/sessions.py, tested in test_latency_sessions.py); the result
+  # per network is the merged median, the session medians, the calls' std and the fastest call.
   session_medians = {"a": [1.0, 1.3, 1.1], "baseline": [2.0, 2.6, 2.1]}
   calls = []
 
   def fake_run_pnas(*args):
+    calls.append(args)
     out = args[args.index("--out") + 1]
-    k = len(calls)
-    calls.append(out)
-    records = [{"name": n, "ops": list(Arch.uniform(fmnist_space, "3x3_MBConv3").ops),
-                "median": m[k], "mean": m[k], "var": (0.1 * (k + 1)) ** 2, "count": 10,
-                "min": m[k] - 0.05 * (k + 1)} for n, m in session_medians.items()]
-    NetworkMeasurements(TableHeader(device="cpu: test", backend="cpu", batch=16), fmnist_space,
-                        records).save(out)
+    runs = [NetworkMeasurements(TableHeader(device="cpu: test", backend="cpu", batch=16), fmnist_space, [
+        {"name": n, "ops": list(Arch.uniform(fmnist_space, "3x3_MBConv3").ops), "median": m[k],
+         "mean": m[k], "var": (0.1 * (k + 1)) ** 2, "count": 10, "min": m[k] - 0.05 * (k + 1)}
+        for n, m in session_medians.items()]) for k in range(3)]
+    merge_networks(runs).save(out)
     return ""
 
   monkeypatch.setattr(front, "run_pnas", fake_run_pnas)
   out = str(tmp_path / "lat.json")
   got = front.measure_latencies([("a", "a.json"), ("baseline", "b.json")], "cfg.py", out, sessions=3)
-  assert calls == [out, str(tmp_path / "lat.session1.json"), str(tmp_path / "lat.session2.json")]
+  assert len(calls) == 1 and "--config.sessions=3" in calls[0]
+  assert calls[0][-2:] == ("a=a.json", "baseline=b.json")
   assert got["a"]["value"] == pytest.approx(1.1)
   assert got["baseline"]["value"] == pytest.approx(2.1)
   assert got["a"]["sessions"] == pytest.approx([1.0, 1.3, 1.1])

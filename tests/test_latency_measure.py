@@ -14,6 +14,7 @@ from latency_helpers import tiny_space, write_config
 from pnas_jax import cli
 from pnas_jax.latency import measure
 from pnas_jax.latency import table as table_lib
+from pnas_jax.latency import timing as timing_lib
 from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.table import LatencyTableError, cost_table, load_table, space_keys
 from pnas_jax.latency.timing import time_interleaved
@@ -26,9 +27,16 @@ def test_time_interleaved_counts():
   warmed = []
   out = time_interleaved(calls, warmup=1, repeats=5, per_round=2, on_warm=warmed.append)
   assert warmed == [0, 1] and [t.count for t in out] == [6, 6]
-  assert all(t.min_ms <= t.median_ms for t in out)
+  assert all(t.min_ms <= t.p10_ms <= t.median_ms for t in out)
   with pytest.raises(ValueError, match="unknown clock 'cpu'; valid: wall, process"):
     time_interleaved(calls, clock="cpu")
+
+
+def test_timing_p10_is_the_interpolated_tenth_percentile():
+  # Sorted calls 1..10 ms (given shuffled): position 0.1 * (10 - 1) = 0.9 between the first two.
+  t = timing_lib._summary([7.0, 3.0, 10.0, 1.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0])
+  assert t.p10_ms == pytest.approx(1.9) and t.median_ms == pytest.approx(5.5)
+  assert timing_lib._summary([4.0, 1.0]).p10_ms == pytest.approx(1.3)
 
 
 def test_measure_table_is_complete_and_resumes(tmp_path):
@@ -42,7 +50,10 @@ def test_measure_table_is_complete_and_resumes(tmp_path):
   assert sorted(full.entries) == sorted(keys)
   for k, e in first.items():  # kept, not re-measured
     assert full.entries[k] == e
-  costs = cost_table(load_table(path), space)
+  loaded = load_table(path)
+  assert loaded.header.statistic == "p10"  # what lookups use: each entry's 10th percentile
+  assert all(loaded.lookup(k) == e.p10 <= e.median for k, e in loaded.entries.items())
+  costs = cost_table(loaded, space)
   assert costs.fixed > 0 and all(c > 0 for row in costs.per_block for c in row if c)
   h = full.header
   assert h.backend == "cpu" and h.batch == 1 and h.jax_version and h.date
@@ -180,9 +191,9 @@ def test_bad_latency_in_networks_file_names_file_and_network(tmp_path, field, va
     measure.load_network_measurements(path)
 
 
-def test_search_measure_model_times_one_core_in_a_child_process(tmp_path):
-  """latency.model='measure' with cpu_threads=1 on a CPU: the table and networks are timed in a
-  pinned child process (this one keeps its cores) and the fitted predictor says so."""
+def test_search_measure_model_times_one_core_in_child_processes(tmp_path):
+  """latency.model='measure' with cpu_threads=1 on a CPU: the table and networks are timed in
+  latency.sessions pinned child processes (this one keeps its cores), merged, and fitted."""
   import pathlib
 
   from pnas_jax.config_loading import load_config
@@ -192,14 +203,18 @@ def test_search_measure_model_times_one_core_in_a_child_process(tmp_path):
   tiny = pathlib.Path(__file__).resolve().parents[1] / "configs" / "search" / "tiny.py"
   cfg = load_config(str(tiny), ["--config.latency.model=measure", "--config.latency.n_networks=3",
                                 "--config.latency.repeats=2", "--config.latency.target_ratio=0.8",
-                                "--config.latency.target=0", "--config.log.progress=False"])
+                                "--config.latency.target=0", "--config.latency.sessions=2",
+                                "--config.log.progress=False"])
   before = os.sched_getaffinity(0)
   objective = latency_objective(cfg, SearchSpace(**cfg.space.to_dict()), str(tmp_path))
   assert os.sched_getaffinity(0) == before
   header = load_table(tmp_path / "latency" / "table.json").header
+  assert header.sessions == 2
+  assert (tmp_path / "latency" / "networks.session2.json").exists()
   assert header.xla_flags.split() == list(measure.SINGLE_THREAD_FLAGS)
   if (os.cpu_count() or 1) > 1:
     assert "pinned to 1 of" in header.device
   nets = json.loads((tmp_path / "latency" / "networks.json").read_text())["networks"]
   assert [n["name"] for n in nets] == ["baseline", "sample000", "sample001", "sample002"]
+  assert all(len(n["sessions"]) == 2 for n in nets)
   assert objective.target == pytest.approx(0.8 * objective.baseline)

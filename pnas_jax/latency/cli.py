@@ -4,7 +4,10 @@
   pnas latency fit --config configs/latency/cpu.py [--kind linear] [--json]
   pnas latency fit --measurements NETS.json --table TABLE.json --out PRED.json
   pnas latency expected --table FILE [--space CONFIG] (--arch FILE | --uniform | --all OPNAME)
-  pnas latency networks --config CONFIG --out FILE [NAME=]ARCH.json ...   (interleaved, one session)
+  pnas latency networks --config CONFIG --out FILE [NAME=]ARCH.json ...   (interleaved)
+
+On a CPU both measuring commands time in config.sessions fresh processes and keep the median
+per entry (pnas_jax/latency/sessions.py).
 """
 
 from __future__ import annotations
@@ -39,19 +42,34 @@ def protocol_from_config(config: Any):
   )
 
 
+def _timing_job(config: Any, space: Any, named: list, *, table: str | None, networks: str | None,
+                progress: bool = True):
+  """The TimingJob of a latency config: its protocol, core pinning and output paths."""
+  from pnas_jax.latency.sessions import TimingJob
+
+  return TimingJob(space, protocol_from_config(config), table=table, networks=networks,
+                   named_archs=tuple(named), cpu_threads=config.get("cpu_threads"),
+                   progress=progress)
+
+
+def _in_child(config: Any) -> bool:
+  """Whether the timing runs in child processes (several sessions) or in this CLI process."""
+  return config.sessions > 1
+
+
+def _time(config: Any, job: Any):
+  """Times `job` in config.sessions processes."""
+  from pnas_jax.latency.sessions import time_in_sessions
+
+  return time_in_sessions(job, config.sessions, in_child=_in_child(config))
+
+
 def cmd_measure(args: argparse.Namespace) -> int:
   from pnas_jax.latency import measure
-
-  config = load_config(args.config, args.config_overrides)
-  measure.set_cpu_threads(config.get("cpu_threads"))
-  space = space_from_config(config)
-  protocol = protocol_from_config(config)
   from pnas_jax.latency.timing import device_description
 
-  print(f"measuring on {device_description()}, batch {protocol.batch}, clock {protocol.clock}",
-        file=sys.stderr)
-  table = measure.measure_table(space, config.table, protocol)
-  print(f"table: {len(table)} entries -> {config.table}")
+  config = load_config(args.config, args.config_overrides)
+  space = space_from_config(config)
   named = [(f"sample{i:03d}", a) for i, a in
            enumerate(measure.sample_archs(space, config.n_networks, config.seed))]
   if config.get("baseline_op"):
@@ -63,19 +81,23 @@ def cmd_measure(args: argparse.Namespace) -> int:
     print(f"zoo: {len(zoo)} zoo networks' ops fit this space "
           f"({', '.join(n for n, _ in zoo) or 'none'})", file=sys.stderr)
     named += zoo
-  if named:
-    meas = measure.measure_networks(space, named, config.networks, protocol)
+  if not _in_child(config):
+    print(f"measuring on {device_description()}, batch {config.batch}, clock {config.clock}",
+          file=sys.stderr)
+  table, meas = _time(config, _timing_job(config, space, named, table=config.table,
+                                          networks=config.networks if named else None))
+  print(f"table: {len(table)} entries ({table.header.device}, {config.sessions} timing "
+        f"session(s)) -> {config.table}")
+  if meas is not None:
     print(f"networks: {len(meas.records)} measured -> {config.networks}")
   return 0
 
 
 def cmd_networks(args: argparse.Namespace) -> int:
-  """Measures given architectures (interleaved, one session) with a latency config's protocol."""
-  from pnas_jax.latency import measure
+  """Measures given architectures (interleaved, in each of config.sessions processes)."""
   from pnas_jax.search_space.io import load_arch
 
   config = load_config(args.config, args.config_overrides)
-  measure.set_cpu_threads(config.get("cpu_threads"))
   space = space_from_config(config)
   named = []
   for item in args.archs:
@@ -84,9 +106,9 @@ def cmd_networks(args: argparse.Namespace) -> int:
     if arch_space != space:
       raise UserValueError(f"{path}: its space differs from {args.config}'s space")
     named.append((name or path, arch))
-  meas = measure.measure_networks(space, named, args.out, protocol_from_config(config),
-                                  progress=not args.json)
-  rows = {r["name"]: r["median"] for r in meas.records}
+  _, meas = _time(config, _timing_job(config, space, named, table=None, networks=args.out,
+                                      progress=not args.json))
+  rows = meas.by_name()
   if args.json:
     print(json.dumps(rows))
   else:

@@ -13,6 +13,7 @@ import ml_collections
 
 from pnas_jax.config_loading import INT_GE0, INT_GE1, SEED, Range
 from pnas_jax.latency.measure import TimingProtocol
+from pnas_jax.latency.sessions import DEFAULT_SESSIONS
 
 
 def latency_config() -> ml_collections.ConfigDict:
@@ -32,6 +33,9 @@ def latency_config() -> ml_collections.ConfigDict:
   c.chunk = default.chunk
   c.clock = "process"  # "process" (CPU time of this process) or "wall"
   c.cpu_threads = 1  # None: XLA's default threading
+  # Timing processes: every layer and network is timed in each, and the median over them is kept
+  # (one process's timings vary by up to +-10% per network on a VM; pnas_jax/latency/sessions.py).
+  c.sessions = DEFAULT_SESSIONS
   c.dw_impl = "auto"
   c.seed = 0
   # Outputs (resumable: rerun the same command to continue an interrupted measurement).
@@ -55,6 +59,7 @@ RANGES: dict[str, Range] = {
     "per_round": INT_GE1,
     "chunk": INT_GE1,
     "cpu_threads": Range(1, 1, integer=True, optional=True, note="None: XLA's default threading"),
+    "sessions": INT_GE1,
     "seed": SEED,
     "n_networks": Range(0, integer=True, note="0: the table only"),
     "train_fraction": Range(0, 1, low_open=True, high_open=True),

@@ -9,7 +9,8 @@ to validate the table and to fit the predictor that learns what the sum misses
 
 Protocol for one layer or network: random weights and input (values do not change the work done),
 `jax.jit(module.apply)` at the configured batch, warm-up calls (the first compiles), then timed
-calls each ended by block_until_ready; the median is stored with mean, variance and count. Layers
+calls each ended by block_until_ready; the 10th percentile (the estimate, timing.py says why) is
+stored with the median, mean, variance and count. Layers
 and networks are timed in chunks, round-robin within a chunk (timing.time_interleaved), so a change
 of the machine's load does not bias one candidate against another. Tables and network files are
 rewritten atomically after every chunk, so an interrupted run is continued by running the same
@@ -93,17 +94,19 @@ class TimingProtocol:
   Layers (or networks) are processed in chunks of `chunk`: each chunk is compiled, then timed in
   interleaved rounds of `per_round` calls until every member has `repeats` samples, then saved.
 
-  per_round is long enough for the median to be a warm call: the first calls of a turn run with
-  another network's code and weights in the caches. Measured on one pinned core at batch 16
-  (Fashion-MNIST space, 13 networks of ~1 ms): with 3 calls per turn the baseline's median was
-  1.59-1.65 ms in two sessions and small networks' ratios to it came out up to 4 points higher
-  than with 50 calls per turn, which gave 1.448-1.470 ms in three sessions.
+  Short turns, many of them: interference from other work comes and goes within a second, so a
+  network's calls should be spread over the whole session. Measured on one pinned core at batch 16
+  (Fashion-MNIST space, 14 networks of ~1 ms, 200 calls each): in 4 turns of 50 calls a network's
+  ratio to the baseline moved by 3.0% rms between processes (p10; 3.1% with the median); in 20 turns
+  of 10 calls, by 1.0%. The first calls of a turn are slower (another network's code and weights
+  are in the caches), which biased the median with 3-call turns by up to 4 points; p10 leaves them
+  out: 10- and 30-call turns gave the same ratios within 1%.
   """
 
   batch: int = 1
   warmup: int = 3
   repeats: int = 30
-  per_round: int = 50
+  per_round: int = 10
   chunk: int = 60
   clock: str = "wall"
   dw_impl: str = "auto"
@@ -208,7 +211,7 @@ def time_module(
 
 
 def _entry(t: Timing) -> Entry:
-  return Entry(mean=t.mean_ms, var=t.var_ms2, count=t.count, median=t.median_ms)
+  return Entry(mean=t.mean_ms, var=t.var_ms2, count=t.count, median=t.median_ms, p10=t.p10_ms)
 
 
 def _time_chunks(
@@ -243,7 +246,7 @@ def _header(protocol: TimingProtocol) -> TableHeader:
 
 
 def _check_resume(old: TableHeader, new: TableHeader, path: str) -> None:
-  for f in ("device", "backend", "batch", "dw_impl", "dtype", "clock", "xla_flags"):
+  for f in ("device", "backend", "batch", "dw_impl", "dtype", "clock", "xla_flags", "statistic"):
     if getattr(old, f) != getattr(new, f):
       raise LatencyTableError(
           f"{path} was measured with {f} = {getattr(old, f)!r} but this run has "
@@ -339,14 +342,20 @@ class NetworkMeasurements:
 
   header: TableHeader
   space: SearchSpace
-  records: list[dict[str, Any]]  # {name, ops, median, mean, var, count, min}
+  records: list[dict[str, Any]]  # {name, ops, median, p10, mean, var, count, min}
   path: str | None = None
 
   def archs(self) -> list[Arch]:
     return [Arch(r["ops"]) for r in self.records]
 
-  def latencies(self, statistic: str = "median") -> np.ndarray:
-    return np.asarray([r[statistic] for r in self.records], np.float64)
+  def latencies(self, statistic: str | None = None) -> np.ndarray:
+    """Each network's latency: `statistic` of its calls (default: the header's, e.g. p10)."""
+    return np.asarray([record_latency(r, statistic or self.header.statistic)
+                       for r in self.records], np.float64)
+
+  def by_name(self) -> dict[str, float]:
+    """{name: latency (the header's statistic)}."""
+    return {r["name"]: record_latency(r, self.header.statistic) for r in self.records}
 
   def save(self, path: str | os.PathLike | None = None) -> None:
     path = os.fspath(path or self.path)
@@ -378,12 +387,17 @@ def load_network_measurements(path: str | os.PathLike) -> NetworkMeasurements:
   )
 
 
+def record_latency(record: dict[str, Any], statistic: str) -> float:
+  """`statistic` of one measured network's calls (a file from before p10 existed: its median)."""
+  return float(record.get(statistic, record["median"]))
+
+
 def _check_record(r: Any, where: str) -> dict[str, Any]:
   """One measured network: a name, its ops, and finite positive latencies (ms)."""
   if not isinstance(r, dict) or "ops" not in r or "median" not in r:
     raise LatencyTableError(f"{where}: a measured network is {{name, ops, median, ...}}, got {r!r}")
   where = f"{where} ({r.get('name', '?')})"
-  for key in ("median", "mean", "min"):
+  for key in ("median", "p10", "mean", "min"):
     if key in r:
       check_latency(r[key], f"{where}: {key}")
   if "var" in r:
@@ -418,8 +432,8 @@ def measure_networks(
   def commit(chunk: list[tuple[str, Arch]], timings: list[Timing]) -> None:
     for (name, arch), t in zip(chunk, timings, strict=True):
       meas.records.append({"name": name, "ops": list(arch.ops), "median": t.median_ms,
-                           "mean": t.mean_ms, "var": t.var_ms2, "count": t.count,
-                           "min": t.min_ms})
+                           "p10": t.p10_ms, "mean": t.mean_ms, "var": t.var_ms2,
+                           "count": t.count, "min": t.min_ms})
     if path:
       meas.save(path)
 

@@ -18,11 +18,8 @@ block) or "budget" (the most probable architecture whose modelled latency is in
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,10 +36,10 @@ from pnas_jax.latency.predictor import (
   TableSumPredictor,
   fit_linear,
   load_latency_model,
-  load_predictor,
   macs_predictor,
   save_predictor,
 )
+from pnas_jax.latency.sessions import TimingJob, time_in_sessions
 from pnas_jax.latency.table import cost_table
 from pnas_jax.search_space.space import Arch, SearchSpace
 
@@ -82,56 +79,37 @@ class LatencyObjective:
 
 def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_networks: int,
                       baseline_op: str, seed: int = 0, progress: bool = True,
-                      cpu_threads: int | None = None) -> Predictor:
-  """Measures (or resumes) the table and `n_networks` networks here, fits the linear predictor
-  and saves it as `directory`/predictor.json (a sweep's targets and later searches reuse it).
+                      cpu_threads: int | None = None, sessions: int = 1) -> Predictor:
+  """Measures (or resumes) the table and `n_networks` networks, fits the linear predictor and
+  saves it as `directory`/predictor.json (a sweep's targets and later searches reuse it).
 
   The baseline arch (every block `baseline_op`) is always among the measured networks, so the
   target derived from it rests on a measurement. cpu_threads=1 on a CPU backend: the target is one
-  core, so the timing runs in a child process pinned to one CPU with single-threaded XLA
-  (measure.set_cpu_threads), as `pnas latency measure` and the final `pnas latency networks` time
-  it; this process keeps every core for training.
+  core, so the timing runs in `sessions` child processes pinned to one CPU with single-threaded
+  XLA (measure.set_cpu_threads), as `pnas latency measure` and the final `pnas latency networks`
+  time it, and each entry keeps the median over them (latency/sessions.py); this process keeps
+  every core for training. Otherwise it times once, here (this process holds the device).
   """
-  if cpu_threads == 1 and jax.default_backend() == "cpu":
-    _measure_in_child(space, directory, protocol, n_networks, baseline_op, seed, progress)
-    return load_predictor(os.path.join(directory, MEASURED_PREDICTOR), space)
+  in_child = cpu_threads == 1 and jax.default_backend() == "cpu"
+  if not in_child and sessions > 1:
+    log.info("latency.sessions = %d: timing once, in the search process (it holds the %s device)",
+             sessions, jax.default_backend())
+  named = [("baseline", Arch.uniform(space, baseline_op))] + [
+      (f"sample{i:03d}", a) for i, a in enumerate(measure.sample_archs(space, n_networks, seed))]
+  job = TimingJob(space, protocol, table=os.path.join(directory, "table.json"),
+                  networks=os.path.join(directory, "networks.json") if n_networks > 0 else None,
+                  named_archs=tuple(named), cpu_threads=cpu_threads if in_child else None,
+                  progress=progress)
   os.makedirs(directory, exist_ok=True)
-  table = measure.measure_table(space, os.path.join(directory, "table.json"), protocol, progress)
+  table, meas = time_in_sessions(job, sessions if in_child else 1, in_child=in_child)
   costs = cost_table(table, space)
-  if n_networks <= 0:
+  if meas is None:
     predictor = TableSumPredictor(space, costs, table.header)
   else:
-    named = [("baseline", Arch.uniform(space, baseline_op))] + [
-        (f"sample{i:03d}", a) for i, a in enumerate(measure.sample_archs(space, n_networks, seed))]
-    meas = measure.measure_networks(space, named, os.path.join(directory, "networks.json"),
-                                    protocol, progress)
     predictor = fit_linear(space, costs, meas.archs(), meas.latencies(), header=table.header,
                            seed=seed)
   save_predictor(os.path.join(directory, MEASURED_PREDICTOR), predictor)
   return predictor
-
-
-def _measure_in_child(space: SearchSpace, directory: str, protocol: Any, n_networks: int,
-                      baseline_op: str, seed: int, progress: bool) -> None:
-  """measure_predictor(..., cpu_threads=None) in a fresh process pinned to one core."""
-  request = {"space": space.to_dict(), "directory": directory,
-             "protocol": dataclasses.asdict(protocol), "n_networks": n_networks,
-             "baseline_op": baseline_op, "seed": seed, "progress": progress}
-  code = "import sys; from pnas_jax.latency.objective import _child_main; _child_main(sys.stdin.read())"
-  child = subprocess.run([sys.executable, "-c", code], input=json.dumps(request), text=True,
-                         stdout=subprocess.PIPE)
-  if child.returncode != 0:
-    raise RuntimeError(f"measuring the latency table in {directory} failed in its one-core child "
-                       f"process (exit {child.returncode}; its error is printed above)")
-
-
-def _child_main(request_json: str) -> None:
-  """The child of _measure_in_child: pin to one core before JAX starts, then measure and fit."""
-  r = json.loads(request_json)
-  measure.set_cpu_threads(1)
-  measure_predictor(SearchSpace.from_dict(r["space"]), r["directory"],
-                    TimingProtocol(**r["protocol"]), r["n_networks"], r["baseline_op"], r["seed"],
-                    r["progress"])
 
 
 def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyObjective:
@@ -141,6 +119,7 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   protocol = TimingProtocol(batch=batch, repeats=lat.repeats, clock=lat.clock,
                             dw_impl=config.model.dw_impl, seed=config.seed)
   n_networks, baseline_op, cpu_threads = lat.n_networks, lat.baseline_op, lat.cpu_threads
+  sessions = lat.sessions
   target, ratio = lat.target, lat.target_ratio
   if lat.target_ratios or lat.targets:
     raise UserValueError(
@@ -167,7 +146,7 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   elif model == "measure":
     predictor = measure_predictor(space, os.path.join(workdir, "latency"), protocol, n_networks,
                                   baseline_op, config.seed, progress=config.log.progress,
-                                  cpu_threads=cpu_threads)
+                                  cpu_threads=cpu_threads, sessions=sessions)
   else:
     if not os.path.exists(model):
       raise MissingFileError(

@@ -15,14 +15,15 @@ Ops that are not MBConv use their registry name as the kind
 (`3x3_Conv-input:...-stride:1-idskip:1`);
 Zero costs 0 and has no entry. `idskip:1` marks a block with an identity shortcut (the residual add
 is part of the measured block). Each entry holds count, mean and var (ms, ms^2) and, for our
-measurements, the median the lookups use (robust to a preempted run); reference entries use mean.
+measurements, the median and the 10th percentile (p10, the statistic the lookups of our tables use:
+robust to interference from other jobs, pnas_jax/latency/timing.py); reference entries use mean.
 
 Our JSON file:
 
   {"format": "pnas_jax.latency_table/1",
    "header": {"device", "backend", "batch", "jax_version", "date", "dtype", "dw_impl", "statistic",
-              "source", "warmup", "repeats", "clock", "xla_flags"},
-   "entries": {key: {"count", "mean", "var", "median"}}}
+              "source", "warmup", "repeats", "clock", "xla_flags", "sessions"},
+   "entries": {key: {"count", "mean", "var", "median", "p10"}}}
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ from pnas_jax.search_space import ops as ops_lib
 from pnas_jax.search_space.space import SearchSpace
 
 TABLE_FORMAT = "pnas_jax.latency_table/1"
-STATISTICS = ("median", "mean")
+# What a table's or networks file's latency is (its header's `statistic`): "p10" for our
+# measurements (the 10th percentile of the timed calls; timing.py says why), "median" for older
+# ones, "mean" for the reference's tables.
+STATISTICS = ("p10", "median", "mean")
+MEASURED_STATISTIC = "p10"
 
 
 class LatencyTableError(UserValueError):
@@ -201,31 +206,33 @@ class Entry:
   var: float = 0.0
   count: int = 1
   median: float | None = None
+  p10: float | None = None  # the 10th percentile of the timed calls
 
   def value(self, statistic: str = "median") -> float:
-    """The median when measured and asked for, else the mean."""
-    if statistic == "median" and self.median is not None:
-      return self.median
-    return self.mean
+    """The statistic asked for (the table header's) when measured, else the mean."""
+    measured = {"median": self.median, "p10": self.p10}.get(statistic)
+    return self.mean if measured is None else measured
 
   def to_dict(self) -> dict[str, Any]:
     d = {"count": self.count, "mean": self.mean, "var": self.var}
-    if self.median is not None:
-      d["median"] = self.median
+    for key in ("median", "p10"):
+      if getattr(self, key) is not None:
+        d[key] = getattr(self, key)
     return d
 
   @classmethod
   def from_dict(cls, d: Any, where: str) -> Entry:
     if not isinstance(d, dict) or "mean" not in d:
-      raise LatencyTableError(f"{where}: an entry is {{count, mean, var[, median]}}, got {d!r}")
+      raise LatencyTableError(f"{where}: an entry is {{count, mean, var[, median, p10]}}, got {d!r}")
     mean = check_latency(d["mean"], f"{where}: mean")
-    median = None if d.get("median") is None else check_latency(d["median"], f"{where}: median")
+    median, p10 = (None if d.get(k) is None else check_latency(d[k], f"{where}: {k}")
+                   for k in ("median", "p10"))
     var = check_latency(d.get("var", 0.0), f"{where}: var", allow_zero=True, unit="ms^2")
     count = d.get("count", 1)
     if (isinstance(count, bool) or not isinstance(count, (int, float)) or not count >= 1
         or not float(count).is_integer()):
       raise LatencyTableError(f"{where}: count = {count!r} must be an integer >= 1")
-    return cls(mean=mean, var=var, count=int(count), median=median)
+    return cls(mean=mean, var=var, count=int(count), median=median, p10=p10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +252,7 @@ class TableHeader:
   repeats: int | None = None
   clock: str = "wall"
   xla_flags: str | None = None
+  sessions: int = 1  # timing processes whose medians were merged (pnas_jax/latency/sessions.py)
 
   def __post_init__(self):
     if self.statistic not in STATISTICS:
@@ -280,7 +288,7 @@ def current_header(
       jax_version=jax.__version__,
       date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       dw_impl=dw_impl,
-      statistic="median",
+      statistic=MEASURED_STATISTIC,
       warmup=warmup,
       repeats=repeats,
       clock=clock,

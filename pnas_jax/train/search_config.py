@@ -21,6 +21,7 @@ from pnas_jax.config_loading import (
     SEED,
     Range,
 )
+from pnas_jax.latency.sessions import DEFAULT_SESSIONS
 from pnas_jax.search_space.space import DEFAULT_CANDIDATES
 
 
@@ -124,6 +125,9 @@ def search_config() -> ml_collections.ConfigDict:
   # "measure" on a CPU: 1 = the target is one core (timed in a child process pinned to one CPU with
   # single-threaded XLA, as `pnas latency measure` does); None = this process's XLA threading.
   c.latency.cpu_threads = 1
+  # "measure" on a CPU: timing processes; each entry keeps the median over them (a process's
+  # timings vary by up to +-10% per network on a VM; pnas_jax/latency/sessions.py).
+  c.latency.sessions = DEFAULT_SESSIONS
   c.latency.n_networks = 0  # "measure": whole networks measured to fit the linear predictor
   # The final arch: "argmax" per block (the paper) or "budget": the most probable arch whose
   # latency under the model is in [(1 - derive_band) T, T] (short searches, whose argmax can miss
@@ -194,6 +198,7 @@ RANGES: dict[str, Range] = {
     "latency.repeats": INT_GE1,
     "latency.cpu_threads": Range(1, 1, integer=True, optional=True,
                                  note="None: this process's XLA threading"),
+    "latency.sessions": INT_GE1,
     "latency.n_networks": Range(0, integer=True, note="0: the table alone; a fit needs >= 3"),
     "latency.derive_band": FRACTION,
     "eval.every_epochs": Range(0, note="0: never"),
