@@ -19,7 +19,7 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
      timing processes (the median per network over them: front.measure_latencies), on the
      target device (`pnas latency networks --config configs/latency/fashion_mnist.py` in a child
      process pinned to one CPU: the search config's batch (16), single-threaded XLA, process
-     CPU-time clock, median of the timed calls); each target re-based on the baseline timed
+     CPU-time clock, 10th percentile of the timed calls); each target re-based on the baseline timed
      there (front.target_hits);
   5. per network the mean +- std over seeds of the test top-1 and the latency; per method its
      Pareto front and hypervolume (maximise accuracy, minimise latency; reference point: 1.1 x the

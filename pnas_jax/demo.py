@@ -14,7 +14,7 @@ Offline on Fashion-MNIST by default (Debian's dataset-fashion-mnist; `make demo`
      3x3_MBConv6 or 3x3_MBConv3, blocks skipped from the end of each stage) and one random
      architecture per target, drawn inside the target's latency band as the found net is;
   4. measure every trained net and the baseline, interleaved, in each of three timing processes
-     (the median per net) and write report.md,
+     (the median per net of each process's 10th percentile of the timed calls) and write report.md,
      report.json and pareto.png: each method's front (accuracy vs measured latency), whether each
      found net hit its target, and each found net against the hand-designed curve and the random
      net at its latency (pnas_jax/front.py, the protocol of experiments/pareto.py with one seed).

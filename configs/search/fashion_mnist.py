@@ -55,8 +55,9 @@ def get_config(arg=None):
   # and so does where it sits (a 14x14 block costs 0.19-0.31 ms, a 7x7 one 0.09-0.20).
   c.latency.batch = 16
   c.latency.n_networks = 24
-  # A call takes ~1 ms here, so 200 timed calls cost little; between sessions one network's median
-  # relative to the baseline's still moves 2-4% (measured on one pinned core).
+  # A call takes ~1 ms here, so 200 timed calls (20 turns of 10) cost little; with the 10th
+  # percentile of each, a network's ratio to the baseline moves ~1% rms from one timing process to
+  # the next, and latency.sessions (3) processes are merged (pnas_jax/latency/sessions.py).
   c.latency.repeats = 200
   c.latency.target_ratio = 0.7
   c.latency.loss = "add#linear"  # latencies here are ~1 ms: mul#log needs T > 1
