@@ -87,7 +87,8 @@ def test_session_paths_and_bad_session_counts(tmp_path):
     sessions.time_in_sessions(job, 0)
 
 
-def test_time_in_sessions_times_each_session_in_its_own_process_and_resumes(tmp_path):
+def test_time_in_sessions_times_each_session_in_its_own_process_and_resumes(tmp_path, monkeypatch):
+  monkeypatch.setenv("PNAS_COMPILATION_CACHE", str(tmp_path / "cache"))  # the children inherit it
   space = tiny_space()
   named = (("baseline", Arch.uniform(space, space.blocks[0].candidates[0])),
            ("other", Arch.uniform(space, space.blocks[0].candidates[-1])))
@@ -101,6 +102,7 @@ def test_time_in_sessions_times_each_session_in_its_own_process_and_resumes(tmp_
     assert e.median == pytest.approx((parts[0].entries[key].median + parts[1].entries[key].median) / 2)
   assert [r["name"] for r in nets.records] == ["baseline", "other"]
   assert all(len(r["sessions"]) == 2 for r in nets.records)
+  assert any((tmp_path / "cache").iterdir())  # later sessions load what the first compiled
   # Run again: every session file is complete, so nothing is timed and the merge is the same.
   before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.session*.json")}
   again, _ = sessions.time_in_sessions(job, 2)

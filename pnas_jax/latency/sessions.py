@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from pnas_jax.compile_cache import enable_compilation_cache
 from pnas_jax.errors import UserValueError
 from pnas_jax.latency import measure
 from pnas_jax.latency.measure import NetworkMeasurements, TimingProtocol, record_latency
@@ -101,7 +102,12 @@ class TimingJob:
 
 
 def child_main(job_json: str) -> None:
-  """The entry point of TimingJob.run_in_child's process."""
+  """The entry point of TimingJob.run_in_child's process.
+
+  The persistent compilation cache is on, for every program however quick to compile: each session
+  compiles the same layers and networks, so the second and later sessions load them.
+  """
+  enable_compilation_cache(min_compile_s=0.0)
   TimingJob.from_json(job_json).run_here()
 
 
