@@ -77,6 +77,29 @@ def test_measure_networks_resumes_and_checks_space(tmp_path):
     measure.measure_networks(tiny_space(n_classes=7), named, path, FAST, progress=False)
 
 
+@pytest.mark.parametrize("command", ["measure", "networks"])
+def test_cli_one_session_on_one_core_times_in_the_fresh_cli_process(tmp_path, command):
+  """sessions=1 with cpu_threads=1: the CLI process pins itself before JAX starts, then times."""
+  from pnas_jax.search_space.io import save_arch
+  from pnas_jax.search_space.space import Arch
+
+  space = tiny_space()
+  config = write_config(tmp_path / "lat.py", space, tmp_path)
+  text = (tmp_path / "lat.py").read_text()
+  (tmp_path / "lat.py").write_text(text.replace("c.cpu_threads = None", "c.cpu_threads = 1"))
+  save_arch(tmp_path / "a.json", space, Arch.uniform(space, "3x3_MBConv3"))
+  args = (["--config.n_networks=1"] if command == "measure"
+          else ["--out", str(tmp_path / "networks.json"), f"a={tmp_path / 'a.json'}"])
+  p = subprocess.run([sys.executable, "-m", "pnas_jax.cli", "latency", command, "--config", config,
+                      "--config.sessions=1", *args],
+                     capture_output=True, text=True)
+  assert p.returncode == 0, p.stderr[-2000:]
+  header = json.loads((tmp_path / "networks.json").read_text())["header"]
+  assert header["xla_flags"].split() == list(measure.SINGLE_THREAD_FLAGS)
+  if (os.cpu_count() or 1) > 1:
+    assert "pinned to 1 of" in header["device"]
+
+
 def test_cli_measure_fit_expected(tmp_path, capsys):
   space = tiny_space()
   config = write_config(tmp_path / "lat.py", space, tmp_path)

@@ -82,6 +82,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
           f"({', '.join(n for n, _ in zoo) or 'none'})", file=sys.stderr)
     named += zoo
   if not _in_child(config):
+    measure.set_cpu_threads(config.get("cpu_threads"))  # before device_description starts JAX
     print(f"measuring on {device_description()}, batch {config.batch}, clock {config.clock}",
           file=sys.stderr)
   table, meas = _time(config, _timing_job(config, space, named, table=config.table,
