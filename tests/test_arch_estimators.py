@@ -19,7 +19,7 @@ from pnas_jax.arch import (
 )
 from pnas_jax.arch.estimators import ArchBatch
 from pnas_jax.arch.supernet import Supernet, init_supernet
-from pnas_jax.errors import UnknownNameError
+from pnas_jax.errors import UnknownNameError, UserValueError
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.models.child import Head, build_op, stem_and_first_block
 from pnas_jax.train import arch_optimizer, arch_step, create_search_state, weight_optimizer
@@ -247,6 +247,18 @@ def test_constraint_reward_counts_latency_only_above_the_target():
   np.testing.assert_allclose(ref.reward_fn(jnp.asarray(0.8), jnp.asarray(5.0)), 0.8 * 4.0, rtol=1e-6)
   with pytest.raises(UnknownNameError, match="constraint, reference|reference, constraint"):
     get_estimator("reinforce", target=10.0, reward="hard")
+
+
+def test_constraint_reward_below_the_target_asks_for_the_latency_given():
+  est = get_estimator("reinforce", target=10.0, tradeoff=2.0, tradeoff_below=0.5,
+                      reward="constraint")
+  for lat, factor in ((10.0, 1.0), (8.0, 0.8 ** 0.5), (2.5, 0.25 ** 0.5), (12.5, 0.8 ** 2)):
+    np.testing.assert_allclose(est.reward_fn(jnp.asarray(0.8), jnp.asarray(lat)), 0.8 * factor,
+                               rtol=1e-6)
+  no_target = get_estimator("reinforce", tradeoff_below=0.5, reward="constraint")
+  np.testing.assert_allclose(no_target.reward_fn(jnp.asarray(0.8), jnp.asarray(3.0)), 0.8)
+  with pytest.raises(UserValueError, match="tradeoff_below = 0.5: only the 'constraint' reward"):
+    get_estimator("reinforce", target=10.0, tradeoff_below=0.5, reward="reference")
 
 
 def test_sampling_distributions():

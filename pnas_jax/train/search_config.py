@@ -98,6 +98,9 @@ def search_config() -> ml_collections.ConfigDict:
       # lat > T, acc alone below (MnasNet's hard constraint; arch/estimators.py REWARDS). With
       # "constraint" raise tradeoff too (e.g. 2: 10% over T costs 17% of the reward; at 0.1, 1%).
       reward="reference",
+      # "constraint" only: times (lat / T)^tradeoff_below below T, so the search also uses the
+      # latency it is given (0.5: 10% under T costs 5%); 0: accuracy alone below T.
+      tradeoff_below=0.0,
   ))
 
   # Latency term. model: "measure" (a table measured here before the search, cached in the
@@ -192,6 +195,7 @@ RANGES: dict[str, Range] = {
     "arch.reinforce.k": INT_GE1,
     "arch.reinforce.baseline_decay": Range(0, 1),
     "arch.reinforce.tradeoff": NON_NEGATIVE,
+    "arch.reinforce.tradeoff_below": NON_NEGATIVE,
     "latency.target": Range(0, note="0: use target_ratio"),
     "latency.target_ratio": Range(0, note="0: use target"),
     "latency.batch": INT_GE1,
