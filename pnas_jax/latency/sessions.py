@@ -1,11 +1,12 @@
 """Timing in several processes: the median over timing sessions of every table entry and network.
 
-On a CPU one process's timings are not a stable yardstick. Measured on this project's 2-core VM
-(one pinned core, batch 16, 200 calls per network): the Fashion-MNIST baseline's median was
-1.51-1.80 ms in five fresh processes, and each other network's ratio to it moved by up to +-10%
-from process to process, while the calls within one process varied by a few percent. Whatever
-decides this (where the buffers land, which physical core the VM's vCPU is on) is fixed for a
-process's lifetime, so more calls in one process cannot average it out; more processes can.
+On a CPU shared with other work, one process's timings are not a stable yardstick: interference
+from outside (other VMs on the host, the other core's job) comes in bursts, and a process that
+runs through a noisy stretch is slower in all its figures, some networks more than others.
+timing.py's 10th percentile over many short turns removes most of it within a process; what is
+left still moved the Fashion-MNIST baseline's p10 by 9% between the three sessions of one
+predictor measurement (1.505, 1.375, 1.413 ms, 2026-11-30, one pinned core, batch 16), and other
+networks' ratios to it by up to 5.7%. The median over sessions discards the odd one out.
 
 A measurement therefore runs in `sessions` fresh processes. Session k writes its own files
 (session_path(path, k), each resumable), and the files at the given paths hold the merge
