@@ -1,8 +1,9 @@
 r"""Latency table and model for a CPU-sized search space, measured on the machine JAX runs on.
 
 A reduced ImageNet-style space (64x64 inputs, width multiplier 0.75, 9 searchable blocks, 10
-classes, one CPU thread) whose whole table measures in a minute or two on 2 CPU cores;
-experiments/latency_model.py and the offline demo use it.
+classes, one CPU thread) whose whole table measures in a minute or two on 2 CPU cores, in each of
+the three timing processes whose median is kept (pnas_jax/latency/sessions.py);
+experiments/latency_model.py uses it.
 
   pnas latency measure --config configs/latency/cpu.py
   pnas latency measure --config configs/latency/cpu.py --config.n_networks=0   # table only
