@@ -26,7 +26,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -153,46 +153,42 @@ def merge_tables(tables: Sequence[LatencyTable]) -> LatencyTable:
   first = tables[0]
   entries = {}
   for key in first.entries:
-    es = [_entry_of(t, key) for t in tables]
-    entries[key] = Entry(mean=float(np.mean([e.mean for e in es])),
-                         var=float(np.median([e.var for e in es])),
-                         count=int(sum(e.count for e in es)),
-                         median=_median_of(es, "median"), p10=_median_of(es, "p10"))
-  header = dataclasses.replace(first.header, sessions=len(tables))
-  return LatencyTable(header, entries)
-
-
-def _median_of(entries: Sequence[Entry], field: str) -> float | None:
-  values = [getattr(e, field) for e in entries]
-  return None if None in values else float(np.median(values))
-
-
-def _entry_of(table: LatencyTable, key: str) -> Entry:
-  if key not in table:
-    raise UserValueError(f"{table.path}: lacks {key!r}, which another timing session measured; "
-                         "rerun the measurement to complete it")
-  return table.entries[key]
+    es = _in_every_session(key, [(t.path, t.entries) for t in tables], "")
+    entries[key] = Entry(**_merged_statistics([e.to_dict() for e in es]))
+  return LatencyTable(dataclasses.replace(first.header, sessions=len(tables)), entries)
 
 
 def merge_networks(runs: Sequence[NetworkMeasurements]) -> NetworkMeasurements:
   """One networks file from several sessions' files of the same networks (the docstring's merge)."""
   first = runs[0]
-  by_name = [{r["name"]: r for r in run.records} for run in runs]
+  sessions = [(run.path, {r["name"]: r for r in run.records}) for run in runs]
   records = []
   for rec in first.records:
-    name = rec["name"]
-    missing = [run.path for run, d in zip(runs, by_name, strict=True) if name not in d]
-    if missing:
-      raise UserValueError(f"{missing[0]}: lacks network {name!r}, which another timing session "
-                           "measured; rerun the measurement to complete it")
-    rs = [d[name] for d in by_name]
-    records.append({"name": name, "ops": rec["ops"],
-                    "median": float(np.median([r["median"] for r in rs])),
-                    "p10": float(np.median([record_latency(r, "p10") for r in rs])),
-                    "mean": float(np.mean([r["mean"] for r in rs])),
-                    "var": float(np.median([r["var"] for r in rs])),
-                    "count": int(sum(r["count"] for r in rs)),
+    rs = _in_every_session(rec["name"], sessions, "network ")
+    records.append({"name": rec["name"], "ops": rec["ops"], **_merged_statistics(rs),
                     "min": float(min(r["min"] for r in rs)),
                     "sessions": [record_latency(r, first.header.statistic) for r in rs]})
-  header = dataclasses.replace(first.header, sessions=len(runs))
-  return NetworkMeasurements(header, first.space, records)
+  return NetworkMeasurements(dataclasses.replace(first.header, sessions=len(runs)), first.space,
+                             records)
+
+
+def _in_every_session(key: str, sessions: Sequence[tuple[str | None, Mapping[str, Any]]],
+                      kind: str) -> list[Any]:
+  """sessions' (path, {key: item}) -> each session's item for `key`; names the file lacking it."""
+  for path, items in sessions:
+    if key not in items:
+      raise UserValueError(f"{path}: lacks {kind}{key!r}, which another timing session measured; "
+                           "rerun the measurement to complete it")
+  return [items[key] for _, items in sessions]
+
+
+def _merged_statistics(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """The merge of one item's per-session {mean, var, count[, median, p10]} (module docstring);
+  median / p10 only where every session has it."""
+  out = {"mean": float(np.mean([d["mean"] for d in stats])),
+         "var": float(np.median([d["var"] for d in stats])),
+         "count": int(sum(d["count"] for d in stats))}
+  for key in ("median", "p10"):
+    if all(d.get(key) is not None for d in stats):
+      out[key] = float(np.median([d[key] for d in stats]))
+  return out
