@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from pnas_jax.arch import (
   sample_gates,
 )
 from pnas_jax.arch.estimators import ArchBatch
+from pnas_jax.arch.sampling import LatencyBand
 from pnas_jax.arch.supernet import Supernet, init_supernet
 from pnas_jax.errors import UnknownNameError, UserValueError
 from pnas_jax.latency.expected import expected_cost, macs_table
@@ -229,6 +231,64 @@ def test_reinforce_raises_probability_of_rewarded_path():
   assert np.isfinite(float(baseline))
 
 
+def _reinforce_grads(baseline: str, offset: float, k: int = 5, stored_baseline: float = 0.3):
+  """One REINFORCE update on a toy forward whose accuracy is a function of the sampled path plus
+  `offset` (how easy the batch is): returns the grads, the samples and their rewards."""
+  space = SPACE
+  alpha = tuple(jnp.linspace(-0.5, 0.5, len(b.candidates)) for b in space.blocks)
+  labels = jnp.arange(20) % 10
+  n_right = {0: 4, 1: 9, 2: 13}  # images right out of 20, by block 0's op; block 1's op adds 0-2
+
+  def forward(sample, gates):
+    del gates
+    right = jnp.asarray([n_right.get(i, 6) for i in range(len(space.blocks[0].candidates))])[
+        sample.active[0]] + sample.active[1] % 3 + int(offset * 20)
+    correct = jnp.arange(20) < right
+    logits = jax.nn.one_hot(jnp.where(correct, labels, (labels + 1) % 10), 10)
+    return logits, None
+
+  est = get_estimator("reinforce", k=k, baseline=baseline, baseline_decay=0.5)
+  key = jax.random.key(3)
+  res = est.grads(ArchBatch(space=space, alpha=alpha, key=key, forward=forward, labels=labels,
+                            baseline=jnp.asarray(stored_baseline)))
+  actives = [np.asarray(sample_gates(kk, alpha, "single").active)
+             for kk in jax.random.split(key, k)]
+  rewards = np.array([float(jnp.mean(jnp.argmax(forward(Sample(active=jnp.asarray(a)), None)[0],
+                                                 -1) == labels)) for a in actives])
+  return alpha, res, actives, rewards
+
+
+def test_reinforce_leave_one_out_baseline_against_brute_force():
+  """grad_l = mean_k (R_k - mean_{j != k} R_j) (p_l - onehot(a_lk)), by hand in NumPy."""
+  k = 5
+  alpha, res, actives, rewards = _reinforce_grads("leave_one_out", 0.0, k=k)
+  assert len(set(map(tuple, actives))) > 1 and np.ptp(rewards) > 0  # the check has teeth
+  adv = rewards - (rewards.sum() - rewards) / (k - 1)
+  for block, a in enumerate(alpha):
+    p = np.exp(a - a.max()) / np.exp(a - a.max()).sum()
+    want = np.mean([adv[i] * (p - np.eye(len(p))[actives[i][block]]) for i in range(k)], axis=0)
+    np.testing.assert_allclose(res.grads[block], want, rtol=1e-5, atol=1e-7)
+  # The moving average is still kept (for logging): b + d (mean R - b).
+  np.testing.assert_allclose(res.baseline, 0.3 + 0.5 * (rewards.mean() - 0.3), rtol=1e-6)
+
+
+def test_leave_one_out_ignores_how_hard_the_batch_is_and_moving_average_does_not():
+  """A batch on which every path scores 0.2 higher moves no leave-one-out gradient."""
+  for baseline, same in (("leave_one_out", True), ("moving_average", False)):
+    _, easy, _, r_easy = _reinforce_grads(baseline, 0.2)
+    _, hard, _, r_hard = _reinforce_grads(baseline, 0.0)
+    np.testing.assert_allclose(r_easy - r_hard, 0.2, atol=1e-6)
+    close = all(np.allclose(a, b, atol=1e-7) for a, b in zip(easy.grads, hard.grads, strict=True))
+    assert close == same, baseline
+
+
+def test_reinforce_baseline_option_is_checked():
+  with pytest.raises(UserValueError, match="baseline = 'median'.*moving_average"):
+    get_estimator("reinforce", baseline="median")
+  with pytest.raises(UserValueError, match="needs k >= 2.*k = 1"):
+    get_estimator("reinforce", baseline="leave_one_out", k=1)
+
+
 def test_reinforce_reward_uses_latency_target():
   est = get_estimator("reinforce", reward_fn=__import__(
       "pnas_jax.arch", fromlist=["reference_reward"]).reference_reward(target=10.0, tradeoff=0.1))
@@ -259,6 +319,61 @@ def test_constraint_reward_below_the_target_asks_for_the_latency_given():
   np.testing.assert_allclose(no_target.reward_fn(jnp.asarray(0.8), jnp.asarray(3.0)), 0.8)
   with pytest.raises(UserValueError, match="tradeoff_below = 0.5: only the 'constraint' reward"):
     get_estimator("reinforce", target=10.0, tradeoff_below=0.5, reward="reference")
+
+
+def test_latency_band_draws_from_p_restricted_to_the_band():
+  """Exhaustive: 18 archs, costs on the bin grid (0.1 = 0.04 * 7.5 / 3), frequencies of 40000
+  draws against p(a) 1[lo <= LAT(a) <= hi] / Z."""
+  rows = ((1.0, 2.0, 3.0), (0.0, 1.0), (2.0, 4.0, 5.0))
+  alpha = (jnp.asarray([0.3, -0.2, 0.5]), jnp.asarray([0.4, -0.4]), jnp.asarray([-0.6, 0.2, 0.7]))
+  logp = [np.asarray(jax.nn.log_softmax(a)) for a in alpha]
+  archs = list(itertools.product(range(3), range(2), range(3)))
+  for lo in (4.5, -np.inf):
+    band = LatencyBand(0.5, rows, lo=lo, hi=7.5, resolution=0.04)
+    lat = np.array([0.5 + sum(rows[b][a[b]] for b in range(3)) for a in archs])
+    inside = (lat >= lo) & (lat <= 7.5)
+    assert 0 < inside.sum() < len(archs)  # the band cuts both ways (or from above)
+    p = np.exp([sum(logp[b][a[b]] for b in range(3)) for a in archs]) * inside
+    keys = jax.random.split(jax.random.key(0), 40000)
+    draws = np.asarray(jax.jit(jax.vmap(lambda k, band=band: band.sample(k, alpha).active))(keys))
+    index = {a: i for i, a in enumerate(archs)}
+    freq = np.bincount([index[tuple(d)] for d in draws], minlength=len(archs)) / len(keys)
+    assert freq[~inside].sum() == 0
+    np.testing.assert_allclose(freq, p / p.sum(), atol=0.01)
+
+
+def test_latency_band_names_the_reachable_range_when_empty():
+  band = LatencyBand(0.5, ((1.0, 2.0), (1.0, 3.0)), lo=5.6, hi=5.9)
+  with pytest.raises(UserValueError, match=r"in \[5.6, 5.9\].*range from 2.5 to 5.5"):
+    band.bins()
+  with pytest.raises(UserValueError, match="needs arch.reinforce.baseline = 'leave_one_out'"):
+    get_estimator("reinforce", within_target=True, band=LatencyBand(0.0, ((1.0,),), 0.5, 1.5))
+  with pytest.raises(UserValueError, match="needs a latency target and a latency model"):
+    get_estimator("reinforce", within_target=True, baseline="leave_one_out")
+  with pytest.raises(UserValueError, match="range from 2.5 to 5.5"):
+    get_estimator("reinforce", within_target=True, baseline="leave_one_out", band=band)
+
+
+def test_reinforce_within_target_scores_only_nets_in_the_band():
+  """The toy forward classifies right exactly when the sampled net's latency is in the band: the
+  mean accuracy of the K scored nets is 1 with within_target, below 1 when sampling from p."""
+  rows = tuple(tuple(float(i + 1) for i in range(len(b.candidates))) for b in SPACE.blocks)
+  alpha = tuple(jnp.zeros(len(b.candidates)) for b in SPACE.blocks)
+  band = LatencyBand(0.0, rows, lo=5.0, hi=6.0)
+  labels = jnp.arange(8) % 10
+
+  def forward(sample, gates):
+    del gates
+    lat = sum(jnp.asarray(r)[sample.active[i]] for i, r in enumerate(rows))
+    good = jax.nn.one_hot(labels, 10)
+    return jnp.where((lat >= 5.0) & (lat <= 6.0), good, -good), None
+
+  for within, all_in in ((True, True), (False, False)):
+    est = get_estimator("reinforce", k=16, baseline="leave_one_out", within_target=within,
+                        band=band)
+    res = jax.jit(lambda key, est=est: est.grads(ArchBatch(
+        space=SPACE, alpha=alpha, key=key, forward=forward, labels=labels)))(jax.random.key(0))
+    assert (float(res.metrics["arch_acc"]) == 1.0) == all_in
 
 
 def test_sampling_distributions():

@@ -142,7 +142,7 @@ class ToyEstimator:
 def test_a_new_estimator_is_one_registration(tmp_path):
   """Adding an estimator: a class and a registered factory (here, in this file) plus its config
   keys; the search runs it through the same arch step as the built-in ones."""
-  register_estimator("toy")(lambda *, target=None, **options: ToyEstimator(**options))
+  register_estimator("toy")(lambda *, target=None, band=None, **options: ToyEstimator(**options))
   try:
     config = load_config(TINY, ["--config.arch.estimator=toy", "--config.optim.arch_lr=0.1",
                                 "--config.eval.every_epochs=0"])

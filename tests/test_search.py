@@ -16,6 +16,7 @@ import pytest
 
 from pnas_jax import cli
 from pnas_jax.config_loading import load_config
+from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import load_msgpack
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.init import init_variables
@@ -184,3 +185,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert kept and max(kept) >= 6  # the warm-up (lr 0.05) checkpoints survive ...
   state = _final_state(wd, max(kept))
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_reinforce_within_target_search_gets_the_derive_band(tmp_path):
+  """The search passes its latency band (target, derive_band, the model's block costs) to
+  REINFORCE (without one the estimator refuses within_target); it runs to the end and the derived
+  net lies in [(1 - band) T, T]. test_arch_estimators.py checks what the band does to sampling."""
+  band = 0.15
+  config = load_config(TINY, [
+      "--config.eval.every_epochs=0", "--config.arch.estimator=reinforce",
+      "--config.arch.reinforce.k=3", "--config.arch.reinforce.batch_size=0",
+      "--config.arch.reinforce.baseline=leave_one_out",
+      "--config.arch.reinforce.within_target=True", "--config.latency.derive=budget",
+      f"--config.latency.derive_band={band}"])
+  result = search(config, str(tmp_path / "s"))
+  assert not result.partial and result.exit_code == 0
+  assert (1 - band) * result.target * 0.995 <= result.arch_latency <= result.target
+  config.arch.reinforce.baseline = "moving_average"
+  with pytest.raises(UserValueError, match="needs arch.reinforce.baseline = 'leave_one_out'"):
+    search(config, str(tmp_path / "t"))

@@ -25,6 +25,19 @@ REINFORCE (Sec. 3.3.2, Eq. 8; for non-differentiable objectives such as measured
 K architectures sampled from p, reward R_k = acc_k (T / lat_k)^w (w = 0.1, acc a fraction),
 baseline b <- b + d (mean_k R_k - b) (b = mean R on the first step; d = 0.99, the reference's decay
 weight), gradient mean_k (R_k - b) grad(-log p(arch_k)), then the same Adam.
+Or, with baseline = "leave_one_out" (Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for
+free"), each sample's baseline is the mean reward of the other K - 1 samples scored on the same
+batch, b_k = (sum_j R_j - R_k) / (K - 1): still unbiased, and it cancels how hard the batch was,
+which the moving average (over earlier batches) leaves in every advantage.
+
+within_target (our extension, with the leave-one-out baseline): the K nets are drawn from p
+restricted to the latency band the final architecture must lie in, pi(a) = p(a) 1[a in band] / Z
+(sampling.LatencyBand), and the reward is the accuracy. Its score function is
+grad log pi(a_k) = grad log p(a_k) - grad log Z, and the leave-one-out advantages sum to zero, so
+the grad log Z term drops out of mean_k adv_k grad log pi(a_k) exactly. The search then compares
+only nets of the latency it will deliver, as the budgeted derivation (derive.py) picks among
+them, instead of learning a policy below the target whose budget the derivation must fill with
+ops the policy rejected.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pnas_jax.arch.sampling import Sample, one_hot_gates, sample_gates
+from pnas_jax.arch.sampling import LatencyBand, Sample, one_hot_gates, sample_gates
 from pnas_jax.collectives import maybe_pmean
 from pnas_jax.errors import UserValueError
 from pnas_jax.losses import accuracy, cross_entropy
@@ -105,7 +118,8 @@ class Estimator(Protocol):
 
   A new estimator is one module: a class with these members, a factory registered by name, and
   its options as a section `arch.<name>` of the search config (passed to the factory as keywords,
-  with `target`, the latency target T or None).
+  with `target`, the latency target T or None, and `band`, the sampling.LatencyBand the derived
+  net must lie in or None).
   """
 
   name: str
@@ -242,12 +256,17 @@ REWARDS.add("reference", reference_reward)
 REWARDS.add("constraint", constraint_reward)
 
 
+REINFORCE_BASELINES = ("moving_average", "leave_one_out")
+
+
 @dataclasses.dataclass(frozen=True)
 class ReinforceEstimator:
   """REINFORCE over K sampled architectures with a moving-average baseline."""
 
   k: int = 10
   baseline_decay: float = 0.99
+  baseline: str = "moving_average"  # or "leave_one_out" (module docstring)
+  band: LatencyBand | None = None  # within_target: sample only nets in this band
   reward_fn: Callable[[jax.Array, jax.Array | None], jax.Array] = reference_reward()
   batch_size: int = 0  # the reward batch (0: data.arch_batch_size)
   name: str = "reinforce"
@@ -258,7 +277,7 @@ class ReinforceEstimator:
     axis_name, baseline = batch.axis_name, batch.baseline
 
     def one(k):
-      sample = sample_gates(k, alpha, "single")
+      sample = sample_gates(k, alpha, "single") if self.band is None else self.band.sample(k, alpha)
       logits, _ = forward(sample, None)
       acc = accuracy(logits, labels)
       acc = maybe_pmean(acc, axis_name)
@@ -275,7 +294,10 @@ class ReinforceEstimator:
     avg = jnp.mean(rewards)
     b0 = jnp.asarray(jnp.nan, jnp.float32) if baseline is None else baseline
     b = jnp.where(jnp.isnan(b0), avg, b0 + self.baseline_decay * (avg - b0))
-    adv = rewards - b
+    if self.baseline == "leave_one_out":
+      adv = rewards - (jnp.sum(rewards) - rewards) / (self.k - 1)
+    else:
+      adv = rewards - b
     grads = tuple(jnp.mean(adv[:, None] * g, axis=0) for g in score_grads)
     metrics = {"reward": avg, "baseline": b, "arch_acc": jnp.mean(accs)}
     return ArchGrads(
@@ -294,27 +316,47 @@ register_estimator = ESTIMATORS.register
 
 
 @register_estimator("full")
-def _full(*, target: float | None = None) -> BinaryGateEstimator:
-  del target
+def _full(*, target: float | None = None, band: LatencyBand | None = None) -> BinaryGateEstimator:
+  del target, band
   return BinaryGateEstimator("full")
 
 
 @register_estimator("two")
-def _two(*, target: float | None = None) -> BinaryGateEstimator:
-  del target
+def _two(*, target: float | None = None, band: LatencyBand | None = None) -> BinaryGateEstimator:
+  del target, band
   return BinaryGateEstimator("two")
 
 
 @register_estimator("reinforce")
 def _reinforce(*, target: float | None = None, k: int = 10, baseline_decay: float = 0.99,
-               tradeoff: float = 0.1, tradeoff_below: float = 0.0, batch_size: int = 0,
+               baseline: str = "moving_average", within_target: bool = False,
+               band: LatencyBand | None = None, tradeoff: float = 0.1, tradeoff_below: float = 0.0,
+               batch_size: int = 0,
                reward: str = "reference", reward_fn: Callable[..., Any] | None = None
                ) -> ReinforceEstimator:
   """K sampled nets per update, each scored on one reward batch of `batch_size` held-out images;
   reward REWARDS[reward](T, tradeoff) ("reference": acc (T / lat)^tradeoff; "constraint": the same
   only above T, times (lat / T)^tradeoff_below below it) unless `reward_fn` is given. The
   reference's defaults: K = 10, the reward batch its test batch (1000), one update every 5 weight
-  steps."""
+  steps. baseline: "moving_average" (the reference's, decay `baseline_decay`) or "leave_one_out"
+  (the mean reward of the other K - 1 samples on the same batch; needs K >= 2). within_target:
+  sample only nets in `band` (the search passes the derivation's latency band)."""
+  if baseline not in REINFORCE_BASELINES:
+    raise UserValueError(f"arch.reinforce.baseline = {baseline!r}: use one of "
+                         f"{', '.join(map(repr, REINFORCE_BASELINES))}")
+  if baseline == "leave_one_out" and k < 2:
+    raise UserValueError(f"arch.reinforce.baseline = 'leave_one_out' needs k >= 2 samples per "
+                         f"update (k = {k}); raise arch.reinforce.k or use 'moving_average'")
+  if within_target:
+    if baseline != "leave_one_out":
+      raise UserValueError("arch.reinforce.within_target needs arch.reinforce.baseline = "
+                           f"'leave_one_out' (got {baseline!r}): with samples restricted to the "
+                           "band only its advantages, which sum to zero, keep the gradient unbiased")
+    if band is None:
+      raise UserValueError("arch.reinforce.within_target needs a latency target and a latency "
+                           "model with per-block costs (latency.model: 'measure', a table or a "
+                           "predictor file, or 'macs')")
+    band.bins()  # fails here, naming the reachable range, if no net is in the band
   if reward_fn is None:
     extra = {}
     if tradeoff_below:
@@ -323,7 +365,8 @@ def _reinforce(*, target: float | None = None, k: int = 10, baseline_decay: floa
                              f"'constraint' reward has a below-target term (reward = {reward!r})")
       extra["tradeoff_below"] = tradeoff_below
     reward_fn = REWARDS.get(reward)(target, tradeoff, **extra)
-  return ReinforceEstimator(k=k, baseline_decay=baseline_decay, batch_size=batch_size,
+  return ReinforceEstimator(k=k, baseline_decay=baseline_decay, baseline=baseline,
+                            band=band if within_target else None, batch_size=batch_size,
                             reward_fn=reward_fn)
 
 
@@ -332,11 +375,13 @@ def get_estimator(name: str, **options: Any) -> Estimator:
   return ESTIMATORS.get(name)(**options)
 
 
-def estimator_from_config(arch_config: Mapping[str, Any], target: float | None) -> Estimator:
-  """The estimator of a search config's `arch` section: arch.estimator, options from arch.<name>."""
+def estimator_from_config(arch_config: Mapping[str, Any], target: float | None,
+                          band: LatencyBand | None = None) -> Estimator:
+  """The estimator of a search config's `arch` section: arch.estimator, options from arch.<name>;
+  `target` and `band` (the latency band of the derived net) from the search's latency objective."""
   name = arch_config["estimator"]
   factory = ESTIMATORS.get(name)
-  return factory(target=target, **dict(arch_config.get(name) or {}))
+  return factory(target=target, band=band, **dict(arch_config.get(name) or {}))
 
 
 def estimator_names() -> list[str]:

@@ -11,15 +11,20 @@ g_l = one_hot(a_l). Modes:
 
 Indices are traced int32 values, so a new sample never recompiles the step. Block l draws from
 `fold_in(key, l)`: the same key gives the same gates on every device.
+
+`LatencyBand.sample` draws a_l from p restricted to the architectures whose modelled latency lies
+in a band (our extension, for REINFORCE with `within_target`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pnas_jax.errors import UserValueError
 
@@ -84,3 +89,72 @@ def one_hot_gates(alpha: Sequence[jax.Array], sample: Sample) -> tuple[jax.Array
 def fixed_sample(indices: Sequence[int]) -> Sample:
   """A Sample that runs the given candidate index in every block (tests, child extraction)."""
   return Sample(active=jnp.asarray(indices, jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyBand:
+  """The architectures whose latency under an additive model lies in [lo, hi], and sampling from
+  p restricted to them (REINFORCE's `within_target`; arch/estimators.py).
+
+  LAT(a) = base_cost + sum_l block_costs[l][a_l] (the latency predictor's `block_costs`). A draw
+  from pi(a) = p(a) 1[lo <= LAT(a) <= hi] / Z, p(a) = prod_l p_l[a_l], is exact up to latencies
+  binned at `resolution` * hi / L per block (so LAT may leave the band by L / 2 bins, 0.5% of hi
+  at the default): with R_l(b) = log P_p(blocks l.. bring a path that has spent b bins into the
+  band),
+
+      R_L(b) = 0 if b's total latency is in the band else -inf,
+      R_l(b) = logsumexp_j (log p_l[j] + R_{l+1}(b + c_l[j])),
+
+  block l draws a_l ~ softmax_j(log p_l[j] + R_{l+1}(b + c_l[j])) and moves b on by c_l[a_l].
+  """
+
+  base_cost: float
+  block_costs: tuple[tuple[float, ...], ...]
+  lo: float  # -inf: every latency up to hi
+  hi: float
+  resolution: float = 0.01
+
+  def bins(self) -> tuple[list[np.ndarray], np.ndarray]:
+    """(per-block costs in bins above the block's cheapest op, allowed[b] for the total bin b).
+
+    Raises UserValueError naming the reachable range when no architecture is in the band."""
+    rows = [np.asarray(c, np.float64) for c in self.block_costs]
+    width = self.resolution * abs(self.hi) / len(rows)
+    costs = [np.rint((r - r.min()) / width).astype(np.int64) for r in rows]
+    base = self.base_cost + sum(r.min() for r in rows)
+    total = base + width * np.arange(sum(int(c.max()) for c in costs) + 1)
+    allowed = (total >= self.lo) & (total <= self.hi)
+    reachable = np.zeros(total.size, bool)
+    reachable[0] = True
+    for c in costs:  # the total bins some path through blocks 0..l can have spent
+      spent = np.zeros_like(reachable)
+      for s in np.unique(c):
+        spent[s:] |= reachable[:reachable.size - s]
+      reachable = spent
+    if not (reachable & allowed).any():
+      want = f"in [{self.lo:.4g}, {self.hi:.4g}]" if np.isfinite(self.lo) else f"<= {self.hi:.4g}"
+      raise UserValueError(
+          f"no architecture of the space has a latency {want}: they range from {base:.4g} to "
+          f"{base + sum(r.max() - r.min() for r in rows):.4g}; change the target (or target_ratio)"
+          + (" or widen latency.derive_band" if np.isfinite(self.lo) else ""))
+    return costs, allowed
+
+  def sample(self, key: jax.Array, alpha: Sequence[jax.Array]) -> Sample:
+    """One draw from p restricted to the band (class docstring); block l uses fold_in(key, l)."""
+    costs, allowed = self.bins()
+    if len(costs) != len(alpha):
+      raise ValueError(f"got {len(alpha)} alpha vectors for {len(costs)} rows of block costs")
+    log_p = [jax.nn.log_softmax(a) for a in alpha]
+    suffix = [jnp.where(jnp.asarray(allowed), 0.0, -jnp.inf)]  # R_L
+    for lp, c in zip(reversed(log_p), reversed(costs), strict=True):
+      r = suffix[-1]
+      shifted = jnp.stack([jnp.concatenate([r[s:], jnp.full((s,), -jnp.inf)]) for s in c.tolist()])
+      suffix.append(jax.nn.logsumexp(lp[:, None] + shifted, axis=0))
+    suffix.reverse()  # suffix[l] = R_l
+    spent, active = jnp.zeros((), jnp.int32), []
+    for i, (lp, c) in enumerate(zip(log_p, costs, strict=True)):
+      c = jnp.asarray(c, jnp.int32)
+      a = jax.random.categorical(jax.random.fold_in(key, i), lp + suffix[i + 1][spent + c])
+      active.append(a.astype(jnp.int32))
+      spent = spent + c[a]
+    return Sample(active=jnp.stack(active))

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from pnas_jax.arch.derive import derive, derive_within_budget
+from pnas_jax.arch.sampling import LatencyBand
 from pnas_jax.errors import MissingFileError, UserValueError
 from pnas_jax.latency import measure
 from pnas_jax.latency.loss import latency_loss
@@ -68,6 +69,15 @@ class LatencyObjective:
 
   def of_arch(self, arch: Arch) -> float:
     return float(self.predictor.of_archs([arch])[0])
+
+  def band(self) -> LatencyBand | None:
+    """The latencies the derived net may have, [(1 - derive_band) T, T] (derive_band 0: <= T), as
+    a LatencyBand to sample from (REINFORCE's within_target); None without a model or target."""
+    if self.predictor is None or not self.target:
+      return None
+    base, costs = self.predictor.block_costs()
+    lo = (1.0 - self.derive_band) * self.target if self.derive_band > 0 else -np.inf
+    return LatencyBand(float(base), tuple(tuple(map(float, c)) for c in costs), lo, self.target)
 
   def derive(self, alpha: Sequence[np.ndarray], space: SearchSpace) -> Arch:
     """The final architecture from alpha under config.latency.derive."""

@@ -151,7 +151,7 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
   d, o, e, r = config.data, config.optim, config.eval, config.log
   schedule = SearchSchedule.from_config(config.schedule, d.batch_size, len(data.train))
   objective = latency_objective(config, data.space, os.path.abspath(workdir))
-  estimator = estimator_from_config(config.arch.to_dict(), objective.target)
+  estimator = estimator_from_config(config.arch.to_dict(), objective.target, objective.band())
   arch_batch = getattr(estimator, "batch_size", 0) or d.arch_batch_size
   if arch_batch != d.arch_batch_size:
     inputs.check_split_batch(f"arch.{estimator.name}.batch_size", arch_batch, len(data.holdout), mesh)

@@ -91,6 +91,13 @@ def search_config() -> ml_collections.ConfigDict:
   # of 1000 held-out images; updates every schedule.arch_every weight steps).
   c.arch.reinforce = ml_collections.ConfigDict(dict(
       k=10,  # architectures sampled per update
+      # "moving_average" (the reference's, decay baseline_decay) or "leave_one_out": the mean
+      # reward of the other k - 1 nets on the same batch (arch/estimators.py).
+      baseline="moving_average",
+      # Draw the k nets only from those whose modelled latency lies where the derived one must,
+      # [(1 - latency.derive_band) T, T], and reward accuracy alone (needs "leave_one_out"; our
+      # extension, arch/estimators.py). False: sample from p, as the paper does.
+      within_target=False,
       baseline_decay=0.99,  # moving-average reward baseline
       tradeoff=0.1,  # reward acc * (T / lat)^tradeoff
       batch_size=1000,  # held-out images per update (0: data.arch_batch_size)
