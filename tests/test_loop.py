@@ -94,6 +94,21 @@ def test_config_differences_ignore_invocation_keys():
       "optim.lr_min: 0.0 -> 0.1"]
 
 
+def test_config_differences_accept_a_newer_key_at_its_default():
+  """A run started before an option existed resumes when the option keeps its default (the old
+  behaviour); set to anything else, or changed where the old config has it, it is a difference."""
+  defaults = {"arch": {"k": 10, "baseline": "moving_average", "band": False}}
+  old = {"arch": {"k": 4}}
+  assert config_differences(old, {"arch": {"k": 4, "baseline": "moving_average", "band": False}},
+                            defaults=defaults) == []
+  assert config_differences(old, {"arch": {"k": 4, "baseline": "leave_one_out", "band": False}},
+                            defaults=defaults) == ["arch.baseline: None -> 'leave_one_out'"]
+  assert config_differences({"arch": {"k": 4, "band": True}}, {"arch": {"k": 4, "band": False}},
+                            defaults=defaults) == ["arch.band: True -> False"]
+  assert config_differences(old, {"arch": {"k": 4, "extra": 1}}, defaults=defaults) == [
+      "arch.extra: None -> 1"]  # a key the base config lacks has no default
+
+
 def test_run_dir_writes_config_once_and_resumes(tmp_path):
   wd = str(tmp_path / "r")
   kw = dict(checkpoint_every=1, keep=2, tensorboard=False)

@@ -108,13 +108,23 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def config_differences(old: dict[str, Any], new: dict[str, Any],
-                       unused: Sequence[str] = ()) -> list[str]:
+_ABSENT = object()
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], unused: Sequence[str] = (),
+                       defaults: dict[str, Any] | None = None) -> list[str]:
   """'key: old -> new' for every key whose value differs, invocation-only keys aside, and keys the
-  run does not read (`unused`: a key, or a prefix ending in "." or "_")."""
+  run does not read (`unused`: a key, or a prefix ending in "." or "_").
+
+  `defaults`: the base config of this kind of run. A key the old config lacks (added by a later
+  version) is no difference when its new value is its default: options are added with a default
+  that keeps the earlier behaviour, so the run can resume."""
   flat_old, flat_new = _flatten(old), _flatten(json.loads(json.dumps(new)))
+  flat_default = _flatten(json.loads(json.dumps(defaults or {})))
 
   def skipped(key: str) -> bool:
+    if key not in flat_old and flat_new.get(key) == flat_default.get(key, _ABSENT):
+      return True
     return key in INVOCATION_KEYS or any(
         key == u or (u.endswith((".", "_")) and key.startswith(u)) for u in unused)
 
@@ -145,6 +155,7 @@ class RunDir:
     self.resume_meta: dict[str, Any] = {}
     self._lock: WorkdirLock | None = None
     self._unused: tuple[str, ...] = ()
+    self._defaults: dict[str, Any] | None = None
 
   def __enter__(self) -> RunDir:
     os.makedirs(self.workdir, exist_ok=True)
@@ -154,11 +165,13 @@ class RunDir:
 
   def open(self, config_dict: dict[str, Any], *, checkpoint_every: int, keep: int,
            tensorboard: bool, overwrite: bool = False, outputs: Sequence[str] = (),
-           unused: Sequence[str] = ()) -> RunDir:
+           unused: Sequence[str] = (), defaults: dict[str, Any] | None = None) -> RunDir:
     """Resume-or-start: the checkpointer and the metrics log, after the checks of the module
     docstring; `outputs` are the run's own result files (refused without a checkpoint, deleted by
-    `overwrite`); `unused`: config keys this run does not read, which may change on resume."""
-    self.config_dict, self._unused = config_dict, tuple(unused)
+    `overwrite`); `unused`: config keys this run does not read, which may change on resume;
+    `defaults`: the base config, whose values of keys newer than the run's config are no change
+    (config_differences)."""
+    self.config_dict, self._unused, self._defaults = config_dict, tuple(unused), defaults
     names = (CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR, *outputs)
     if overwrite and self.is_main:
       self._remove(names)
@@ -198,7 +211,8 @@ class RunDir:
     path = os.path.join(self.workdir, CONFIG_FILE)
     if not os.path.exists(path):
       return
-    diff = config_differences(read_json(path, RunStateError), self.config_dict, self._unused)
+    diff = config_differences(read_json(path, RunStateError), self.config_dict, self._unused,
+                              self._defaults)
     if diff:
       raise RunStateError(
           f"{self.workdir} holds a {self.kind} started with another config ({', '.join(diff[:8])}); "

@@ -57,6 +57,7 @@ from pnas_jax.train.report import write_report
 from pnas_jax.train.search import CHOSEN_PATH_FILE
 from pnas_jax.train.state import WEIGHT_FAMILY, TrainState
 from pnas_jax.train.steps import train_step
+from pnas_jax.train.train_config import train_config
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.msgpack"
@@ -181,7 +182,7 @@ def train(config: Any, workdir: str, *, progress: bool | None = None,
     setup = setup_train(config)
     run.open(plain_dict(config), checkpoint_every=config.checkpoint.every_steps,
              keep=config.checkpoint.keep, tensorboard=config.log.tensorboard, overwrite=overwrite,
-             outputs=TRAIN_OUTPUTS)
+             outputs=TRAIN_OUTPUTS, defaults=plain_dict(train_config()))
     state = replicate(run.restore_or(initial_state(setup)), setup.mesh)
     state, outcome, evaluator = _run(setup, run, state, progress)
     test = None

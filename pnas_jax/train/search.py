@@ -51,6 +51,7 @@ from pnas_jax.train.loop import Outcome, RunDir, RunStateError, Status, final_st
 from pnas_jax.train.monitor import LoopMonitor, Progress
 from pnas_jax.train.optim import arch_optimizer, weight_optimizer
 from pnas_jax.train.parallel import data_mesh, data_parallel, global_batch, replicate, to_host
+from pnas_jax.train.search_config import search_config
 from pnas_jax.train.search_plots import write_search_plots
 from pnas_jax.train.state import ARCH_FAMILY, WEIGHT_FAMILY, SearchState, create_search_state
 from pnas_jax.train.steps import arch_step, weight_step
@@ -236,7 +237,8 @@ def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite
              setup.space.n_blocks, s.total_steps, s.warmup_steps, setup.mesh.devices.size)
     run.open(setup.config_dict, checkpoint_every=setup.run["checkpoint_every"],
              keep=setup.run["keep"], tensorboard=setup.run["tensorboard"], overwrite=overwrite,
-             outputs=SEARCH_OUTPUTS, unused=WARMUP_UNUSED if s.total_steps == s.warmup_steps else ())
+             outputs=SEARCH_OUTPUTS, unused=WARMUP_UNUSED if s.total_steps == s.warmup_steps else (),
+             defaults=plain_dict(search_config()))
     initial = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx,
                                   setup.arch_tx, setup.step_options["alpha_init_std"])
     if init_from is not None and run.resume_step is None:
