@@ -421,7 +421,8 @@ def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, wor
       jobs.append(_TrainJob(name, seed, run_dir, [
           *overrides, f"--config.arch={arch_path}", f"--config.seed={seed}",
           "--config.log.progress=False", "--config.report.latency_repeats=0"]))
-  todo = [j for j in jobs if not os.path.exists(j.report)]
+  arch_of = dict(networks)
+  todo = [j for j in jobs if _finished_report(j, arch_of[j.name]) is None]
   bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="train", disable=not progress,
              file=sys.stderr)
   for _ in range(len(jobs) - len(todo)):
@@ -441,16 +442,25 @@ def train_networks(networks: Sequence[tuple[str, Arch]], space: SearchSpace, wor
   finally:
     bar.close()
   reports: dict[str, list[dict[str, Any]]] = {}
-  arch_of = dict(networks)
   for job in jobs:
-    if not os.path.exists(job.report):
+    rep = _finished_report(job, arch_of[job.name])
+    if rep is None:
       return reports, code or 1
-    rep = read_json(job.report, UserFileError)
-    if tuple(rep["arch"]) != arch_of[job.name].ops:
-      raise UserValueError(f"{job.run_dir} holds a training of another architecture "
-                           f"({' '.join(rep['arch'])}); use another workdir")
     reports.setdefault(job.name, []).append(rep)
   return reports, 0
+
+
+def _finished_report(job: _TrainJob, arch: Arch) -> dict[str, Any] | None:
+  """The job's report.json, None before it finished; an error (before anything is trained) when
+  it holds a training of another architecture under the same name."""
+  if not os.path.exists(job.report):
+    return None
+  rep = read_json(job.report, UserFileError)
+  if tuple(rep["arch"]) != arch.ops:
+    raise UserValueError(f"{job.run_dir} holds a training of another architecture "
+                         f"({' '.join(rep['arch'])}, not {' '.join(arch.ops)}): the networks "
+                         "chosen for this name changed; use another workdir or delete that folder")
+  return rep
 
 
 @dataclasses.dataclass(frozen=True)

@@ -281,6 +281,14 @@ def test_trainings_in_child_processes_match_trainings_here(tmp_path):
   again, code = front.train_networks(nets, space, str(tmp_path / "par"), TRAIN_CONFIG, over, [0],
                                      progress=False, workers=2, on_done=lambda: calls.append(1))
   assert code == 0 and again == par and len(calls) == 2
+  # Another architecture under a finished name: refused before any training starts (the other
+  # name's report is gone, so a training would run if the check came after).
+  os.remove(tmp_path / "par" / "train" / "n1" / "seed0" / "report.json")
+  swapped = [("n0", nets[1][1]), nets[1]]
+  with pytest.raises(UserValueError, match="train/n0/seed0 holds a training of another arch"):
+    front.train_networks(swapped, space, str(tmp_path / "par"), TRAIN_CONFIG, over, [0],
+                         progress=False, workers=2)
+  assert not (tmp_path / "par" / "train" / "n1" / "seed0" / "report.json").exists()
   with pytest.raises(UserValueError, match="workers = 0"):
     front.train_networks(nets, space, str(tmp_path / "x"), TRAIN_CONFIG, over, [0], workers=0)
 
