@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pnas_jax.arch.sampling import empty_band_error
 from pnas_jax.errors import UserValueError
 from pnas_jax.search_space.space import Arch, SearchSpace
 
@@ -80,12 +81,8 @@ def derive_within_budget(alpha: Sequence[np.ndarray], space: SearchSpace, base_c
     parent, op = np.divmod(np.arange(cand_cost.size), logp.size)
     keep = (cand_cost + rest_min <= hi) & (cand_cost + rest_max >= lo)
     if not keep.any():
-      cheapest = base_cost + sum(r.min() for r in rows)
-      dearest = base_cost + sum(r.max() for r in rows)
-      want = f"in [{lo + base_cost:.4g}, {budget:.4g}]" if band > 0 else f"<= {budget:.4g}"
-      raise UserValueError(f"no architecture of the space has a latency {want}: they range from "
-                       f"{cheapest:.4g} to {dearest:.4g}; change the target (or target_ratio)"
-                       + (" or widen latency.derive_band" if band > 0 else ""))
+      raise empty_band_error(lo + base_cost, budget, base_cost + sum(r.min() for r in rows),
+                             base_cost + sum(r.max() for r in rows))
     cand_cost, cand_score, parent, op = (x[keep] for x in (cand_cost, cand_score, parent, op))
     bins = np.floor(cand_cost / width).astype(np.int64)
     order = np.lexsort((-cand_score, bins))  # by bin, the most probable first

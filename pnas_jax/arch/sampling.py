@@ -91,6 +91,15 @@ def fixed_sample(indices: Sequence[int]) -> Sample:
   return Sample(active=jnp.asarray(indices, jnp.int32))
 
 
+def empty_band_error(lo: float, hi: float, cheapest: float, dearest: float) -> UserValueError:
+  """The error for a latency band [lo, hi] (lo = -inf: <= hi) that no architecture reaches."""
+  bounded = np.isfinite(lo)
+  want = f"in [{lo:.4g}, {hi:.4g}]" if bounded else f"<= {hi:.4g}"
+  return UserValueError(f"no architecture of the space has a latency {want}: they range from "
+                        f"{cheapest:.4g} to {dearest:.4g}; change the target (or target_ratio)"
+                        + (" or widen latency.derive_band" if bounded else ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class LatencyBand:
   """The architectures whose latency under an additive model lies in [lo, hi], and sampling from
@@ -132,11 +141,7 @@ class LatencyBand:
         spent[s:] |= reachable[:reachable.size - s]
       reachable = spent
     if not (reachable & allowed).any():
-      want = f"in [{self.lo:.4g}, {self.hi:.4g}]" if np.isfinite(self.lo) else f"<= {self.hi:.4g}"
-      raise UserValueError(
-          f"no architecture of the space has a latency {want}: they range from {base:.4g} to "
-          f"{base + sum(r.max() - r.min() for r in rows):.4g}; change the target (or target_ratio)"
-          + (" or widen latency.derive_band" if np.isfinite(self.lo) else ""))
+      raise empty_band_error(self.lo, self.hi, base, base + sum(r.max() - r.min() for r in rows))
     return costs, allowed
 
   def sample(self, key: jax.Array, alpha: Sequence[jax.Array]) -> Sample:
