@@ -261,7 +261,8 @@ REINFORCE_BASELINES = ("moving_average", "leave_one_out")
 
 @dataclasses.dataclass(frozen=True)
 class ReinforceEstimator:
-  """REINFORCE over K sampled architectures with a moving-average baseline."""
+  """REINFORCE over K sampled architectures (drawn from p, or from p within `band`), with a
+  moving-average or leave-one-out baseline (module docstring)."""
 
   k: int = 10
   baseline_decay: float = 0.99

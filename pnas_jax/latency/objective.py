@@ -71,8 +71,9 @@ class LatencyObjective:
     return float(self.predictor.of_archs([arch])[0])
 
   def band(self) -> LatencyBand | None:
-    """The latencies the derived net may have, [(1 - derive_band) T, T] (derive_band 0: <= T), as
-    a LatencyBand to sample from (REINFORCE's within_target); None without a model or target."""
+    """[(1 - derive_band) T, T] (derive_band 0: <= T), the band the budgeted derivation picks
+    from, as a LatencyBand to sample in (REINFORCE's within_target); None without a model or
+    target."""
     if self.predictor is None or not self.target:
       return None
     base, costs = self.predictor.block_costs()
