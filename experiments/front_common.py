@@ -36,10 +36,15 @@ def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str], quick_help
   p.add_argument("--quick", action="store_true", help=quick_help)
   p.add_argument("--tiny", action="store_true", help="tiny space, synthetic data, MACs (seconds)")
   p.add_argument("--no-progress", action="store_true")
-  p.add_argument("--out", default=out)
+  p.add_argument("--out", default=out, help=f"the result's JSON file (default {out}); the plot and "
+                 "the tables go beside it, with .png and .md")
   p.add_argument("--json", action="store_true")
   rest, overrides = split_config_args(argv)
-  return p.parse_args(rest), overrides
+  args = p.parse_args(rest)
+  if not args.out.endswith(".json") or pathlib.Path(args.out).is_dir():
+    p.error(f"--out {args.out}: give a .json file path (the .png and .md are written beside it), "
+            "e.g. --out results/pareto9.json")
+  return args, overrides
 
 
 def train_overrides(search_cfg: Any, args: argparse.Namespace) -> list[str]:

@@ -42,6 +42,7 @@ from pnas_jax.child_process import pnas_command, run_pnas
 from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserFileError, UserValueError
 from pnas_jax.file_io import read_json
+from pnas_jax.latency.cli import space_from_config
 from pnas_jax.latency.measure import load_network_measurements, sample_archs
 from pnas_jax.latency.sessions import DEFAULT_SESSIONS
 from pnas_jax.search_space.io import save_arch
@@ -678,7 +679,22 @@ def measure_with_baseline(nets: Sequence[tuple[str, str, str | None, Arch]], bas
   save_arch(os.path.join(workdir, "archs", "baseline.json"), space, baseline, name="baseline")
   names = [n[0] for n in nets] + ["baseline"]
   return measure_latencies([(name, os.path.join(workdir, "archs", f"{name}.json")) for name in names],
-                           latency_config, out, overrides)
+                           latency_config, out, [*space_overrides(space, latency_config, overrides),
+                                                 *overrides])
+
+
+def space_overrides(space: SearchSpace, latency_config: str, overrides: Sequence[str] = ()
+                    ) -> list[str]:
+  """`--config.space.KEY=VALUE` for each field where `latency_config`'s space differs from `space`.
+
+  A search run with `--config.space.candidates=...` (or any other space override) saves its
+  networks in that space; `pnas latency networks` refuses networks of another space than its
+  config's, so the latency config is given the same space.
+  """
+  have = space_from_config(load_config(latency_config, overrides)).to_dict()
+  as_literal = lambda v: repr(tuple(v) if isinstance(v, list) else v)  # noqa: E731
+  return [f"--config.space.{key}={as_literal(value)}"
+          for key, value in space.to_dict().items() if have[key] != value]
 
 
 def front_markdown(networks: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],

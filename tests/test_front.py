@@ -333,3 +333,41 @@ def test_measure_latencies_reads_the_median_over_timing_processes(tmp_path, monk
   assert got["baseline"]["min"] == pytest.approx(1.95)
   with pytest.raises(UserValueError, match="sessions = 0"):
     front.measure_latencies([("a", "a.json")], "cfg.py", out, sessions=0)
+
+
+def test_measure_with_baseline_gives_the_latency_config_the_networks_space(tmp_path, monkeypatch,
+                                                                         fmnist_space):
+  # A pareto run with --config.space.candidates=... saves its nets in that space; `pnas latency
+  # networks` refuses nets whose space differs from its config's, so the space goes along.
+  from pnas_jax.latency.cli import space_from_config
+
+  calls = []
+  monkeypatch.setattr(front, "measure_latencies", lambda paths, cfg, out, over: calls.append(over))
+  latency_config = os.path.join(REPO, "configs", "latency", "fashion_mnist.py")
+  wide = fmnist_space.replace(candidates=("3x3_MBConv3", "5x5_MBConv6", "7x7_MBConv6"), tail_width=64)
+  (tmp_path / "archs").mkdir()
+  for space in (fmnist_space, wide):
+    front.measure_with_baseline([], Arch.uniform(space, "3x3_MBConv3"), space, str(tmp_path),
+                                latency_config, "out.json", ["--config.sessions=1"])
+  same, widened = calls
+  assert same == ["--config.sessions=1"]
+  assert len(widened) == 3 and widened[-1] == "--config.sessions=1"
+  assert space_from_config(load_config(latency_config, widened)) == wide
+
+
+def test_experiment_out_must_be_a_json_file(tmp_path):
+  import argparse
+  import sys
+
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  from front_common import parse_with_overrides
+
+  def parse(*argv):
+    return parse_with_overrides(argparse.ArgumentParser(), list(argv), "quick", "results/x.json")
+
+  args, overrides = parse("--out", str(tmp_path / "r.json"), "--config.seed=1")
+  assert args.out.endswith("r.json") and overrides == ["--config.seed=1"]
+  (tmp_path / "d.json").mkdir()
+  for bad in (str(tmp_path), str(tmp_path / "d.json"), "results/pareto9"):
+    with pytest.raises(SystemExit):
+      parse("--out", bad)
