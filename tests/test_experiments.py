@@ -106,3 +106,45 @@ def test_pareto_and_supernet_ranking_tiny(tmp_path):
     assert a["ops"] == by_name[a["name"]]["ops"]
     assert a["standalone_top1"]["mean"] == pytest.approx(by_name[a["name"]]["accuracy"]["mean"])
   assert not (tmp_path / "r2" / "train").exists()
+
+
+def _pareto_result(base: float, nets: list[tuple[str, str, float, list[float]]], epochs: int = 3):
+  return {"train_overrides": [f"--config.schedule.epochs={epochs}"], "latency_protocol": "p",
+          "baseline": {"latency": {"value": base}},
+          "networks": [{"name": n, "method": m, "ops": [n], "latency": {"value": lat},
+                        "accuracy": {"mean": sum(v) / len(v), "n": len(v), "values": v,
+                                     "std": float(__import__("numpy").std(v, ddof=1))}}
+                       for n, m, lat, v in nets]}
+
+
+def test_pareto_ceiling_pools_runs_by_architecture_and_rebases_latency(tmp_path):
+  sys.path.insert(0, str(REPO / "experiments"))
+  import pareto_ceiling
+
+  hand = [("A", "hand", 0.8, [87.0, 87.2, 86.8]), ("B", "hand", 1.2, [88.0, 88.1, 87.9])]
+  run1 = _pareto_result(2.0, [*hand, ("F", "found", 1.0, [88.0, 88.2, 87.8])])
+  # F again, timed slower against a slower baseline; R only here, below the hand front's start.
+  run2 = _pareto_result(2.5, [("F", "found", 1.3, [88.0, 88.2, 87.8]), ("R", "random", 0.5, [86.0] * 3)])
+  pooled = pareto_ceiling.pool_networks([run1, run2])
+  assert [n["name"] for n in pooled] == ["R", "A", "F", "B"]
+  f = pooled[2]
+  assert f["latency"]["value"] == pytest.approx((1.0 / 2.0 + 1.3 / 2.5) / 2) and f["latency"]["runs"] == 2
+  out = pareto_ceiling.ceiling(pooled, [0.0, 0.45, 0.7])
+  (row,) = out["networks"]  # R lies below the fastest hand net: no front to compare with
+  w = (0.51 - 0.4) / (0.6 - 0.4)
+  hand_at = (1 - w) * 87.0 + w * 88.0
+  assert row["name"] == "F" and row["hand_front"] == pytest.approx(hand_at)
+  assert row["diff"] == pytest.approx(88.0 - hand_at)
+  pooled_std = ((0.2 ** 2 + ((1 - w) ** 2 * 0.2 ** 2 + w ** 2 * 0.1 ** 2)) / 2) ** 0.5
+  assert row["effect"] == pytest.approx((88.0 - hand_at) / pooled_std)
+  assert out["bins"][0]["best"] is None and out["bins"][1]["best"]["name"] == "F"
+  assert out["bins"][1]["above_by_a_seed_std"] == 1
+  with pytest.raises(SystemExit, match="different budgets"):
+    pareto_ceiling.pool_networks([run1, _pareto_result(2.0, hand, epochs=6)])
+  paths = [tmp_path / "r1.json", tmp_path / "r2.json"]
+  for path, run in zip(paths, (run1, run2), strict=True):
+    path.write_text(json.dumps(run))
+  assert pareto_ceiling.main([*map(str, paths), "--bins", "0,0.45,0.7", "--out",
+                              str(tmp_path / "c.json")]) == 0
+  assert json.loads((tmp_path / "c.json").read_text())["bins"] == json.loads(json.dumps(out["bins"]))
+  assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,134 @@
+r"""How much room does the benchmark leave? Every network ever retrained, against the hand front.
+
+experiments/pareto.py asks whether the found net of each target is above the hand-designed front by
+more than the seed std. This script asks whether any architecture trained so far is: it pools the
+networks of several pareto.py results (the same retraining budget), each architecture once, and
+compares every one that is not hand-designed with the union hand front at its latency. If even the
+best of them is within a seed std of that front at a latency, no search can be shown to win there
+with that budget.
+
+  - Latency is compared as a ratio to the baseline timed in the same run (runs from different
+    sessions time differently; the ratio moves ~1-3%), averaged over the runs that timed the net.
+  - Accuracy: retraining is deterministic (same seeds, same budget, same accuracies), so a net
+    trained in two runs counts once, with its first run's seeds.
+  - Per network: diff = mean - hand front interpolated at its ratio (front.interpolate_front),
+    effect = diff / pooled seed std (front.matched_comparison). Per latency bin [lo, hi): the best.
+
+  python experiments/pareto_ceiling.py results/pareto7.json results/pareto9.json ... \
+      [--bins 0.4,0.47,0.57,0.67,0.77,0.9] [--out results/pareto_ceiling.json] [--json]
+
+Writes the JSON, a .png (every network's accuracy against its latency ratio, the hand front drawn)
+and prints the JSON (one line with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from results_io import write_result
+
+from pnas_jax import front
+
+
+def pool_networks(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Each architecture once: its first run's record, latency replaced by the mean over the runs of
+  its ratio to that run's baseline ({"value": ratio, "std": 0, "runs": n})."""
+  for key, what in (("train_overrides", "retrained with different budgets"),
+                    ("latency_protocol", "timed with different protocols")):
+    seen = {json.dumps(r.get(key)) for r in results}
+    if len(seen) > 1:
+      raise SystemExit(f"error: the results were {what} ({key}): {sorted(seen)}; pool runs of one")
+  pooled: dict[tuple[str, ...], dict[str, Any]] = {}
+  ratios: dict[tuple[str, ...], list[float]] = {}
+  for r in results:
+    base = r["baseline"]["latency"]["value"]
+    for n in r["networks"]:
+      key = tuple(n["ops"])
+      pooled.setdefault(key, dict(n))
+      ratios.setdefault(key, []).append(n["latency"]["value"] / base)
+  for key, n in pooled.items():
+    n["latency"] = {"value": sum(ratios[key]) / len(ratios[key]), "std": 0.0, "runs": len(ratios[key])}
+  return sorted(pooled.values(), key=lambda n: n["latency"]["value"])
+
+
+def ceiling(networks: Sequence[dict[str, Any]], bins: Sequence[float]) -> dict[str, Any]:
+  """Every non-hand network against the union hand front, and the best per latency bin."""
+  hand = [n for n in networks if n["method"] == "hand"]
+  lat = [h["latency"]["value"] for h in hand]
+  acc = [h["accuracy"]["mean"] for h in hand]
+  std = [h["accuracy"]["std"] for h in hand]
+  rows = []
+  for n in networks:
+    curve = None if n["method"] == "hand" else front.interpolate_front(lat, acc, std,
+                                                                      n["latency"]["value"])
+    if curve is None:
+      continue
+    a = n["accuracy"]
+    cmp = front.matched_comparison(a["mean"], a["std"], a["n"], curve["mean"], curve["std"],
+                                   min(hand[curve["left"]]["accuracy"]["n"],
+                                       hand[curve["right"]]["accuracy"]["n"]))
+    rows.append({"name": n["name"], "method": n["method"], "ops": n["ops"],
+                 "ratio": n["latency"]["value"], "accuracy": a["mean"], "std": a["std"],
+                 "hand_front": curve["mean"], "diff": cmp["diff"], "effect": cmp["effect"]})
+  per_bin = []
+  for lo, hi in zip(bins[:-1], bins[1:], strict=True):
+    inside = sorted((r for r in rows if lo <= r["ratio"] < hi), key=lambda r: -r["diff"])
+    per_bin.append({"lo": lo, "hi": hi, "networks": len(inside),
+                    "best": inside[0] if inside else None,
+                    "above_by_a_seed_std": sum(1 for r in inside if (r["effect"] or 0) > 1)})
+  front_idx = front.pareto_front(lat, acc)
+  return {"hand_front": [{"name": hand[i]["name"], "ratio": lat[i], "accuracy": acc[i]}
+                         for i in front_idx],
+          "networks": rows, "bins": per_bin}
+
+
+def plot(result: dict[str, Any], path: Any) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  hf = result["hand_front"]
+  ax.plot([h["ratio"] for h in hf], [h["accuracy"] for h in hf], "k-", label="hand front (union)")
+  for method, marker in (("found", "o"), ("random", "s")):
+    pts = [r for r in result["networks"] if r["method"] == method]
+    ax.errorbar([r["ratio"] for r in pts], [r["accuracy"] for r in pts],
+                yerr=[r["std"] for r in pts], fmt=marker, capsize=3, label=method, alpha=0.8)
+  for b in result["bins"]:
+    ax.axvline(b["lo"], color="0.85", lw=0.8)
+  ax.set_xlabel("latency / baseline (timed in the same run)")
+  ax.set_ylabel("test top-1 (%), mean +- seed std")
+  ax.set_title(f"{len(result['networks'])} networks from {len(result['runs'])} runs")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("results", nargs="+", help="experiments/pareto.py result JSON files")
+  p.add_argument("--bins", default="0.4,0.47,0.57,0.67,0.77,0.9",
+                 help="latency-ratio bin edges, comma-separated")
+  p.add_argument("--out", default="results/pareto_ceiling.json")
+  p.add_argument("--json", action="store_true")
+  args = p.parse_args(argv)
+  bins = [float(b) for b in args.bins.split(",")]
+  if len(bins) < 2 or bins != sorted(bins):
+    p.error(f"--bins {args.bins}: give at least two increasing edges, e.g. 0.4,0.5,0.6")
+  results = []
+  for path in args.results:
+    with open(path) as f:
+      results.append(json.load(f))
+  result = {"runs": args.results, **ceiling(pool_networks(results), bins)}
+  write_result(result, args.out, args.json, plot=plot)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
