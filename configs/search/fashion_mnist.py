@@ -72,7 +72,8 @@ def get_config(arg=None):
   # this project's 2-core CPU (experiments/bench_reinforce.py, two runs while other jobs ran), one
   # update at K = 10 / 1000 images costs 8.7-14.7 weight steps (batch 128), at K = 4 / 128 images
   # 0.18-0.37, so with an update every 2 weight steps the reference setting makes the search phase
-  # 4.5-7.7x longer.
+  # 4.5-7.7x longer. With K = 10 / 1000 images every 4 weight steps (search phase ~1.5x longer) the
+  # retrained found nets were not better (docs/design.md §2.14).
   c.arch.reinforce.k = 4
   c.arch.reinforce.batch_size = 0  # data.arch_batch_size (128)
   # The reference reward acc * (T / lat)^0.1 pays for latency below T too: (1 / 0.6)^0.1 = +5% for
