@@ -12,7 +12,8 @@ with that budget.
   - Accuracy: retraining is deterministic (same seeds, same budget, same accuracies), so a net
     trained in two runs counts once, with its first run's seeds.
   - Per network: diff = mean - hand front interpolated at its ratio (front.interpolate_front),
-    effect = diff / pooled seed std (front.matched_comparison). Per latency bin [lo, hi): the best.
+    effect = diff / pooled seed std (front.against_front, as pareto.py compares). Per
+    latency bin [lo, hi): the best.
 
   python experiments/pareto_ceiling.py results/pareto7.json results/pareto9.json ... \
       [--bins 0.4,0.47,0.57,0.67,0.77,0.9] [--out results/pareto_ceiling.json] [--json]
@@ -58,31 +59,25 @@ def pool_networks(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def ceiling(networks: Sequence[dict[str, Any]], bins: Sequence[float]) -> dict[str, Any]:
   """Every non-hand network against the union hand front, and the best per latency bin."""
   hand = [n for n in networks if n["method"] == "hand"]
-  lat = [h["latency"]["value"] for h in hand]
-  acc = [h["accuracy"]["mean"] for h in hand]
-  std = [h["accuracy"]["std"] for h in hand]
   rows = []
   for n in networks:
-    curve = None if n["method"] == "hand" else front.interpolate_front(lat, acc, std,
-                                                                      n["latency"]["value"])
-    if curve is None:
+    cmp = None if n["method"] == "hand" else front.against_front(n, hand)
+    if cmp is None:
       continue
-    a = n["accuracy"]
-    cmp = front.matched_comparison(a["mean"], a["std"], a["n"], curve["mean"], curve["std"],
-                                   min(hand[curve["left"]]["accuracy"]["n"],
-                                       hand[curve["right"]]["accuracy"]["n"]))
     rows.append({"name": n["name"], "method": n["method"], "ops": n["ops"],
-                 "ratio": n["latency"]["value"], "accuracy": a["mean"], "std": a["std"],
-                 "hand_front": curve["mean"], "diff": cmp["diff"], "effect": cmp["effect"]})
+                 "ratio": n["latency"]["value"], "accuracy": n["accuracy"]["mean"],
+                 "std": n["accuracy"]["std"], "hand_front": cmp["mean"], "diff": cmp["diff"],
+                 "effect": cmp["effect"]})
   per_bin = []
   for lo, hi in zip(bins[:-1], bins[1:], strict=True):
     inside = sorted((r for r in rows if lo <= r["ratio"] < hi), key=lambda r: -r["diff"])
     per_bin.append({"lo": lo, "hi": hi, "networks": len(inside),
                     "best": inside[0] if inside else None,
                     "above_by_a_seed_std": sum(1 for r in inside if (r["effect"] or 0) > 1)})
-  front_idx = front.pareto_front(lat, acc)
-  return {"hand_front": [{"name": hand[i]["name"], "ratio": lat[i], "accuracy": acc[i]}
-                         for i in front_idx],
+  front_idx = front.pareto_front([h["latency"]["value"] for h in hand],
+                                 [h["accuracy"]["mean"] for h in hand])
+  return {"hand_front": [{"name": hand[i]["name"], "ratio": hand[i]["latency"]["value"],
+                          "accuracy": hand[i]["accuracy"]["mean"]} for i in front_idx],
           "networks": rows, "bins": per_bin}
 
 

@@ -279,6 +279,21 @@ def _against(net: Mapping[str, Any], mean: float, std: float, n: int, **extra: A
           **matched_comparison(a["mean"], a["std"], a["n"], mean, std, n)}
 
 
+def against_front(net: Mapping[str, Any], hand: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+  """`net` against the front of the `hand` networks interpolated at its latency (interpolate_front;
+  None below the fastest): the front's mean and std there, the two members it lies between, and
+  matched_comparison's diff / effect / z (the front's n: the fewer seeds of those two)."""
+  curve = interpolate_front([h["latency"]["value"] for h in hand],
+                            [h["accuracy"]["mean"] for h in hand],
+                            [h["accuracy"]["std"] for h in hand], net["latency"]["value"])
+  if curve is None:
+    return None
+  left, right = hand[curve["left"]], hand[curve["right"]]
+  return _against(net, curve["mean"], curve["std"],
+                  min(left["accuracy"]["n"], right["accuracy"]["n"]),
+                  between=[left["name"], right["name"]], weight=curve["weight"])
+
+
 def compare_found(found: Mapping[str, Any], hand: Sequence[Mapping[str, Any]],
                   random: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """One found network against the hand-designed front interpolated at its measured latency, and
@@ -286,13 +301,7 @@ def compare_found(found: Mapping[str, Any], hand: Sequence[Mapping[str, Any]],
   out: dict[str, Any] = {"name": found["name"], "target": found.get("target"),
                          "latency": found["latency"]["value"], "accuracy": found["accuracy"]["mean"]}
   if hand:
-    curve = interpolate_front([h["latency"]["value"] for h in hand],
-                              [h["accuracy"]["mean"] for h in hand],
-                              [h["accuracy"]["std"] for h in hand], found["latency"]["value"])
-    out["vs_hand"] = None if curve is None else _against(
-        found, curve["mean"], curve["std"], min(hand[curve["left"]]["accuracy"]["n"],
-                                                hand[curve["right"]]["accuracy"]["n"]),
-        between=[hand[curve["left"]]["name"], hand[curve["right"]]["name"]], weight=curve["weight"])
+    out["vs_hand"] = against_front(found, hand)
   same = [r for r in random if r.get("target") == found.get("target")]
   if same:
     out["vs_random"] = [_against(found, r["accuracy"]["mean"], r["accuracy"]["std"],

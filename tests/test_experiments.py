@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def _pareto_result(base: float, nets: list[tuple[str, str, float, list[float]]],
           "baseline": {"latency": {"value": base}},
           "networks": [{"name": n, "method": m, "ops": [n], "latency": {"value": lat},
                         "accuracy": {"mean": sum(v) / len(v), "n": len(v), "values": v,
-                                     "std": float(__import__("numpy").std(v, ddof=1))}}
+                                     "std": float(np.std(v, ddof=1))}}
                        for n, m, lat, v in nets]}
 
 
