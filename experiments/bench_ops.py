@@ -4,9 +4,10 @@ Run (on the machine to measure; other benchmarks on a shared machine should take
 
   flock /tmp/pnas_bench.lock python experiments/bench_ops.py --json [--quick]
 
-1. Depthwise kxk, stride 1 (B=32, 32x32, C=96 by default), k in {3, 5, 7}: forward and
-   forward+backward (values, input and kernel gradients) of `depthwise_conv_lax` (a grouped
-   lax.conv, what XLA:GPU/TPU want) against the implementation `impl="auto"` picks on this backend.
+1. Depthwise kxk (B=32, 32x32, C=96 by default), k in {3, 5, 7}, stride 1 and 2: forward and
+   forward+backward (values, input and kernel gradients) of every implementation that runs here:
+   `lax` (a grouped lax.conv, what XLA:GPU/TPU want), on CPU `shift` (pure XLA) and `native` (the
+   C++ kernels, when built); `auto` names the one this backend picks.
 2. One training step of proxyless_mobile at batch 32, 128x128: train-mode forward (BN batch
    statistics), cross-entropy with label smoothing 0.1, gradients, SGD Nesterov 0.9 + weight decay
    4e-5, jitted with donated state; against the same network in PyTorch eager
@@ -35,7 +36,7 @@ from results_io import write_result
 
 from pnas_jax.host_malloc import reexec_with_hugepages
 from pnas_jax.latency.timing import device_description, time_fn
-from pnas_jax.layers import depthwise
+from pnas_jax.layers import depthwise, native
 from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet
 
@@ -54,27 +55,33 @@ LR = 0.05
 def bench_depthwise(
     k: int, batch: int, size: int, channels: int, stride: int, repeats: int
 ) -> dict[str, float]:
-  """Median ms of forward and forward+backward for lax and the backend's fast implementation."""
+  """Median ms of forward and forward+backward of each implementation (IMPLS_HERE)."""
   kx, kw, kc = jax.random.split(jax.random.key(k), 3)
   x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
   w = jax.random.normal(kw, (k, k, channels), jnp.float32)
   ho = depthwise.output_size(size, k, stride)
   ct = jax.random.normal(kc, (batch, ho, ho, channels), jnp.float32)
-  fast = depthwise.resolve_impl("auto")
-  out: dict[str, float] = {}
-  for name, impl in (("lax", "lax"), ("fast", fast)):
+  out: dict[str, float | str] = {}
+  for impl in impls_here():
     f = functools.partial(depthwise.depthwise_conv, stride=stride, impl=impl)
 
     def fwd_bwd(x, w, ct, f=f):
       y, vjp = jax.vjp(f, x, w)
       return y, vjp(ct)
 
-    out[f"{name}_fwd_ms"] = time_fn(jax.jit(f), x, w, warmup=2, repeats=repeats).median_ms
-    out[f"{name}_fwd_bwd_ms"] = time_fn(
+    out[f"{impl}_fwd_ms"] = time_fn(jax.jit(f), x, w, warmup=2, repeats=repeats).median_ms
+    out[f"{impl}_fwd_bwd_ms"] = time_fn(
         jax.jit(fwd_bwd), x, w, ct, warmup=2, repeats=repeats
     ).median_ms
-  out["impl"] = fast
+  out["auto"] = depthwise.resolve_impl("auto")
   return out
+
+
+def impls_here() -> list[str]:
+  """The depthwise implementations this backend runs: lax everywhere; shift and native on CPU."""
+  if jax.default_backend() != "cpu":
+    return ["lax"]
+  return ["lax", "shift"] + (["native"] if native.available() else [])
 
 
 # --- JAX training step -------------------------------------------------------------------------
@@ -198,13 +205,15 @@ def plot(result: dict, path: pathlib.Path) -> None:
   import matplotlib.pyplot as plt
 
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-  ks = sorted(result["dw"], key=lambda s: int(s[1:]))
+  ks = list(result["dw"])
   xs = np.arange(len(ks))
-  bars = [("lax_fwd_ms", "lax fwd"), ("fast_fwd_ms", "fast fwd"),
-          ("lax_fwd_bwd_ms", "lax fwd+bwd"), ("fast_fwd_bwd_ms", "fast fwd+bwd")]
+  bars = [(f"{impl}_{kind}_ms", f"{impl} {kind.replace('_', '+')}")
+          for kind in ("fwd", "fwd_bwd") for impl in result["dw_impls"]]
+  width = 0.8 / len(bars)
   for i, (key, label) in enumerate(bars):
-    ax1.bar(xs + (i - 1.5) * 0.2, [result["dw"][k][key] for k in ks], 0.2, label=label)
-  ax1.set_xticks(xs, ks)
+    ax1.bar(xs + (i - (len(bars) - 1) / 2) * width, [result["dw"][k][key] for k in ks], width,
+            label=label)
+  ax1.set_xticks(xs, ks, fontsize=8)
   ax1.set_ylabel("ms (median)")
   ax1.set_yscale("log")
   ax1.set_title(f"depthwise conv, {result['dw_shape']}")
@@ -240,21 +249,24 @@ def main(argv: list[str] | None = None) -> dict:
   result: dict = {
       "device": device_description(),
       "jax_threads": os.cpu_count(),
-      "dw_shape": f"B={args.dw_batch} {args.dw_size}x{args.dw_size} C={args.dw_channels} stride 1",
+      "dw_shape": f"B={args.dw_batch} {args.dw_size}x{args.dw_size} C={args.dw_channels}",
+      "dw_impls": impls_here(),
       "dw": {},
       "batch": args.batch,
       "resolution": args.resolution,
   }
   for k in (3, 5, 7):
-    r = bench_depthwise(k, args.dw_batch, args.dw_size, args.dw_channels, 1, repeats)
-    result["dw"][f"k{k}"] = r
-    print(f"depthwise k={k}: {r}", file=sys.stderr)
-  result["dw_speedup_fwd"] = {
-      k: v["lax_fwd_ms"] / v["fast_fwd_ms"] for k, v in result["dw"].items()
-  }
-  result["dw_speedup_fwd_bwd"] = {
-      k: v["lax_fwd_bwd_ms"] / v["fast_fwd_bwd_ms"] for k, v in result["dw"].items()
-  }
+    for stride in (1, 2):
+      r = bench_depthwise(k, args.dw_batch, args.dw_size, args.dw_channels, stride, repeats)
+      result["dw"][f"k{k}s{stride}"] = r
+      print(f"depthwise k={k} stride {stride}: {r}", file=sys.stderr)
+  # Speed-up of the implementation "auto" picks over lax, and (CPU) native over shift.
+  for kind in ("fwd", "fwd_bwd"):
+    result[f"dw_speedup_{kind}"] = {
+        k: v[f"lax_{kind}_ms"] / v[f"{v['auto']}_{kind}_ms"] for k, v in result["dw"].items()}
+    if "native" in result["dw_impls"]:
+      result[f"dw_native_over_shift_{kind}"] = {
+          k: v[f"shift_{kind}_ms"] / v[f"native_{kind}_ms"] for k, v in result["dw"].items()}
   if not args.skip_step:
     rounds, steps = (2, 5) if args.quick else (3, 5)
     result.update(bench_steps(zoo.get("proxyless_mobile"), args.resolution, args.batch, rounds,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pnas_jax.layers import depthwise
+from pnas_jax.layers import depthwise, native
 from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet
 from pnas_jax.search_space.space import Arch
@@ -71,13 +72,52 @@ def test_output_size():
 
 
 def test_auto_resolves_per_backend():
-  expected = "shift" if jax.default_backend() == "cpu" else "lax"
-  assert depthwise.resolve_impl("auto") == expected
+  expected = "native" if jax.default_backend() == "cpu" else "lax"
+  assert depthwise.resolve_impl("auto") == expected, native.why_unavailable()
+  assert depthwise.resolve_impl("auto", jnp.bfloat16) == ("shift" if expected == "native" else "lax")
   assert depthwise.resolve_impl("lax") == "lax"
 
 
+def test_native_builds_once_per_machine(tmp_path, monkeypatch):
+  """The library is compiled into the cache once; the second call finds it without compiling."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  cxx = native._compiler()
+  assert cxx, "make setup installs g++ (Makefile: compiler)"
+  lib = native.build(cxx)
+  assert lib.startswith(str(tmp_path)) and os.path.getsize(lib) > 0
+  mtime = os.path.getmtime(lib)
+  assert native.build(cxx) == lib and os.path.getmtime(lib) == mtime
+  monkeypatch.setattr(native, "FLAGS", (*native.FLAGS, "-DPNAS_OTHER_FLAGS"))
+  assert native.build(cxx) != lib  # other flags: another key, another build
+
+
+def test_native_off_falls_back_and_says_why(monkeypatch):
+  monkeypatch.setenv(native.ENV_VAR, "off")
+  native.available.cache_clear()
+  try:
+    assert depthwise.resolve_impl("auto") == "shift"
+    with pytest.raises(ValueError, match="PNAS_NATIVE=off.*use dw_impl='auto'"):
+      depthwise.resolve_impl("native")
+  finally:
+    monkeypatch.delenv(native.ENV_VAR)
+    native.available.cache_clear()
+  assert native.available()
+
+
+def test_native_under_vmap_and_threads():
+  """vmap over a leading axis (sequential custom calls) and a large batch (several row chunks on
+  XLA's thread pool) both match the lax convolution."""
+  x = jax.random.normal(jax.random.key(0), (3, 16, 9, 9, 8))
+  w = jax.random.normal(jax.random.key(1), (5, 5, 8))
+  f = lambda impl: jax.jit(jax.vmap(lambda x: depthwise.depthwise_conv(x, w, 2, impl)))
+  _assert_close(f("native")(x), f("lax")(x))
+  xb = jax.random.normal(jax.random.key(2), (64, 12, 12, 8))
+  g = lambda impl: jax.jit(jax.grad(lambda w: jnp.sum(depthwise.depthwise_conv(xb, w, 1, impl) ** 2)))
+  _assert_close(g("native")(w[1:4, 1:4]), g("lax")(w[1:4, 1:4]), rtol=1e-4)
+
+
 def test_bad_impl_lists_valid_names():
-  with pytest.raises(ValueError, match="valid: auto, lax, shift"):
+  with pytest.raises(ValueError, match="valid: auto, lax, native, shift"):
     depthwise.depthwise_conv(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2)), 1, impl="cudnn")
 
 

@@ -43,6 +43,7 @@ from pnas_jax.latency.table import (
 )
 from pnas_jax.latency.timing import Timing, time_fn, time_interleaved
 from pnas_jax.layers.core import Classifier, ConvBNReLU6
+from pnas_jax.layers.depthwise import resolve_impl
 from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet, build_op
 from pnas_jax.search_space.space import Arch, SearchSpace
@@ -241,8 +242,9 @@ def _time_chunks(
 
 
 def _header(protocol: TimingProtocol) -> TableHeader:
-  return current_header(protocol.batch, protocol.dw_impl, protocol.warmup, protocol.repeats,
-                        protocol.clock)
+  # The implementation that runs ("auto" resolved: native and shift time differently on CPU).
+  return current_header(protocol.batch, resolve_impl(protocol.dw_impl), protocol.warmup,
+                        protocol.repeats, protocol.clock)
 
 
 def _check_resume(old: TableHeader, new: TableHeader, path: str) -> None:

@@ -14,8 +14,13 @@ and its VJP (dy = dL/dy, dy_dil = dy with s - 1 zeros between entries, padded by
 
 They are tested equal in values and gradients for every k and stride (tests/test_depthwise.py).
 
-Implementations ("auto" = "shift" on CPU, "lax" elsewhere):
+Implementations ("auto" = "native" on CPU for float32 where its kernels built, else "shift";
+"lax" elsewhere):
   lax             grouped lax.conv_general_dilated, plain autodiff.
+  native          the three loop nests above in C++ (layers/native/depthwise_cpu.cc), one XLA FFI
+                  custom call each for y, dL/dx and dL/dw: channel axis innermost (vectorised),
+                  rows split over XLA's intra-op thread pool, one dL/dw accumulator per thread.
+                  Float32, CPU; built once per machine by layers/native.py.
   shift           k*k strided slices of the padded input times one tap each (one XLA loop fusion);
                   custom VJP: dL/dx is again k*k shifted adds (polyphase, per output phase, for s > 1),
                   dL/dw sums the k*k products over the batch in variadic reductions (one fused pass
@@ -52,11 +57,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from pnas_jax.errors import UserValueError
+from pnas_jax.layers import native
 
-IMPLS = ("auto", "lax", "shift", "shift_autodiff")
+IMPLS = ("auto", "lax", "native", "shift", "shift_autodiff")
 
 
 def output_size(size: int, kernel: int, stride: int) -> int:
@@ -214,19 +221,57 @@ def _shift_bwd(stride, res, dy):
 
 depthwise_conv_shift.defvjp(_shift_fwd, _shift_bwd)
 
+
+def _native_call(target: str, out_shape: tuple[int, ...], a: jax.Array, b: jax.Array,
+                 stride: int) -> jax.Array:
+  out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+  return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b, stride=np.int64(stride))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_conv_native(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+  """The C++ loops of layers/native (XLA FFI custom calls, float32, CPU) with their own VJP."""
+  b, h, wd, c = x.shape
+  k = w.shape[0]
+  shape = (b, output_size(h, k, stride), output_size(wd, k, stride), c)
+  return _native_call("pnas_depthwise_forward", shape, x, w, stride)
+
+
+def _native_fwd(x, w, stride):
+  return depthwise_conv_native(x, w, stride), (x, w)
+
+
+def _native_bwd(stride, res, dy):
+  x, w = res
+  dx = _native_call("pnas_depthwise_input_grad", x.shape, dy, w, stride)
+  dw = _native_call("pnas_depthwise_kernel_grad", w.shape, x, dy, stride)
+  return dx, dw
+
+
+depthwise_conv_native.defvjp(_native_fwd, _native_bwd)
+
 _IMPL_FNS = {
     "lax": depthwise_conv_lax,
+    "native": depthwise_conv_native,
     "shift": depthwise_conv_shift,
     "shift_autodiff": depthwise_conv_shift_autodiff,
 }
 
 
-def resolve_impl(impl: str) -> str:
-  """'auto' -> 'shift' on CPU, 'lax' elsewhere."""
+def resolve_impl(impl: str, dtype: jnp.dtype = jnp.float32) -> str:
+  """'auto' -> on CPU 'native' for float32 where its kernels built (layers/native.py), else 'shift';
+  'lax' elsewhere. An explicit 'native' that cannot run raises, saying why."""
   if impl not in IMPLS:
     raise UserValueError(f"unknown depthwise impl {impl!r}; valid: {', '.join(IMPLS)}")
+  cpu_f32 = jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32
   if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "lax"
+    if not cpu_f32:
+      return "shift" if jax.default_backend() == "cpu" else "lax"
+    return "native" if native.available() else "shift"
+  if impl == "native" and not (cpu_f32 and native.available()):
+    why = native.why_unavailable() or (
+        f"it runs float32 on CPU only (backend {jax.default_backend()}, dtype {jnp.dtype(dtype)})")
+    raise UserValueError(f"depthwise impl 'native' cannot run: {why}; use dw_impl='auto'")
   return impl
 
 
@@ -242,4 +287,4 @@ def depthwise_conv(x: jax.Array, w: jax.Array, stride: int, impl: str = "auto") 
   Returns:
     (B, Ho, Wo, C) with Ho = (H + 2 * (k // 2) - k) // s + 1, y = sum_{u,v} x_pad[s*i+u, s*j+v] w[u,v].
   """
-  return _IMPL_FNS[resolve_impl(impl)](x, w, stride)
+  return _IMPL_FNS[resolve_impl(impl, x.dtype)](x, w, stride)

@@ -1,0 +1,111 @@
+"""The native CPU depthwise kernels (native/depthwise_cpu.cc): built once per machine, loaded per process.
+
+XLA:CPU compiles the depthwise convolution and its gradients, written as shifted multiply-adds,
+into many loop fusions (about one per kernel tap), which are slow in the kernel gradient and make
+the compiled supernet large. The same three loops written in C++ (channel axis innermost,
+vectorised by the compiler, rows split over XLA's intra-op thread pool) run as XLA FFI custom
+calls instead: one call per convolution and gradient.
+
+The library is compiled with the system C++ compiler ($CXX, else g++ or c++) at the first use on a
+machine, into $XDG_CACHE_HOME/pnas_jax/native/KEY/ (default ~/.cache/...; KEY hashes the source,
+the flags, the compiler and jaxlib's version, so a change of any rebuilds it), then loaded with
+ctypes and registered with jax.ffi in every process. PNAS_NATIVE=off skips it. Where no compiler
+is found or the build fails, `available()` is False, `why_unavailable()` says why, and the
+depthwise layer's "auto" falls back to the pure-XLA "shift" implementation (layers/depthwise.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jaxlib
+
+ENV_VAR = "PNAS_NATIVE"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "depthwise_cpu.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+TARGETS = {  # FFI target name -> exported handler symbol
+    "pnas_depthwise_forward": "PnasDepthwiseForward",
+    "pnas_depthwise_input_grad": "PnasDepthwiseInputGrad",
+    "pnas_depthwise_kernel_grad": "PnasDepthwiseKernelGrad",
+}
+_OFF = ("0", "off", "false", "no", "none")
+_why: list[str] = []
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "g++", "c++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _cache_root() -> str:
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "pnas_jax", "native")
+
+
+def _build_key(cxx: str) -> str:
+  """Hash of everything the binary depends on: source, flags, compiler version, jaxlib version."""
+  version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
+  with open(SOURCE, "rb") as f:
+    source = f.read()
+  h = hashlib.sha256()
+  for part in (source, " ".join(FLAGS).encode(), version.encode(),
+               jaxlib.__version__.encode(), os.uname().machine.encode()):
+    h.update(part)
+  return h.hexdigest()[:16]
+
+
+def build(cxx: str) -> str:
+  """Compiles the library unless this machine's cache holds it; returns its path.
+
+  Raises RuntimeError with the compiler's message when the build fails.
+  """
+  out_dir = os.path.join(_cache_root(), _build_key(cxx))
+  lib = os.path.join(out_dir, "libpnas_depthwise.so")
+  if os.path.exists(lib):
+    return lib
+  os.makedirs(out_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)  # concurrent builds: the last rename wins
+  os.close(fd)
+  cmd = [cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), SOURCE, "-o", tmp]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+  if proc.returncode != 0:
+    os.unlink(tmp)
+    raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+  os.replace(tmp, lib)
+  return lib
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the native kernels are registered in this process (built first if needed)."""
+  if os.environ.get(ENV_VAR, "").strip().lower() in _OFF:
+    _why.append(f"{ENV_VAR}={os.environ[ENV_VAR]}")
+    return False
+  cxx = _compiler()
+  if cxx is None:
+    _why.append("no C++ compiler found ($CXX, g++, c++); install one, e.g. apt-get install g++")
+    return False
+  try:
+    lib = ctypes.cdll.LoadLibrary(build(cxx))
+  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+    _why.append(f"building the native depthwise kernels failed: {e}")
+    warnings.warn(f"pnas_jax: {_why[-1]}; using the pure-XLA depthwise implementation", stacklevel=2)
+    return False
+  for target, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  return True
+
+
+def why_unavailable() -> str:
+  """Why available() is False ('' when it is True or was not asked yet)."""
+  return _why[-1] if _why else ""
