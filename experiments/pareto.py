@@ -1,8 +1,8 @@
 r"""Does the search beat hand design and random search? Retrained fronts, seeds, measured latency.
 
 The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
-  1. `pnas sweep` (one warm-up, one search per latency target; default targets 0.5, 0.7, 0.9 x the
-     baseline) in WORKDIR/sweep, or `--sweep DIR` (run with the same config);
+  1. `pnas sweep` (one warm-up of 6 epochs, one search per latency target; targets 0.45, 0.55,
+     0.65, 0.75 x the baseline) in WORKDIR/sweep, or `--sweep DIR` (run with the same config);
   2. the networks: the found net of every target; a hand-designed family spanning the same latency
      range (MobileNetV2-style uniform nets, every block 3x3_MBConv6 or 3x3_MBConv3, with 0.. of the
      skippable blocks set to Zero, last block of each stage first; the members bracketing
@@ -11,8 +11,8 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
      (`--random` architectures per target drawn uniformly from the space conditioned on predicted
      latency in [(1 - band) T, T], band = the search's latency.derive_band, so they meet the target
      like the found net does);
-  3. every network retrained `--seeds` times with the same budget (configs/train/fashion_mnist.py;
-     `--train KEY=VALUE` overrides, e.g. --train schedule.epochs=4), each training in its own
+  3. every network retrained `--seeds` times with the same budget (configs/train/fashion_mnist.py
+     for 6 epochs; `--train KEY=VALUE` overrides, e.g. --train schedule.epochs=4), each in its own
      workdir WORKDIR/train/NAME/seedS, `--workers` at a time (default: two on a CPU, each in a
      child process; front.train_networks);
   4. the latency of every network and of the baseline measured interleaved, in each of three
@@ -33,10 +33,10 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
   python experiments/pareto.py --quick   # minutes: short sweep and trainings, 2 seeds
   python experiments/pareto.py --tiny --quick   # seconds: tiny space, synthetic data, MACs (tests)
 
-Full run on 2 CPU cores (4 targets, 6-epoch warm-up, --train schedule.epochs=3; measured
-2026-11-30): sweep 7.5 min, 13 networks x 3 seeds trained two at a time (--workers) 58 min,
-latency under a minute: about 65 min. Resumable:
-rerun the same command. Writes results/pareto.json, .png (the fronts with error bars) and .md
+Full run on 2 CPU cores (the defaults; measured 2026-11-30 with the pure-XLA depthwise kernels
+then in use): sweep 7.5 min, 14 networks x 3 seeds x 6 epochs trained two at a time (--workers)
+about 87 min, latency under a minute: about 95 min. Resumable: rerun the same command.
+Writes results/pareto.json, .png (the fronts with error bars) and .md
 (the tables); with --json the last stdout line is the JSON object.
 """
 
@@ -56,6 +56,7 @@ from front_common import (
   TRAIN_CONFIG,
   parse_with_overrides,
   run,
+  search_preset,
   train_overrides,
 )
 from results_io import write_result
@@ -78,6 +79,7 @@ QUICK_SEARCH = ["--config.schedule.steps_per_epoch=30", "--config.schedule.warmu
                 "--config.eval.bn_batches=2", "--config.latency.n_networks=8",
                 "--config.latency.repeats=20", "--config.log.plots=False"]
 TINY_SEARCH = ["--config.eval.every_epochs=0", "--config.eval.bn_batches=0"]
+PROTOCOL_TARGETS = "(0.45, 0.55, 0.65, 0.75)"  # x the baseline; the protocol's four targets
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -108,8 +110,11 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[str]]:
-  """(sweep config, retraining overrides): --quick / --tiny settings first, the user's last."""
-  preset = TINY_SEARCH if args.tiny else QUICK_SEARCH if args.quick else []
+  """(sweep config, retraining overrides): the protocol's or --quick / --tiny settings first, the
+  user's last."""
+  preset = search_preset(args, QUICK_SEARCH, TINY_SEARCH)
+  if not (args.quick or args.tiny):
+    preset = [*preset, f"--config.latency.target_ratios={PROTOCOL_TARGETS}"]
   cfg = load_config(args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG), [*preset, *overrides])
   if not cfg.latency.target_ratios and not cfg.latency.targets:
     cfg.latency.target_ratios = (0.8,) if args.tiny else (0.5, 0.7, 0.9)

@@ -37,7 +37,15 @@ import time
 from typing import Any
 
 import jax
-from front_common import SEARCH_CONFIG, TINY_CONFIG, TRAIN_CONFIG, parse_with_overrides, run, train_overrides
+from front_common import (
+  SEARCH_CONFIG,
+  TINY_CONFIG,
+  TRAIN_CONFIG,
+  parse_with_overrides,
+  run,
+  search_preset,
+  train_overrides,
+)
 from results_io import write_result
 
 from pnas_jax import front, plots
@@ -88,7 +96,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _configs(args: argparse.Namespace, overrides: list[str]) -> tuple[Any, list[str]]:
   """(search config, training overrides): --quick / --tiny settings first, the user's last."""
-  search_over = [*(QUICK_SEARCH if args.quick and not args.tiny else []), *overrides]
+  search_over = [*search_preset(args, QUICK_SEARCH, []), *overrides]
   cfg = load_config(args.config or (TINY_CONFIG if args.tiny else SEARCH_CONFIG), search_over)
   return cfg, train_overrides(cfg, args)
 
