@@ -218,26 +218,16 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(PnasDepthwiseForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
+// Every handler: the intra-op thread pool, two float32 operands, one float32 result, the stride.
+#define PNAS_DEPTHWISE_HANDLER(symbol, fn)                                 \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, fn,                                \
+                                ffi::Ffi::Bind()                           \
+                                    .Ctx<ffi::ThreadPool>()                \
+                                    .Arg<ffi::Buffer<ffi::F32>>()          \
+                                    .Arg<ffi::Buffer<ffi::F32>>()          \
+                                    .Ret<ffi::Buffer<ffi::F32>>()          \
+                                    .Attr<int64_t>("stride"))
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(PnasDepthwiseInputGrad, InputGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(PnasDepthwiseKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
+PNAS_DEPTHWISE_HANDLER(PnasDepthwiseForward, Forward);
+PNAS_DEPTHWISE_HANDLER(PnasDepthwiseInputGrad, InputGrad);
+PNAS_DEPTHWISE_HANDLER(PnasDepthwiseKernelGrad, KernelGrad);
