@@ -104,6 +104,20 @@ def test_native_off_falls_back_and_says_why(monkeypatch):
   assert native.available()
 
 
+def test_no_compiler_falls_back_with_a_warning(monkeypatch):
+  monkeypatch.setattr(native, "_compiler", lambda: None)
+  native.available.cache_clear()
+  try:
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler found.*apt-get install g\\+\\+"):
+      assert depthwise.resolve_impl("auto") == "shift"
+    with pytest.raises(ValueError, match="no C\\+\\+ compiler found"):
+      depthwise.resolve_impl("native")
+  finally:
+    monkeypatch.undo()
+    native.available.cache_clear()
+  assert native.available()
+
+
 def test_native_under_vmap_and_threads():
   """vmap over a leading axis (sequential custom calls) and a large batch (several row chunks on
   XLA's thread pool) both match the lax convolution."""

@@ -92,14 +92,15 @@ def available() -> bool:
     _why.append(f"{ENV_VAR}={os.environ[ENV_VAR]}")
     return False
   cxx = _compiler()
-  if cxx is None:
-    _why.append("no C++ compiler found ($CXX, g++, c++); install one, e.g. apt-get install g++")
-    return False
   try:
+    if cxx is None:
+      raise RuntimeError("no C++ compiler found ($CXX, g++, c++); install one, e.g. "
+                         "'apt-get install g++'")
     lib = ctypes.cdll.LoadLibrary(build(cxx))
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    _why.append(f"building the native depthwise kernels failed: {e}")
-    warnings.warn(f"pnas_jax: {_why[-1]}; using the pure-XLA depthwise implementation", stacklevel=2)
+    _why.append(f"the native depthwise kernels are unavailable: {e}")
+    warnings.warn(f"pnas_jax: {_why[-1]}; using the pure-XLA depthwise implementation (slower)",
+                  stacklevel=2)
     return False
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
