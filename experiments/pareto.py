@@ -33,9 +33,9 @@ The evaluation protocol, rerunnable (pnas_jax/front.py holds the pieces):
   python experiments/pareto.py --quick   # minutes: short sweep and trainings, 2 seeds
   python experiments/pareto.py --tiny --quick   # seconds: tiny space, synthetic data, MACs (tests)
 
-Full run on 2 CPU cores (the defaults; measured 2026-11-30 with the pure-XLA depthwise kernels
-then in use): sweep 7.5 min, 14 networks x 3 seeds x 6 epochs trained two at a time (--workers)
-about 87 min, latency under a minute: about 95 min. Resumable: rerun the same command.
+Full run on 2 CPU cores (the defaults; measured 2026-11-30): sweep 5.2 min, 14 networks x 3
+seeds x 6 epochs trained two at a time (--workers) 55 min, latency 31 s: 61 min (about 95 min
+with the pure-XLA depthwise kernels). Resumable: rerun the same command.
 Writes results/pareto.json, .png (the fronts with error bars) and .md
 (the tables); with --json the last stdout line is the JSON object.
 """
