@@ -55,7 +55,7 @@ LR = 0.05
 def bench_depthwise(
     k: int, batch: int, size: int, channels: int, stride: int, repeats: int
 ) -> dict[str, float]:
-  """Median ms of forward and forward+backward of each implementation (IMPLS_HERE)."""
+  """Median ms of forward and forward+backward of each implementation of impls_here()."""
   kx, kw, kc = jax.random.split(jax.random.key(k), 3)
   x = jax.random.normal(kx, (batch, size, size, channels), jnp.float32)
   w = jax.random.normal(kw, (k, k, channels), jnp.float32)

@@ -42,8 +42,9 @@ _why: list[str] = []
 
 def _compiler() -> str | None:
   for name in (os.environ.get("CXX"), "g++", "c++"):
-    if name and shutil.which(name):
-      return shutil.which(name)
+    path = shutil.which(name) if name else None
+    if path:
+      return path
   return None
 
 

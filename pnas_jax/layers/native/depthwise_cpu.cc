@@ -56,7 +56,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& body) {
     }
   };
   for (int64_t t = 0; t < threads; ++t) {
-    pool.Schedule([state, n, work]() { work(); });
+    pool.Schedule(decltype(work)(work));  // each task owns a copy (Schedule takes an rvalue)
   }
   work();
   std::unique_lock<std::mutex> lock(state->mu);
@@ -151,8 +151,9 @@ void ForRows(ffi::ThreadPool& pool, int64_t batch, int64_t rows, const F& row) {
   });
 }
 
-ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                       ffi::Span<const int64_t> y, int64_t stride) {
+// Checks the shapes and stride of one call and fills *g from them.
+ffi::Error GetGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                       ffi::Span<const int64_t> y, int64_t stride, Geometry* g) {
   if (x.size() != 4 || w.size() != 3 || y.size() != 4) {
     return ffi::Error::InvalidArgument("depthwise: want x (B, H, W, C), w (k, k, C), y 4-D");
   }
@@ -160,20 +161,17 @@ ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
       stride < 1) {
     return ffi::Error::InvalidArgument("depthwise: inconsistent shapes or stride");
   }
+  *g = Geometry{x[0], x[1], x[2], x[3], w[0], y[1], y[2], stride, w[0] / 2};
   return ffi::Error::Success();
-}
-
-Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                      ffi::Span<const int64_t> y, int64_t stride) {
-  return Geometry{x[0], x[1], x[2], x[3], w[0], y[1], y[2], stride, w[0] / 2};
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
-  if (auto err = CheckShapes(x.dimensions(), w.dimensions(), y->dimensions(), stride); !err.success()) {
+  Geometry g;
+  if (auto err = GetGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride, &g);
+      !err.success()) {
     return err;
   }
-  const Geometry g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), stride);
   const float *xd = x.typed_data(), *wd = w.typed_data();
   float* yd = y->typed_data();
   ForRows(pool, g.b, g.ho, [&](int64_t b, int64_t i) { ForwardRow(g, xd, wd, yd, b, i); });
@@ -182,10 +180,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
 
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                      ffi::ResultBuffer<ffi::F32> dx, int64_t stride) {
-  if (auto err = CheckShapes(dx->dimensions(), w.dimensions(), dy.dimensions(), stride); !err.success()) {
+  Geometry g;
+  if (auto err = GetGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride, &g);
+      !err.success()) {
     return err;
   }
-  const Geometry g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), stride);
   const float *dyd = dy.typed_data(), *wd = w.typed_data();
   float* dxd = dx->typed_data();
   ForRows(pool, g.b, g.h, [&](int64_t b, int64_t a) { InputGradRow(g, dyd, wd, dxd, b, a); });
@@ -194,10 +193,11 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dw, int64_t stride) {
-  if (auto err = CheckShapes(x.dimensions(), dw->dimensions(), dy.dimensions(), stride); !err.success()) {
+  Geometry g;
+  if (auto err = GetGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride, &g);
+      !err.success()) {
     return err;
   }
-  const Geometry g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), stride);
   const float *xd = x.typed_data(), *dyd = dy.typed_data();
   const int64_t total = g.b * g.ho, size = g.k * g.k * g.c;
   const int64_t n = std::min<int64_t>(total, std::max<int64_t>(1, pool.num_threads()));
