@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from pnas_jax.compile_cache import enable_compilation_cache
+from pnas_jax.compile_cache import collect_garbage_less_often, enable_compilation_cache
 from pnas_jax.errors import PnasError
 from pnas_jax.host_malloc import reexec_with_hugepages
 
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     reexec_with_hugepages()
   args = build_parser().parse_args(argv)
   enable_compilation_cache()
+  collect_garbage_less_often()
   try:
     return int(args.func(args) or 0)
   except PnasError as e:

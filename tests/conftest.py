@@ -8,13 +8,14 @@ import pathlib
 
 import pytest
 
-from pnas_jax.compile_cache import ENV_VAR, enable_compilation_cache
+from pnas_jax.compile_cache import ENV_VAR, collect_garbage_less_often, enable_compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Compiled programs are shared between tests, pytest workers and the CLI runs they start (the
 # same tiny search compiles once per suite run); the folder is the tests' own, not the user's.
 os.environ.setdefault(ENV_VAR, str(REPO / ".cache" / "jax-tests"))
 enable_compilation_cache()
+collect_garbage_less_often()  # as `pnas` does: tracing is faster
 REFERENCE_DIR = pathlib.Path(
     os.environ.get("PNAS_REFERENCE_DIR", REPO.parent / "shared" / "reference" / "proxylessnas")
 )
