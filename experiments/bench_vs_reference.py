@@ -191,19 +191,21 @@ def interleaved_medians(calls: dict[str, Callable[[], Any]], rounds: int,
                         per_round: int) -> dict[str, dict[str, Any]]:
   """Median seconds per call of each entry, `per_round` calls each per round, round-robin."""
   samples: dict[str, list[float]] = {k: [] for k in calls}
+  kernel_s = dict.fromkeys(calls, 0.0)  # system (kernel) CPU time: page faults, thread wake-ups
   for name, call in calls.items():  # warm-up
     jax.block_until_ready(call())
     _log(f"warm {name}")
   for r in range(rounds):
     for name, call in calls.items():
       for _ in range(per_round):
-        t0 = time.perf_counter()
+        k0, t0 = os.times().system, time.perf_counter()
         jax.block_until_ready(call())
         samples[name].append(time.perf_counter() - t0)
+        kernel_s[name] += os.times().system - k0
     _log(f"round {r + 1}/{rounds}: " + ", ".join(
         f"{k} {statistics.median(v):.3f}" for k, v in samples.items()))
-  return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": len(v)}
-          for k, v in samples.items()}
+  return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": len(v),
+              "kernel_cpu_per_call_s": kernel_s[k] / len(v)} for k, v in samples.items()}
 
 
 def step_functions(space: SearchSpace) -> tuple[dict[str, Any], Any, Arch, Any]:
