@@ -53,7 +53,7 @@ from results_io import write_result
 
 from pnas_jax.arch import get_estimator
 from pnas_jax.arch.supernet import Supernet
-from pnas_jax.compile_cache import collect_garbage_less_often
+from pnas_jax.compile_cache import collect_garbage_less_often, enable_compilation_cache
 from pnas_jax.config_loading import load_config
 from pnas_jax.host_malloc import reexec_with_hugepages
 from pnas_jax.latency.cli import space_from_config
@@ -107,37 +107,34 @@ class CacheEvents:
     return dict(self.counts)
 
 
-def enable_persistent_cache(path: str) -> None:
-  """Every compilation is written to and read from `path` (no size or time threshold)."""
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+def timed_compile(fn: Callable[..., Any], args: tuple[Any, ...], events: CacheEvents,
+                  donate: bool = True) -> tuple[Any, dict[str, float]]:
+  """(compiled fn, times) of one trace + lower + compile.
+
+  `lower_s` is JAX's trace and lowering (never cached on disk), `xla_s` the XLA compile or, on a
+  persistent-cache hit, the lookup and executable load; `s` their sum (wall clock); `*_cpu_s` the
+  CPU time of this process (all its threads), less sensitive than wall time to other jobs.
+  """
+  before = events.snapshot()
+  t0, c0 = time.perf_counter(), time.process_time()
+  lowered = jax.jit(fn, donate_argnums=0 if donate else ()).lower(*args)
+  t1, c1 = time.perf_counter(), time.process_time()
+  compiled = lowered.compile()
+  t2, c2 = time.perf_counter(), time.process_time()
+  return compiled, {"lower_s": t1 - t0, "xla_s": t2 - t1, "s": t2 - t0, "lower_cpu_s": c1 - c0,
+                    "xla_cpu_s": c2 - c1,
+                    "cache_hits": events.snapshot()["hits"] - before["hits"]}
 
 
 def compile_cold_warm(fn: Callable[..., Any], args: tuple[Any, ...], events: CacheEvents,
                       donate: bool = True) -> tuple[Any, dict[str, float]]:
-  """(compiled fn, times): cold trace + lower + compile, then warm after jax.clear_caches().
-
-  `*_lower_s` is JAX's trace and lowering (never cached on disk), `*_xla_s` the XLA compile or,
-  warm, the persistent-cache lookup and executable load; `*_s` their sum (wall clock).
-  """
+  """(compiled fn, times): `timed_compile` cold, then warm after jax.clear_caches() (keys
+  prefixed "cold_" and "warm_")."""
   out: dict[str, Any] = {}
   compiled = None
   for phase in ("cold", "warm"):
-    before = events.snapshot()
-    t0, c0 = time.perf_counter(), time.process_time()
-    lowered = jax.jit(fn, donate_argnums=0 if donate else ()).lower(*args)
-    t1, c1 = time.perf_counter(), time.process_time()
-    compiled = lowered.compile()
-    t2, c2 = time.perf_counter(), time.process_time()
-    after = events.snapshot()
-    out[f"{phase}_lower_s"] = t1 - t0
-    out[f"{phase}_xla_s"] = t2 - t1
-    out[f"{phase}_s"] = t2 - t0
-    # CPU time of this process (all its threads): less sensitive than wall time to other jobs.
-    out[f"{phase}_lower_cpu_s"] = c1 - c0
-    out[f"{phase}_xla_cpu_s"] = c2 - c1
-    out[f"{phase}_cache_hits"] = after["hits"] - before["hits"]
+    compiled, times = timed_compile(fn, args, events, donate)
+    out.update({f"{phase}_{k}": v for k, v in times.items()})
     jax.clear_caches()
   return compiled, out
 
@@ -358,13 +355,7 @@ def warm_here(kind: str, quick: bool) -> dict[str, Any]:
   space, bsz = reference_workload(quick)
   fns, base, _, _ = step_functions(space)
   batch = random_batch(space, bsz)
-  events = CacheEvents()
-  t0 = time.perf_counter()
-  lowered = jax.jit(fns[kind], donate_argnums=0).lower(base, batch)
-  t1 = time.perf_counter()
-  lowered.compile()
-  t2 = time.perf_counter()
-  return {"lower_s": t1 - t0, "xla_s": t2 - t1, "s": t2 - t0, "cache_hits": events.counts["hits"]}
+  return timed_compile(fns[kind], (base, batch), CacheEvents())[1]
 
 
 def warm_in_new_process(kind: str, quick: bool, cache_dir: str) -> dict[str, Any]:
@@ -389,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = ap.parse_args(argv)
   collect_garbage_less_often()  # as `pnas` does (pnas_jax/compile_cache.py)
   if args.warm_only:
-    enable_persistent_cache(args.cache)
+    enable_compilation_cache(args.cache, min_compile_s=0.0)
     res = warm_here(args.warm_only, args.quick)
     print(json.dumps(res))
     return res
@@ -398,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                       "bench_vs_reference.json")
   events = CacheEvents()
   cache_dir = tempfile.mkdtemp(prefix="pnas_jax_cache_")
-  enable_persistent_cache(cache_dir)
+  enable_compilation_cache(cache_dir, min_compile_s=0.0)  # every program, however quick
   out: dict[str, Any] = {"device": device_description(), "quick": args.quick,
                          "reference": REFERENCE, "goals": GOALS}
   space, bsz = reference_workload(args.quick)
@@ -408,10 +399,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     twin_res, twin_bsz, rounds, per_round, n = 128, 32, args.rounds, args.per_round, 2048
   out["peak"] = peak_flops(n, 5)
   _log(f"peak {out['peak']}")
-  images = random_batch
-
   out["imagenet"] = {"resolution": space.resolution, "batch": bsz, "blocks": space.n_blocks}
-  calls = search_steps(space, images(space, bsz), events, ("weight", "two", "full"), True,
+  calls = search_steps(space, random_batch(space, bsz), events, ("weight", "two", "full"), True,
                        out["imagenet"])
   out["imagenet"]["weight_warm_new_process"] = warm_in_new_process("weight", args.quick, cache_dir)
   _log(f"weight step, warm, new process {out['imagenet']['weight_warm_new_process']}")
@@ -419,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if args.quick:
     dbsz = 8
   out["demo"] = {"resolution": dspace.resolution, "batch": dbsz, "blocks": dspace.n_blocks}
-  search_steps(dspace, images(dspace, dbsz), events, ("weight", "reinforce"), False, out["demo"])
+  search_steps(dspace, random_batch(dspace, dbsz), events, ("weight", "reinforce"), False, out["demo"])
   calls.update(twin_calls("proxyless_mobile", zoo.get("proxyless_mobile"), twin_res, twin_bsz))
   baseline = types.SimpleNamespace(space=dspace, arch=Arch.uniform(dspace, "3x3_MBConv6"),
                                    dropout_rate=0.0)
