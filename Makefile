@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data compiler demo demo-quick test lint bench clean
+.PHONY: setup data compiler allocator demo demo-quick test lint bench clean
 
-setup: $(STAMP) data compiler
+setup: $(STAMP) data compiler allocator
 
 # A C++ compiler for the native CPU depthwise kernels (pnas_jax/layers/native.py builds them at
 # first use); installed with apt-get when missing and possible. Without one, pnas_jax falls back to
@@ -24,6 +24,21 @@ compiler:
 	else \
 	  echo "no C++ compiler: install g++ (e.g. 'sudo apt-get install g++') for the native depthwise kernels;" \
 	       "without it pnas_jax uses pure XLA (slower)"; \
+	fi
+
+# tcmalloc, the host allocator every `pnas` process preloads where installed
+# (pnas_jax/host_malloc.py: XLA:CPU's per-step temporary buffers stop page-faulting); installed with
+# apt-get when missing and possible. Without it, glibc with huge pages (slower).
+TCMALLOC_PKG := libtcmalloc-minimal4
+allocator:
+	@if $(PYTHON) -c 'import sys; sys.path.insert(0, "pnas_jax"); import host_malloc; sys.exit(host_malloc.find_tcmalloc() is None)'; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  { (apt-get install -y -q $(TCMALLOC_PKG) >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(TCMALLOC_PKG) >/dev/null 2>&1)) && \
+	    echo "installed $(TCMALLOC_PKG)" || echo "could not install $(TCMALLOC_PKG) with apt-get: pnas uses glibc malloc with huge pages (slower)"; }; \
+	else \
+	  echo "no tcmalloc: install it (e.g. 'sudo apt-get install $(TCMALLOC_PKG)') for faster CPU steps;" \
+	       "without it pnas uses glibc malloc with huge pages"; \
 	fi
 
 # The offline data set of the demo and of some tests: Debian's dataset-fashion-mnist (the real
@@ -59,9 +74,9 @@ demo-quick: setup
 lint: setup
 	$(VENV)/bin/ruff check pnas_jax tests experiments configs
 
-# Huge pages for malloc, as every `pnas` process sets for itself (pnas_jax/host_malloc.py).
+# With the host allocator every `pnas` process chooses for itself (pnas_jax/host_malloc.py).
 test: lint
-	GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1 $(PY) -m pytest -n 2 -q
+	$(PY) -m pnas_jax.host_malloc $(PY) -m pytest -n 2 -q
 
 bench: setup
 	$(PY) -m pip install -q -e '.[test,bench]'

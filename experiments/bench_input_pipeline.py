@@ -35,7 +35,7 @@ from results_io import write_result
 from pnas_jax.arch.supernet import Supernet
 from pnas_jax.config_loading import load_config
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.timing import device_description
 from pnas_jax.train import inputs, optim, parallel, steps
 from pnas_jax.train import state as state_lib
@@ -186,5 +186,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

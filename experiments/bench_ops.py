@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from results_io import write_result
 
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.timing import device_description, time_fn
 from pnas_jax.layers import depthwise, native
 from pnas_jax.models import zoo
@@ -280,5 +280,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

@@ -19,7 +19,7 @@ import numpy as np
 from results_io import write_result
 
 from pnas_jax.config_loading import load_config
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.timing import device_description
 from pnas_jax.train.parallel import global_batch, replicate
 from pnas_jax.train.search import compiled_steps, setup_search
@@ -75,5 +75,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

@@ -32,7 +32,7 @@ from results_io import write_result
 
 from pnas_jax.arch import Sample, get_estimator
 from pnas_jax.arch.supernet import Supernet
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.latency.timing import device_description, time_fn
 from pnas_jax.models.child import ChildNet
@@ -296,5 +296,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

@@ -1,5 +1,5 @@
-"""How fast does a batch of small trainings finish: one after another, two at a time, and without
-huge pages for malloc?
+"""How fast does a batch of small trainings finish: one after another, two at a time, and with
+each host allocator?
 
 Run (on the machine to measure; other benchmarks on a shared machine should take the same lock):
 
@@ -13,13 +13,16 @@ trainings (the demo's baseline and smaller uniform networks, configs/train/fashi
 real data when Debian's dataset-fashion-mnist is installed, else synthetic; `--steps` steps, no
 evaluation) three ways, in turn for `--rounds` rounds so that a change of the machine's load hits
 all alike:
-  workers_1          one at a time in this process (which runs with huge pages for malloc, as
-                     every `pnas` process does: pnas_jax/host_malloc.py);
-  workers_2          two at a time in child processes;
-  workers_2_4k_pages the same with PNAS_HUGEPAGES=off (glibc's default: XLA's per-call temporaries
-                     are mmapped and page-faulted in again at every step).
-Reports each round's wall time, `speedup` = median(workers_1) / median(workers_2) and
-`hugepage_speedup` = median(workers_2_4k_pages) / median(workers_2), measured in this run.
+  workers_1          one at a time in this process (which runs with the host allocator every
+                     `pnas` process chooses, pnas_jax/host_malloc.py: tcmalloc where installed);
+  workers_2          two at a time in child processes, with the same allocator;
+  workers_2_hugepages the same with PNAS_HOST_MALLOC=hugepages (glibc, huge pages);
+  workers_2_4k_pages the same with PNAS_HOST_MALLOC=off (glibc's default: XLA's per-call
+                     temporaries are mmapped and page-faulted in again at every step).
+Reports each round's wall time, `speedup` = median(workers_1) / median(workers_2),
+`hugepage_speedup` = median(workers_2_4k_pages) / median(workers_2_hugepages) and
+`allocator_speedup` = median(workers_2_hugepages) / median(workers_2), measured in this run
+(`allocator` says which allocator workers_2 had).
 
 Writes results/bench_trainings.json; with --json the last stdout line is the JSON object.
 """
@@ -45,17 +48,20 @@ from pnas_jax.data.local_files import FASHION_MNIST_DIR
 from pnas_jax.latency.timing import device_description
 from pnas_jax.search_space.space import Arch, SearchSpace
 
-# name: (trainings at a time, huge pages for malloc in the children)
-VARIANTS = {"workers_1": (1, True), "workers_2": (2, True), "workers_2_4k_pages": (2, False)}
+# name: (trainings at a time, PNAS_HOST_MALLOC of the children; None: as this process)
+VARIANTS = {"workers_1": (1, None), "workers_2": (2, None), "workers_2_hugepages": (2, "hugepages"),
+            "workers_2_4k_pages": (2, "off")}
 
 
 @contextlib.contextmanager
-def _malloc_environment(hugepages: bool):
-  """Child processes started inside run with (True) or without (False) huge pages for malloc."""
+def _malloc_environment(setting: str | None):
+  """Child processes started inside choose their allocator by `setting` (PNAS_HOST_MALLOC), not
+  by what this process inherited; None leaves the environment as it is."""
   with mock.patch.dict(os.environ):  # restores the environment as it was on the way out
-    if not hugepages:
+    if setting is not None:
       os.environ.pop("GLIBC_TUNABLES", None)
-      os.environ[host_malloc.ENV_VAR] = "off"
+      os.environ.pop("LD_PRELOAD", None)
+      os.environ[host_malloc.ENV_VAR] = setting
     yield
 
 
@@ -84,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
           "--config.eval.max_batches=1", "--config.checkpoint.every_steps=100000"]
   times: dict[str, list[float]] = {name: [] for name in VARIANTS}
   for r in range(args.rounds):
-    for name, (workers, hugepages) in VARIANTS.items():
-      with tempfile.TemporaryDirectory() as d, _malloc_environment(hugepages):
+    for name, (workers, setting) in VARIANTS.items():
+      with tempfile.TemporaryDirectory() as d, _malloc_environment(setting):
         t0 = time.perf_counter()
         _, code = front.train_networks(nets, space, d, TRAIN_CONFIG, over, [r], progress=False,
                                        workers=workers)
@@ -97,11 +103,13 @@ def main(argv: list[str] | None = None) -> dict:
   result = {"device": device_description(), "data": data, "networks": [n for n, _ in nets],
             "steps": args.steps, "rounds": args.rounds, "wall_s": times, "median_s": median,
             "speedup": median["workers_1"] / median["workers_2"],
-            "hugepage_speedup": median["workers_2_4k_pages"] / median["workers_2"]}
+            "hugepage_speedup": median["workers_2_4k_pages"] / median["workers_2_hugepages"],
+            "allocator_speedup": median["workers_2_hugepages"] / median["workers_2"],
+            "allocator": os.environ.get("LD_PRELOAD") or os.environ.get("GLIBC_TUNABLES") or "glibc"}
   write_result(result, args.out, args.json)
   return result
 
 
 if __name__ == "__main__":
-  host_malloc.reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  host_malloc.reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

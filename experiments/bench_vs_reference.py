@@ -13,7 +13,9 @@ Measures, in one process:
    The ImageNet weight step's warm compile is also measured in a new Python process on the same
    cache (`--warm-only`), as a resumed run or the next process of a sweep pays it.
 2. Median seconds per step, in interleaved rounds (every step, ours and PyTorch's, takes its turn
-   each round, so background load hits all alike), at the reference workload: the paper's ImageNet
+   each round, so background load hits all alike: an untimed call, then --per-round timed calls
+   in a row, as in a training; the first call after another step is reported apart), at the
+   reference workload: the paper's ImageNet
    space (21 mixed blocks) at 128x128, batch 32: the supernet weight step, the arch steps "two" and
    "full", the training step of the sampled child (ChildNet); proxyless_mobile's training step
    against the project's PyTorch eager twin (experiments/torch_proxyless.py); the demo's baseline
@@ -55,7 +57,7 @@ from pnas_jax.arch import get_estimator
 from pnas_jax.arch.supernet import Supernet
 from pnas_jax.compile_cache import collect_garbage_less_often, enable_compilation_cache
 from pnas_jax.config_loading import load_config
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.cli import space_from_config
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.latency.timing import device_description
@@ -186,14 +188,25 @@ class Threaded:
 
 def interleaved_medians(calls: dict[str, Callable[[], Any]], rounds: int,
                         per_round: int) -> dict[str, dict[str, Any]]:
-  """Median seconds per call of each entry, `per_round` calls each per round, round-robin."""
+  """Median seconds per call of each entry, in rounds: each entry takes its turn every round
+  (round-robin, so background load hits all alike), one untimed call and then `per_round` timed
+  ones in a row, as a training calls one step after another.
+
+  The untimed call is the first after another program ran: it pays for the pages the other
+  program's temporaries took (XLA:CPU mallocs each call's temporaries afresh); its time is
+  reported as `first_call_median_s`, apart from the steady state.
+  """
   samples: dict[str, list[float]] = {k: [] for k in calls}
+  first: dict[str, list[float]] = {k: [] for k in calls}
   kernel_s = dict.fromkeys(calls, 0.0)  # system (kernel) CPU time: page faults, thread wake-ups
   for name, call in calls.items():  # warm-up
     jax.block_until_ready(call())
     _log(f"warm {name}")
   for r in range(rounds):
     for name, call in calls.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(call())
+      first[name].append(time.perf_counter() - t0)
       for _ in range(per_round):
         k0, t0 = os.times().system, time.perf_counter()
         jax.block_until_ready(call())
@@ -202,7 +215,8 @@ def interleaved_medians(calls: dict[str, Callable[[], Any]], rounds: int,
     _log(f"round {r + 1}/{rounds}: " + ", ".join(
         f"{k} {statistics.median(v):.3f}" for k, v in samples.items()))
   return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": len(v),
-              "kernel_cpu_per_call_s": kernel_s[k] / len(v)} for k, v in samples.items()}
+              "kernel_cpu_per_call_s": kernel_s[k] / len(v),
+              "first_call_median_s": statistics.median(first[k])} for k, v in samples.items()}
 
 
 def step_functions(space: SearchSpace) -> tuple[dict[str, Any], Any, Arch, Any]:
@@ -371,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="tiny spaces and batches (a smoke run)")
   ap.add_argument("--rounds", type=int, default=3)
-  ap.add_argument("--per-round", type=int, default=2)
+  ap.add_argument("--per-round", type=int, default=3)
   ap.add_argument("--json", action="store_true", help="print the JSON object as the last line")
   ap.add_argument("--out", default="results")
   ap.add_argument("--warm-only", choices=("weight", "two", "full"),
@@ -434,5 +448,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

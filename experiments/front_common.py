@@ -14,7 +14,7 @@ from typing import Any
 
 from pnas_jax.config_loading import split_config_args
 from pnas_jax.errors import PnasError
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEARCH_CONFIG = str(ROOT / "configs" / "search" / "fashion_mnist.py")
@@ -69,8 +69,8 @@ def search_preset(args: argparse.Namespace, quick: list[str], tiny: list[str]) -
 
 def run(main: Callable[[], int]) -> None:
   """Exits with main()'s status; a user error prints its one-line message and exits 2. First
-  re-executes the script with huge pages for malloc, as `pnas` does (pnas_jax/host_malloc.py)."""
-  reexec_with_hugepages()
+  re-executes the script with the host allocator, as `pnas` does (pnas_jax/host_malloc.py)."""
+  reexec_with_host_malloc()
   try:
     sys.exit(main())
   except PnasError as e:

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 
 
 def _plot(path: str, measured, table_pred, fitted_pred, test_idx, report, device: str) -> None:
@@ -201,5 +201,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   sys.exit(main())

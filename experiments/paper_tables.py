@@ -37,7 +37,7 @@ from typing import Any
 import jax
 from results_io import write_result
 
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.measure import TimingProtocol, network_call
 from pnas_jax.latency.table import LatencyTable, load_table, space_keys
 from pnas_jax.latency.timing import CLOCKS, time_interleaved
@@ -288,5 +288,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

@@ -38,7 +38,7 @@ from results_io import write_result
 
 from pnas_jax.arch import get_estimator
 from pnas_jax.arch.supernet import Supernet
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.latency.timing import device_description
 from pnas_jax.models.child import ChildNet
@@ -201,5 +201,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

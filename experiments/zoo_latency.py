@@ -26,7 +26,7 @@ import time
 import numpy as np
 from results_io import write_result
 
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.measure import TimingProtocol, measure_network
 from pnas_jax.latency.timing import CLOCKS, device_description
 from pnas_jax.models.cost import net_cost
@@ -130,5 +130,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  reexec_with_hugepages()  # as `pnas` does (pnas_jax/host_malloc.py)
+  reexec_with_host_malloc()  # as `pnas` does (pnas_jax/host_malloc.py)
   main()

@@ -17,7 +17,7 @@ from typing import Any
 
 from pnas_jax.compile_cache import collect_garbage_less_often, enable_compilation_cache
 from pnas_jax.errors import PnasError
-from pnas_jax.host_malloc import reexec_with_hugepages
+from pnas_jax.host_malloc import reexec_with_host_malloc
 
 # Modules contributing subcommands; each defines add_commands(subparsers).
 COMMAND_MODULES: tuple[str, ...] = ("pnas_jax.latency.cli", "pnas_jax.train.cli", "pnas_jax.demo",
@@ -163,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
   """Runs one subcommand. A user error (PnasError: a bad value or file) prints one line naming it
   and the fix, exit status 2; any other exception is a bug and keeps its traceback.
 
-  Run as a program (argv None), it first re-executes itself with huge pages for malloc
+  Run as a program (argv None), it first re-executes itself with the host allocator
   (host_malloc.py: XLA:CPU's per-call temporaries stop page-faulting).
   """
   if argv is None:
-    reexec_with_hugepages()
+    reexec_with_host_malloc()
   args = build_parser().parse_args(argv)
   enable_compilation_cache()
   collect_garbage_less_often()
