@@ -166,8 +166,15 @@ class Checkpointer:
       return "structure differs"
 
   def close(self) -> None:
+    """Waits for pending saves and stops orbax's background threads (their event loop)."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
 
 
 def _looks_structural(e: Exception) -> bool:

@@ -64,9 +64,11 @@ def test_bench_trainings_quick(tmp_path):
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r["networks"] == ["3x3_MBConv6-d0", "3x3_MBConv6-d1"]
   med = r["median_s"]
-  assert set(med) == {"workers_1", "workers_2", "workers_2_4k_pages"}
+  assert set(med) == {"workers_1", "workers_2", "workers_2_hugepages", "workers_2_4k_pages"}
   assert r["speedup"] == pytest.approx(med["workers_1"] / med["workers_2"])
-  assert r["hugepage_speedup"] == pytest.approx(med["workers_2_4k_pages"] / med["workers_2"])
+  assert r["hugepage_speedup"] == pytest.approx(med["workers_2_4k_pages"]
+                                                / med["workers_2_hugepages"])
+  assert r["allocator_speedup"] == pytest.approx(med["workers_2_hugepages"] / med["workers_2"])
   assert all(len(v) == 1 and v[0] > 0 for v in r["wall_s"].values())
 
 
