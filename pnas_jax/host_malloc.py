@@ -11,10 +11,11 @@ time in a 30 s run; 128 ms per step.
 Two remedies, the first found is used:
 - tcmalloc (gperftools' libtcmalloc_minimal, Debian package libtcmalloc-minimal4, which `make
   setup` installs where apt-get can run) keeps freed spans for the next call: no faults at all.
-  On a 2-core Intel Xeon (2026-12-06), steps in a row: proxyless_mobile at batch 32, 128x128
-  0.286 s with 0.005 s of kernel CPU per step, against 0.321 s / 0.155 s with glibc and huge
-  pages and 0.409 s / 0.276 s with plain glibc; the demo's baseline net at batch 128 0.092 s /
-  0.003 s against 0.106 / 0.043 and 0.133 / 0.102 s. It is preloaded (LD_PRELOAD).
+  On a 2-core Intel Xeon (2026-12-06, experiments/bench_host_malloc.py), steps in a row:
+  proxyless_mobile at batch 32, 128x128 0.313 s with 0.006 s of kernel CPU per step, against
+  0.349 s / 0.119 s with glibc and huge pages and 0.427 s / 0.260 s with plain glibc; the demo's
+  baseline net at batch 128 0.100 s / 0.008 s against 0.115 / 0.050 and 0.149 / 0.101 s. It is
+  preloaded (LD_PRELOAD).
 - glibc >= 2.35 with `glibc.malloc.hugetlb=1`: the buffers come in transparent huge pages
   (madvise, 2 MiB), 512 times fewer faults, but each is still zeroed at every step (the second
   figures above).

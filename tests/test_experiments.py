@@ -151,3 +151,24 @@ def test_pareto_ceiling_pools_runs_by_architecture_and_rebases_latency(tmp_path)
                               str(tmp_path / "c.json")]) == 0
   assert json.loads((tmp_path / "c.json").read_text())["bins"] == json.loads(json.dumps(out["bins"]))
   assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_host_malloc_quick(tmp_path):
+  out = tmp_path / "bench_host_malloc.json"
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_host_malloc.py"),
+                         "--quick", "--json", "--out", str(out)], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert json.loads(out.read_text()) == r
+  assert set(r["table"]) == {"demo_baseline"}  # --quick: the demo's net only
+  for net, by in r["table"].items():
+    assert set(by) == {"off", "hugepages", "auto"}
+    assert all(v["median_s"] > 0 and v["kernel_cpu_per_step_s"] >= 0 for v in by.values())
+    assert by["off"]["ld_preload"] is None and by["off"]["glibc_tunables"] is None
+    # Each child ran with the allocator its setting chose, not the one this process inherited.
+    if r["tcmalloc"]:
+      assert by["auto"]["ld_preload"] == r["tcmalloc"]
+    assert "tcmalloc" not in (by["hugepages"]["ld_preload"] or "")
+    assert r["speedup_auto_over_hugepages"][net] == pytest.approx(
+        by["hugepages"]["median_s"] / by["auto"]["median_s"])
