@@ -11,7 +11,10 @@ Measures, in one process:
    in-memory cache and the same `lower + compile` is warm (a persistent-cache hit: the JAX trace and
    lowering run again, XLA does not). Cache hits and misses are counted from jax.monitoring events.
    The ImageNet weight step's warm compile is also measured in a new Python process on the same
-   cache (`--warm-only`), as a resumed run or the next process of a sweep pays it.
+   cache (`--warm-only`), as a resumed run or the next process of a sweep pays it; and, as a
+   probe of what caching JAX's trace would save (`pnas` does not), from the step exported with
+   jax.export: deserialised and lowered in a new process instead of traced
+   (`imagenet.weight_exported_trace`, not counted towards the goals).
 2. Median seconds per step, in interleaved rounds (every step, ours and PyTorch's, takes its turn
    each round, so background load hits all alike: an untimed call, then --per-round timed calls
    in a row, as in a training; the first call after another step is reported apart), at the
@@ -37,6 +40,7 @@ import argparse
 import functools
 import json
 import os
+import pickle
 import statistics
 import subprocess
 import sys
@@ -61,6 +65,7 @@ from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.cli import space_from_config
 from pnas_jax.latency.expected import expected_cost, macs_table
 from pnas_jax.latency.timing import device_description
+from pnas_jax.layers import native
 from pnas_jax.models import zoo
 from pnas_jax.models.child import ChildNet
 from pnas_jax.models.cost import net_cost
@@ -363,22 +368,78 @@ def random_batch(space: SearchSpace, b: int) -> dict[str, jax.Array]:
           "label": jnp.arange(b, dtype=jnp.int32) % space.n_classes}
 
 
-def warm_here(kind: str, quick: bool) -> dict[str, Any]:
+def export_step(kind: str, quick: bool, path: str) -> dict[str, Any]:
+  """Serialises one supernet step's trace with jax.export to `path` (a probe of what caching the
+  trace would save; `pnas` does not cache traces: README, CPU performance). The step is exported
+  over its flattened arguments and the tree structures pickled beside it (optax's state types
+  have no export serialisation). Returns {"export_s", "bytes"}."""
+  space, bsz = reference_workload(quick)
+  fns, base, _, _ = step_functions(space)
+  leaves, in_tree = jax.tree.flatten((base, random_batch(space, bsz)))
+  trees: dict[str, Any] = {"in": in_tree}
+
+  def flat_step(*flat):
+    out, trees["out"] = jax.tree.flatten(fns[kind](*jax.tree.unflatten(in_tree, flat)))
+    return out
+
+  t0 = time.perf_counter()
+  n_state = len(jax.tree.leaves(base))
+  exported = jax.export.export(
+      jax.jit(flat_step, donate_argnums=tuple(range(n_state))),
+      disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(t) for t in native.TARGETS],
+  )(*leaves)
+  blob = bytes(exported.serialize())
+  with open(path, "wb") as f:
+    pickle.dump((blob, trees["in"], trees["out"]), f)
+  return {"export_s": time.perf_counter() - t0, "bytes": len(blob)}
+
+
+def warm_here(kind: str, quick: bool, exported: str | None = None) -> dict[str, Any]:
   """trace + lower + compile of one supernet step of the reference workload in this (new) process,
-  on the persistent cache the parent filled."""
+  on the persistent cache the parent filled; with `exported` (export_step's file), the serialised
+  trace is deserialised and lowered instead of tracing the step."""
   space, bsz = reference_workload(quick)
   fns, base, _, _ = step_functions(space)
   batch = random_batch(space, bsz)
-  return timed_compile(fns[kind], (base, batch), CacheEvents())[1]
+  if exported is None:
+    return timed_compile(fns[kind], (base, batch), CacheEvents())[1]
+  t0 = time.perf_counter()
+  with open(exported, "rb") as f:
+    blob, in_tree, out_tree = pickle.load(f)  # noqa: S301 -- this script's own file
+  step = jax.export.deserialize(bytearray(blob))
+  if jax.tree.structure((base, batch)) != in_tree:
+    raise SystemExit(f"{exported} was exported for other arguments")
+
+  def call(state, batch):
+    return jax.tree.unflatten(out_tree, step.call(*jax.tree.leaves((state, batch))))
+
+  deserialize_s = time.perf_counter() - t0
+  times = timed_compile(call, (base, batch), CacheEvents())[1]
+  times["deserialize_s"] = deserialize_s
+  times["s"] += deserialize_s
+  return times
 
 
-def warm_in_new_process(kind: str, quick: bool, cache_dir: str) -> dict[str, Any]:
+def warm_in_new_process(kind: str, quick: bool, cache_dir: str,
+                        exported: str | None = None) -> dict[str, Any]:
   """`warm_here` in a child Python process: what a resumed run, or the next process of a sweep,
   pays. Nothing of this process's in-memory state helps it."""
   cmd = [sys.executable, os.path.abspath(__file__), "--warm-only", kind, "--cache", cache_dir]
-  done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True,
-                        check=True)
+  cmd += (["--quick"] if quick else []) + (["--exported", exported] if exported else [])
+  done = subprocess.run(cmd, capture_output=True, text=True, check=True)
   return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def exported_warm_start(quick: bool, cache_dir: str) -> dict[str, Any]:
+  """The weight step's warm start in a new process if its trace were cached: exported here, then
+  loaded in a child twice (the first compiles the deserialised program into the persistent cache:
+  its HLO is not the traced one's; the second is the warm start)."""
+  path = os.path.join(cache_dir, "weight_step.exported")
+  out = export_step("weight", quick, path)
+  _log(f"weight step exported {out}")
+  out["first_new_process"] = warm_in_new_process("weight", quick, cache_dir, path)
+  out["warm_new_process"] = warm_in_new_process("weight", quick, cache_dir, path)
+  return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -391,11 +452,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   ap.add_argument("--warm-only", choices=("weight", "two", "full"),
                   help="(internal) compile one step on --cache and print its times")
   ap.add_argument("--cache", help="(internal) the persistent cache of --warm-only")
+  ap.add_argument("--exported", help="(internal) --warm-only from this exported trace")
   args = ap.parse_args(argv)
   collect_garbage_less_often()  # as `pnas` does (pnas_jax/compile_cache.py)
   if args.warm_only:
     enable_compilation_cache(args.cache, min_compile_s=0.0)
-    res = warm_here(args.warm_only, args.quick)
+    res = warm_here(args.warm_only, args.quick, args.exported)
     print(json.dumps(res))
     return res
   t0 = time.perf_counter()
@@ -418,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        out["imagenet"])
   out["imagenet"]["weight_warm_new_process"] = warm_in_new_process("weight", args.quick, cache_dir)
   _log(f"weight step, warm, new process {out['imagenet']['weight_warm_new_process']}")
+  out["imagenet"]["weight_exported_trace"] = exported_warm_start(args.quick, cache_dir)
+  _log(f"weight step, exported trace {out['imagenet']['weight_exported_trace']}")
   dspace, dbsz = demo_space(args.quick)
   if args.quick:
     dbsz = 8
