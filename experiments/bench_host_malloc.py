@@ -39,20 +39,17 @@ NETWORKS = ("demo_baseline", "proxyless_mobile")
 def _step(network: str, quick: bool):
   """(jitted step, state, (images, labels)) of `network`; imports JAX only in the child."""
   from bench_ops import make_jax_step
+  from bench_vs_reference import demo_space
 
-  from pnas_jax.config_loading import load_config
-  from pnas_jax.latency.cli import space_from_config
   from pnas_jax.models import zoo
   from pnas_jax.search_space import Arch
 
   if network == "proxyless_mobile":
     return make_jax_step(zoo.get("proxyless_mobile"), 32 if quick else 128, 4 if quick else 32)[:3]
-  config = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                                    "search", "fashion_mnist.py"))
-  space = space_from_config(config)
+  space, batch = demo_space(False)
   entry = types.SimpleNamespace(space=space, arch=Arch.uniform(space, "3x3_MBConv6"),
                                 dropout_rate=0.0)
-  return make_jax_step(entry, space.resolution, 8 if quick else int(config.data.batch_size))[:3]
+  return make_jax_step(entry, space.resolution, 8 if quick else batch)[:3]
 
 
 def child(network: str, steps: int, warmup: int, quick: bool) -> dict[str, Any]:
@@ -76,8 +73,9 @@ def child(network: str, steps: int, warmup: int, quick: bool) -> dict[str, Any]:
 
 
 def _run_child(network: str, setting: str, args: argparse.Namespace) -> dict[str, Any]:
-  env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
-  env["PNAS_HOST_MALLOC"] = setting
+  from pnas_jax.host_malloc import environment_choosing
+
+  env = environment_choosing(os.environ, setting)
   cmd = [sys.executable, os.path.abspath(__file__), "--child", network, "--steps",
          str(args.steps), "--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
   done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)

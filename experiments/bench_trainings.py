@@ -57,11 +57,9 @@ VARIANTS = {"workers_1": (1, None), "workers_2": (2, None), "workers_2_hugepages
 def _malloc_environment(setting: str | None):
   """Child processes started inside choose their allocator by `setting` (PNAS_HOST_MALLOC), not
   by what this process inherited; None leaves the environment as it is."""
-  with mock.patch.dict(os.environ):  # restores the environment as it was on the way out
-    if setting is not None:
-      os.environ.pop("GLIBC_TUNABLES", None)
-      os.environ.pop("LD_PRELOAD", None)
-      os.environ[host_malloc.ENV_VAR] = setting
+  env = (dict(os.environ) if setting is None
+         else host_malloc.environment_choosing(os.environ, setting))
+  with mock.patch.dict(os.environ, env, clear=True):  # restored as it was on the way out
     yield
 
 

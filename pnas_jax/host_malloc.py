@@ -118,6 +118,15 @@ def host_malloc_environment(environ: Mapping[str, str]) -> dict[str, str] | None
   return _with_preload(environ, choice)
 
 
+def environment_choosing(environ: Mapping[str, str], choice: str) -> dict[str, str]:
+  """`environ` without the allocator settings it carries (LD_PRELOAD, GLIBC_TUNABLES) and with
+  PNAS_HOST_MALLOC=`choice`: a child process started with it re-executes itself with the
+  allocator `choice` picks, not the one this process inherited (benchmarks comparing them)."""
+  env = {k: v for k, v in environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+  env[ENV_VAR] = choice
+  return env
+
+
 def reexec_with_host_malloc() -> None:
   """Re-executes this process (same interpreter, same command line) with the allocator setting,
   once; returns where nothing is to be done. Call it first in an entry point, before any work."""

@@ -85,6 +85,13 @@ def test_unsupported_platform_is_left_alone(monkeypatch, no_tcmalloc):
   assert host_malloc.host_malloc_environment({}) is None
 
 
+def test_environment_choosing_drops_inherited_settings():
+  env = host_malloc.environment_choosing(
+      {"HOME": "/h", "LD_PRELOAD": "/l/libtcmalloc_minimal.so.4",
+       "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", host_malloc.ENV_VAR: "off"}, "hugepages")
+  assert env == {"HOME": "/h", host_malloc.ENV_VAR: "hugepages"}
+
+
 def test_find_tcmalloc(tmp_path):
   assert host_malloc.find_tcmalloc([str(tmp_path)]) is None
   (tmp_path / "libtcmalloc.so.4").write_bytes(b"")
@@ -121,10 +128,9 @@ print(repr((os.environ.get("LD_PRELOAD"), os.environ.get("GLIBC_TUNABLES"), mapp
 """
 
 
-def _child(**env_extra: str) -> tuple:
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", host_malloc.ENV_VAR)}
-  out = subprocess.run([sys.executable, "-c", _CHILD, "arg1", "arg 2"], env={**env, **env_extra},
+def _child(choice: str = "auto") -> tuple:
+  env = host_malloc.environment_choosing(os.environ, choice)
+  out = subprocess.run([sys.executable, "-c", _CHILD, "arg1", "arg 2"], env=env,
                        capture_output=True, text=True, check=True).stdout
   return eval(out)  # noqa: S307 -- the repr of a tuple of literals printed by _CHILD
 
@@ -138,14 +144,14 @@ def test_reexec_preloads_tcmalloc():
 
 @NEEDS_THP
 def test_reexec_hugepages_takes_effect():
-  preload, tunables, mapped, huge_kib, argv = _child(PNAS_HOST_MALLOC="hugepages")
+  preload, tunables, mapped, huge_kib, argv = _child("hugepages")
   assert preload is None and tunables == "glibc.malloc.hugetlb=1" and not mapped
   assert huge_kib >= 2048  # at least one 2 MiB page under the 64 MiB buffer
   assert argv == ["arg1", "arg 2"]
 
 
 def test_turned_off():
-  preload, tunables, mapped, huge_kib, _ = _child(PNAS_HOST_MALLOC="off")
+  preload, tunables, mapped, huge_kib, _ = _child("off")
   assert preload is None and tunables is None and not mapped
   try:
     with open(host_malloc.THP_SETTING) as f:
@@ -158,8 +164,7 @@ def test_turned_off():
 
 @NEEDS_TCMALLOC
 def test_module_runs_a_command_with_the_allocator():
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", host_malloc.ENV_VAR)}
+  env = host_malloc.environment_choosing(os.environ, "auto")
   out = subprocess.run([sys.executable, "-m", "pnas_jax.host_malloc", "sh", "-c",
                         'echo "$LD_PRELOAD"'], env=env, capture_output=True, text=True,
                        check=True).stdout
