@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from latency_helpers import synthetic_table, tiny_space
 
-from pnas_jax.latency import expected
+from pnas_jax.latency import expected, predictor
 from pnas_jax.latency.predictor import (
     LinearPredictor,
     TableSumPredictor,
+    cheapest_prediction,
     errors,
     fit_and_evaluate,
     fit_linear,
@@ -163,3 +164,33 @@ def test_predictor_with_unknown_kind_names_file_and_kinds(tmp_path):
   with pytest.raises(UnknownNameError, match=r"p.json: 'kind' is 'mlp', an unknown latency predictor"
                      r" kind; valid: table_sum, linear"):
     load_predictor(path, space)
+
+
+def test_fit_never_predicts_a_non_positive_latency(tmp_path, monkeypatch):
+  # Four expensive networks whose latency grows 10x faster than the table sum: the fit extrapolates
+  # to a negative latency for the cheapest architecture, which the loader refuses (a tiny space
+  # measured on 6 networks in a test of `pnas latency fit` once did). The fit shrinks towards the
+  # table sum until the cheapest prediction is positive, and is then saved and loaded like any
+  # other.
+  space = tiny_space()
+  table = synthetic_table(space, 3)
+  costs = cost_table(table, space)
+  archs = _all_archs(space)
+  tsum = TableSumPredictor(space, costs).of_archs(archs)
+  top = np.argsort(tsum)[-4:]
+  root = tsum.min() + 0.9 * (tsum[top].min() - tsum.min())  # the line's zero, below the four
+  y = 10.0 * (tsum[top] - root)
+  picked = [archs[i] for i in top]
+  with monkeypatch.context() as m:  # no shrinking: the plain fit goes below zero
+    m.setattr(predictor, "MAX_SHRINK_DECADES", 0)
+    with pytest.raises(ValueError, match="stays <= 0 ms for its cheapest architecture"):
+      fit_linear(space, costs, picked, y)
+  pred = fit_linear(space, costs, picked, y, header=table.header)
+  low, cheapest = cheapest_prediction(pred)
+  assert low > 0 and pred.of_archs(archs).min() == pytest.approx(low)
+  assert pred.of_archs([Arch(tuple(b.candidates[j] for b, j in zip(space.blocks, cheapest,
+                                                                    strict=True)))])[0] == (
+      pytest.approx(low))
+  assert pred.ridge > 0
+  save_predictor(tmp_path / "p.json", pred)
+  assert load_predictor(tmp_path / "p.json", space) == pred

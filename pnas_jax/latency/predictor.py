@@ -49,6 +49,7 @@ from pnas_jax.registry import Registry
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 PREDICTOR_FORMAT = "pnas_jax.latency_predictor/1"
+MAX_SHRINK_DECADES = 12  # fit_linear: at 1e12 x the penalty the fit is the table sum
 
 
 def one_hot_matrix(space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
@@ -207,7 +208,9 @@ def fit_linear(
   Weighted ridge regression on the relative error (rows scaled by 1 / y): the per-candidate
   corrections d are shrunk to 0 with lambda (relative to the number of networks) chosen by k-fold
   CV; scale and bias are shrunk very weakly (1e-3 per network) towards the table sum (s = 1,
-  b = 0), which only matters when few networks were measured.
+  b = 0), which only matters when few networks were measured. Where the fit would predict <= 0
+  ms for the cheapest architecture (an extrapolation from few networks), every penalty is raised
+  10x at a time until it does not (`ridge` then records the d penalty used).
   """
   y = np.asarray(latencies, np.float64)
   if len(archs) != len(y):
@@ -239,9 +242,25 @@ def fit_linear(
       errs.append(np.mean((x[test] @ w - 1.0) ** 2))
     if np.mean(errs) < best_err:
       best, best_err = lam, float(np.mean(errs))
-  w = _ridge_solve(x, target, penalty(best), prior)
-  return LinearPredictor(space, table, float(w[0]), float(w[1]), _split(w[2:], table), header,
-                         float(best))
+  # Few networks can leave scale and bias free enough to extrapolate below zero for the cheapest
+  # architecture, which no loader accepts: shrink every coefficient 10x harder towards the table
+  # sum (positive wherever the table is) until that prediction is positive.
+  for shrink in 10.0 ** np.arange(0, MAX_SHRINK_DECADES + 1):
+    w = _ridge_solve(x, target, shrink * penalty(best), prior)
+    pred = LinearPredictor(space, table, float(w[0]), float(w[1]), _split(w[2:], table), header,
+                           float(best * shrink))
+    if cheapest_prediction(pred)[0] > 0:
+      return pred
+  raise ValueError(f"the fitted predictor stays <= 0 ms for its cheapest architecture even shrunk "
+                   f"to the table sum (table fixed {table.fixed} ms): check the latency table")
+
+
+def cheapest_prediction(pred: Predictor) -> tuple[float, list[int]]:
+  """(the lowest latency `pred` predicts for any architecture, that architecture's candidate
+  indices): the model is a sum over blocks, so the cheapest candidate of each block."""
+  c0, rows = pred.block_costs()
+  cheapest = [int(np.argmin(r)) for r in rows]
+  return c0 + sum(r[j] for r, j in zip(rows, cheapest, strict=True)), cheapest
 
 
 def _fit_table_sum(space, table, archs, latencies, header=None, **_):
@@ -346,9 +365,7 @@ def predictor_from_dict(d: Any, space: SearchSpace | None = None, source: str = 
     pred = cls.from_dict(d, stored, header)
   except (KeyError, TypeError, ValueError) as e:
     raise LatencyTableError(f"{source}: malformed {d.get('kind')} predictor ({e})") from None
-  c0, rows = pred.block_costs()
-  cheapest = [int(np.argmin(r)) for r in rows]
-  low = c0 + sum(r[j] for r, j in zip(rows, cheapest, strict=True))
+  low, cheapest = cheapest_prediction(pred)
   if not low > 0:
     ops = [b.candidates[j] for b, j in zip(stored.blocks, cheapest, strict=True)]
     raise LatencyTableError(
