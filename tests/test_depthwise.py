@@ -42,18 +42,33 @@ def _value_and_grads(impl: str, stride: int):
 @pytest.mark.parametrize("k", [3, 5, 7])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("hw", [(9, 9), (8, 10)])
-def test_matches_lax(impl, k, stride, hw):
+@pytest.mark.parametrize("c", [6, 43])  # 43 = 16 + 16 + 8 + 3 (native lane blocks)
+def test_matches_lax(impl, k, stride, hw, c):
   kx, kw, kc = jax.random.split(jax.random.key(k * 10 + stride), 3)
-  x = jax.random.normal(kx, (2, *hw, 6), jnp.float32)
-  w = jax.random.normal(kw, (k, k, 6), jnp.float32)
+  x = jax.random.normal(kx, (2, *hw, c), jnp.float32)
+  w = jax.random.normal(kw, (k, k, c), jnp.float32)
   ho, wo = (depthwise.output_size(s, k, stride) for s in hw)
-  ct = jax.random.normal(kc, (2, ho, wo, 6), jnp.float32)
+  ct = jax.random.normal(kc, (2, ho, wo, c), jnp.float32)
   y_ref, (dx_ref, dw_ref) = _value_and_grads("lax", stride)(x, w, ct)
   y, (dx, dw) = _value_and_grads(impl, stride)(x, w, ct)
-  assert y.shape == (2, ho, wo, 6)
+  assert y.shape == (2, ho, wo, c)
   _assert_close(y, y_ref)
   _assert_close(dx, dx_ref)
   _assert_close(dw, dw_ref)
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_matches_lax_other_kernel_and_stride(impl):
+  """A kernel size and stride outside 3/5/7 x 1/2 (the native kernels' generic loops)."""
+  kx, kw, kc = jax.random.split(jax.random.key(9), 3)
+  x = jax.random.normal(kx, (2, 11, 10, 43), jnp.float32)
+  w = jax.random.normal(kw, (9, 9, 43), jnp.float32)
+  ho, wo = depthwise.output_size(11, 9, 3), depthwise.output_size(10, 9, 3)
+  ct = jax.random.normal(kc, (2, ho, wo, 43), jnp.float32)
+  for got, want in zip(_value_and_grads(impl, 3)(x, w, ct), _value_and_grads("lax", 3)(x, w, ct),
+                       strict=True):
+    for a, e in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      _assert_close(a, e)
 
 
 def test_kernel_grad_is_not_trivially_close():
