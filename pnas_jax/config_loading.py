@@ -189,11 +189,26 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   return config
 
 
+def _override_key(override: str) -> str:
+  return override[len("--config."):].split("=", 1)[0]
+
+
+def last_override_wins(overrides: Sequence[str]) -> list[str]:
+  """Drops every override of a key that a later one sets again.
+
+  absl's config flags accumulate repeated tuple-valued keys (`--config.t=(1,)` then
+  `--config.t=(2,)` gives (1, 2)); a preset followed by the user's own value must give the user's.
+  """
+  last = {_override_key(o): i for i, o in enumerate(overrides)}
+  return [o for i, o in enumerate(overrides) if last[_override_key(o)] == i]
+
+
 def _load(spec: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
   base = _parse(spec, [])
   fields = _leaf_keys(base)
+  overrides = last_override_wins(overrides)
   for o in overrides:
-    key = o[len("--config."):].split("=", 1)[0]
+    key = _override_key(o)
     if key not in fields and not any(f.startswith(key + ".") for f in fields):
       raise ConfigError(
           f"config {spec!r} has no field {key!r} (from {o!r}); its fields: {', '.join(fields)}"

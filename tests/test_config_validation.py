@@ -63,6 +63,15 @@ def test_search_needs_some_epochs():
     load_config(TINY, ["--config.schedule.warmup_epochs=0", "--config.schedule.epochs=0"])
 
 
+def test_a_later_override_of_a_key_replaces_an_earlier_one():
+  """absl accumulates repeated tuple-valued flags; a preset then the user's value gives the user's."""
+  cfg = load_config(TINY, ["--config.latency.target_ratios=(0.45, 0.55, 0.65)",
+                           "--config.schedule.epochs=2", "--config.latency.target_ratios=(0.5, 0.7)",
+                           "--config.schedule.epochs=3"])
+  assert tuple(cfg.latency.target_ratios) == (0.5, 0.7)
+  assert cfg.schedule.epochs == 3
+
+
 def test_target_ratio_zero_does_not_fall_back_to_a_default_target():
   # tiny sets target_ratio = 0.8; setting it to 0 used to fall back to the schema's target = 80.
   with pytest.raises(ConfigError, match=r"latency.target and latency.target_ratio are both 0 with "
