@@ -18,7 +18,7 @@ Implementations ("auto" = "native" on CPU for float32 where its kernels built, e
 "lax" elsewhere):
   lax             grouped lax.conv_general_dilated, plain autodiff.
   native          the three loop nests above in C++ (layers/native/depthwise_cpu.cc), one XLA FFI
-                  custom call each for y, dL/dx and dL/dw: channel axis innermost (vectorised),
+                  custom call each for y, dL/dx and dL/dw: 16-channel blocks in SIMD registers,
                   rows split over XLA's intra-op thread pool, one dL/dw accumulator per thread.
                   Float32, CPU; built once per machine by layers/native.py.
   shift           k*k strided slices of the padded input times one tap each (one XLA loop fusion);

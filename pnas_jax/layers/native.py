@@ -2,9 +2,9 @@
 
 XLA:CPU compiles the depthwise convolution and its gradients, written as shifted multiply-adds,
 into many loop fusions (about one per kernel tap), which are slow in the kernel gradient and make
-the compiled supernet large. The same three loops written in C++ (channel axis innermost,
-vectorised by the compiler, rows split over XLA's intra-op thread pool) run as XLA FFI custom
-calls instead: one call per convolution and gradient.
+the compiled supernet large. The same three loops written in C++ (blocks of 16 channels held in
+SIMD registers while the k*k taps are summed, rows split over XLA's intra-op thread pool) run as
+XLA FFI custom calls instead: one call per convolution and gradient.
 
 The library is compiled with the system C++ compiler ($CXX, else g++ or c++) at the first use on a
 machine, into $XDG_CACHE_HOME/pnas_jax/native/KEY/ (default ~/.cache/...; KEY hashes the source,
