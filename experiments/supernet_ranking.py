@@ -18,7 +18,9 @@ e.g. --config.schedule.warmup_epochs=4 --config.optim.weight_sample=uniform.
 
 With `--trained PARETO_WORKDIR --supernet PARETO_WORKDIR/sweep/warmup` it ranks the networks an
 experiments/pareto.py run trained (their mean over its seeds) with the supernet that run's sweep
-warmed up: minutes, no training.
+warmed up: minutes, no training. Where that run drew random nets in the targets' bands (--random N),
+`bands` also ranks the nets of each band among themselves (band_rankings): would the supernet have
+picked a better net than the search did?
 
 Full run (2 epochs of warm-up, 12 archs x 1 seed x 2 epochs) ~35 min on 2 CPU cores; --quick ~5 min.
 Resumable: rerun the same command (warm-up, every training and the supernet evaluations are kept).
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import pathlib
 import sys
@@ -37,6 +40,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from front_common import (
   SEARCH_CONFIG,
   TINY_CONFIG,
@@ -155,6 +159,36 @@ def trained_networks(workdir: str) -> tuple[list[tuple[str, Arch]], list[dict[st
   return named, alone
 
 
+def band_rankings(archs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The ranking inside each latency band of a pareto run: its found net `found_<label>` and the
+  random nets drawn in the same target's band (`random_<label>_<j>`; pareto.py --random N).
+
+  Per band: Kendall tau-b of supernet vs stand-alone top-1 over its nets (None when either is
+  constant), the net the supernet scores highest and its stand-alone mean, the found net's, the
+  random nets' mean, and pick minus found: what choosing the final net by the supernet's held-out
+  accuracy among these nets would have gained over the search's own pick.
+  """
+  bands = []
+  for found in (a for a in archs if a["name"].startswith("found_")):
+    label = found["name"][len("found_"):]
+    rand = [a for a in archs if a["name"].startswith(f"random_{label}_")]
+    if not rand:
+      continue
+    band = [found, *rand]
+    sup = [a["supernet_top1"] for a in band]
+    alone = [a["standalone_top1"]["mean"] for a in band]
+    tau = front.kendall_tau(sup, alone)
+    pick = band[int(np.argmax(sup))]
+    bands.append({
+        "target": label, "n": len(band), "kendall_tau": None if math.isnan(tau) else tau,
+        "supernet_pick": pick["name"], "pick_standalone_top1": pick["standalone_top1"]["mean"],
+        "found_standalone_top1": found["standalone_top1"]["mean"],
+        "random_mean_standalone_top1": float(np.mean(alone[1:])),
+        "pick_minus_found": pick["standalone_top1"]["mean"] - found["standalone_top1"]["mean"],
+    })
+  return bands
+
+
 def _plot(result: dict[str, Any], path: pathlib.Path) -> None:
   t = result["kendall_tau"]
   pts = [{"label": a["name"], "x": a["supernet_top1"], "y": a["standalone_top1"]["mean"],
@@ -177,6 +211,15 @@ def _markdown(result: dict[str, Any]) -> str:
     s = a["standalone_top1"]
     lines.append(f"| {a['name']} | {a['predicted_latency']:.4g} | {a['supernet_top1']:.2f} | "
                  f"{s['mean']:.2f} +- {s['std']:.2f} | {' '.join(a['ops'])} |")
+  if result["bands"]:
+    lines += ["", "Inside each latency band (the found net and the random nets of its target):", "",
+              "| target | nets | Kendall tau | supernet's pick | pick alone (%) | found alone (%) "
+              "| random mean (%) | pick - found |", "|---|---|---|---|---|---|---|---|"]
+    for b in result["bands"]:
+      tau = "-" if b["kendall_tau"] is None else f"{b['kendall_tau']:.2f}"
+      lines.append(f"| {b['target']} | {b['n']} | {tau} | {b['supernet_pick']} | "
+                   f"{b['pick_standalone_top1']:.2f} | {b['found_standalone_top1']:.2f} | "
+                   f"{b['random_mean_standalone_top1']:.2f} | {b['pick_minus_found']:+.2f} |")
   return "\n".join(lines + ["", f"![supernet vs stand-alone]({pathlib.Path(result['plot']).name})", ""])
 
 
@@ -221,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                  "standalone_top1": al} for (n, a), lt, s, al in zip(named, lat, sup, alone, strict=True)],
       "plot": str(out.with_suffix(".png")), "wall_s": time.time() - t0,
   }
+  result["bands"] = band_rankings(result["archs"])
   write_result(result, out, args.json, plot=_plot)
   write_bytes_atomic(out.with_suffix(".md"), _markdown(result).encode())
   return 0

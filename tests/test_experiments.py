@@ -109,6 +109,30 @@ def test_pareto_and_supernet_ranking_tiny(tmp_path):
     assert a["ops"] == by_name[a["name"]]["ops"]
     assert a["standalone_top1"]["mean"] == pytest.approx(by_name[a["name"]]["accuracy"]["mean"])
   assert not (tmp_path / "r2" / "train").exists()
+  (band,) = k2["bands"]  # found_ratio_0.8 and the random net of its band
+  assert band["target"] == "ratio_0.8" and band["n"] == 2
+  assert band["supernet_pick"] in {"found_ratio_0.8", rand["name"]}
+  assert band["found_standalone_top1"] == pytest.approx(by_name["found_ratio_0.8"]["accuracy"]["mean"])
+
+
+def test_band_rankings_per_target():
+  sys.path.insert(0, str(REPO / "experiments"))
+  import supernet_ranking
+
+  def net(name, sup, alone):
+    return {"name": name, "supernet_top1": sup, "standalone_top1": {"mean": alone}}
+
+  archs = [net("found_r_0.4", 80.0, 89.0), net("random_r_0.4_1", 82.0, 90.0),
+           net("random_r_0.4_2", 81.0, 89.5), net("random_r_0.45_1", 90.0, 95.0),  # another band
+           net("found_r_0.45", 83.0, 91.0), net("hand_x", 99.0, 99.0)]
+  b04, b045 = supernet_ranking.band_rankings(archs)
+  # Band r_0.4: the supernet's order (82 > 81 > 80) is the stand-alone one: tau 1; it picks random 1.
+  assert b04["target"] == "r_0.4" and b04["n"] == 3 and b04["kendall_tau"] == pytest.approx(1.0)
+  assert b04["supernet_pick"] == "random_r_0.4_1" and b04["pick_minus_found"] == pytest.approx(1.0)
+  assert b04["random_mean_standalone_top1"] == pytest.approx(89.75)
+  assert b045["n"] == 2 and b045["supernet_pick"] == "random_r_0.45_1"
+  archs[1]["standalone_top1"]["mean"] = 88.0  # now discordant with the supernet on 2 of 3 pairs
+  assert supernet_ranking.band_rankings(archs)[0]["kendall_tau"] == pytest.approx(-1 / 3)
 
 
 def _pareto_result(base: float, nets: list[tuple[str, str, float, list[float]]], epochs: int = 3):
