@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
   sweep_dir = r["sweep"]
   workdir = os.path.dirname(sweep_dir)
   nets = {n["name"]: n for n in r["networks"]}
+  found_vs = {f["target"]: f for f in r["summary"]["found_vs"]}  # the run's own comparisons
   space, _ = load_arch(os.path.join(workdir, "archs", f"found_{r['targets'][0]['label']}.json"))
   predictor = sweep_predictor(cfg, sweep_dir, space)
   sup_dir = os.path.join(sweep_dir, WARMUP_DIR)
@@ -97,12 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     x["predicted_latency"] = float(predictor.of_archs([arch])[0])
     x["supernet_top1"] = max(c["supernet_top1"] for c in x["candidates"])
     x["standalone_top1"] = front.aggregate_seeds([rep["test_top1"] for rep in reports[x["pick"]]])
-    found = nets[f"found_{x['target']}"]["accuracy"]["mean"]
-    rand = [n["accuracy"]["mean"] for n in r["networks"]
-            if n["method"] == "random" and n.get("target") == x["target"]]
-    x["found_standalone_top1"] = found
-    x["random_mean_standalone_top1"] = float(np.mean(rand)) if rand else None
-    x["pick_minus_found"] = x["standalone_top1"]["mean"] - found
+    vs = found_vs[x["target"]]
+    x["found_standalone_top1"] = vs["accuracy"]
+    x["random_mean_standalone_top1"] = vs["vs_random_mean"]["mean"] if "vs_random_mean" in vs else None
+    x["pick_minus_found"] = x["standalone_top1"]["mean"] - vs["accuracy"]
   result = {"pareto": args.pareto, "supernet": {"workdir": sup_dir, "step": step},
             "candidates": args.candidates, "seeds": r["seeds"], "targets": rows,
             "wall_s": time.time() - t0}
