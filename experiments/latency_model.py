@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
   config = load_config(args.config, overrides)
 
   from pnas_jax.latency import measure
+  from pnas_jax.search_space.sampling import sample_archs
 
   measure.set_cpu_threads(config.get("cpu_threads"))  # before JAX starts its backend
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
   n = args.n or (30 if args.quick else config.n_networks)
   k = min(args.repeat, n)
-  archs = measure.sample_archs(space, n, config.seed)
+  archs = sample_archs(space, n, config.seed)
   named = [(f"sample{i:03d}", a) for i, a in enumerate(archs)]
   # One interleaved session: every layer of the table, every network, and a second, separately
   # compiled copy of the first k networks are compiled, then all are timed round-robin, so changes

@@ -2,8 +2,8 @@ r"""Would choosing the final net by the supernet's held-out accuracy beat the se
 
 For each latency target of a finished experiments/pareto.py run:
   1. draw `--candidates` architectures uniformly inside the target's band [(1 - band) T, T] under
-     the run's latency predictor (the random baseline's sampler, pnas_jax/front.py sample_in_band,
-     excluding the run's found and random nets);
+     the run's latency predictor (the random baseline's sampler,
+     pnas_jax/search_space/sampling.py sample_in_band, excluding the run's found and random nets);
   2. score each in the run's warm-up supernet (WORKDIR/sweep/warmup): held-out top-1 with
      inherited weights, BN statistics re-estimated (supernet_ranking.supernet_accuracies);
   3. retrain the highest-scoring one with the run's budget and seeds, in the run's workdir as
@@ -38,6 +38,7 @@ from pnas_jax.config_loading import load_config
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import read_json, write_bytes_atomic
 from pnas_jax.search_space.io import load_arch
+from pnas_jax.search_space.sampling import sample_in_band
 from pnas_jax.train.sweep import WARMUP_DIR
 
 
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
   rows = []
   for t in r["targets"]:
     label = t["label"]
-    cands = front.sample_in_band(space, predictor.of_archs, t["target"], r["band"], args.candidates,
-                                 seed=args.sample_seed, exclude=taken)
+    cands = sample_in_band(space, predictor.of_archs, t["target"], r["band"], args.candidates,
+                           seed=args.sample_seed, exclude=taken)
     scores = supernet_accuracies(setup, state, f"{sup_dir}@{step}", cands,
                                  os.path.join(workdir, "supernet_pick_eval.json"),
                                  cfg.eval.bn_batches, cfg.eval.max_batches or None)

@@ -1,7 +1,7 @@
 r"""Does the supernet rank architectures like stand-alone training does? Kendall tau with a bootstrap.
 
 For `--n-archs` architectures spread over the latency range (uniform draws from the space, binned by
-predicted latency, one per bin: pnas_jax/front.py sample_spread), compare
+predicted latency, one per bin: pnas_jax/search_space/sampling.py sample_spread), compare
   - the supernet's accuracy: the held-out split, inherited weights, BN statistics re-estimated for
     the path (pnas_jax.train.evaluation.PathEvaluator), from the final checkpoint of a warm-up (run
     here, in WORKDIR/warmup, with the search config's warm-up settings) or of `--supernet DIR` (a
@@ -59,6 +59,7 @@ from pnas_jax.errors import PnasError
 from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
 from pnas_jax.latency.predictor import macs_predictor
 from pnas_jax.search_space.io import load_arch
+from pnas_jax.search_space.sampling import sample_spread
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.evaluation import PathEvaluator
 from pnas_jax.train.loop import final_state
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.trained:
     named, alone = trained_networks(os.path.abspath(args.trained))
   else:
-    archs = front.sample_spread(setup.space, predictor.of_archs, args.n_archs, seed=args.sample_seed)
+    archs = sample_spread(setup.space, predictor.of_archs, args.n_archs, seed=args.sample_seed)
     named = [(f"a{i:02d}", a) for i, a in enumerate(archs)]
     reports, code = front.train_networks(named, setup.space, workdir, args.train_config, train_over,
                                          list(range(args.seeds)), progress, workers=args.workers)

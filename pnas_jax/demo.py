@@ -230,6 +230,17 @@ def _report(workdir: str, networks: list[dict[str, Any]], hits: list[dict[str, A
   return report
 
 
+def _derivation_words(mode: str, band: float) -> str:
+  """How the sweep's found nets were chosen, for the report."""
+  within = f"with predicted latency within {100 * band:.0f}% below the target"
+  if mode == "budget":
+    return f" (the most probable architecture {within})"
+  if mode == "supernet":
+    return (f" (of the policy's pick and random architectures {within}, the one with the best "
+            "held-out accuracy in the warmed-up supernet)")
+  return ""
+
+
 def _markdown(r: dict[str, Any]) -> str:
   sw, fit = r["sweep"], r.get("predictor_fit") or {}
   hit = sum(h["hit"] for h in r["target_hits"])
@@ -242,8 +253,7 @@ def _markdown(r: dict[str, Any]) -> str:
       f"Sweep: one warm-up ({sw['warmup_steps']} steps, {sw['warmup_s']:.0f} s), then one search "
       f"per target ({times}); estimator "
       f"{sw['estimator']}, derivation {sw['derive']}"
-      + (f" (the most probable architecture with predicted latency within "
-         f"{100 * sw['derive_band']:.0f}% below the target)" if sw["derive"] == "budget" else "")
+      + _derivation_words(sw["derive"], sw["derive_band"])
       + f". {hit} of {len(r['target_hits'])} targets hit on the device.", "",
       f"Latency: {r['latency_protocol']}."
       + (f" Latency predictor: held-out relative RMSE {100 * fit['test']['rel_rmse']:.1f}% on "

@@ -8,8 +8,7 @@ library so `pnas demo` can show the same front:
   last skippable blocks of the stages). They stay inside the space, so the latency predictor and
   `pnas latency networks` apply to them; `spanning_members` picks the ones that bracket a latency
   range.
-- `sample_in_band` (random search under a latency constraint) and `sample_spread` (architectures
-  spread over the latency range), both by rejection sampling under a latency predictor.
+- random search under a latency constraint is search_space/sampling.py's `sample_in_band`.
 - `aggregate_seeds`: mean and standard deviation over the seeds of one network.
 - `pareto_front`, `hypervolume` (2-D: maximise accuracy, minimise latency), `interpolate_front` and
   `matched_comparison` (a network against a front at its own latency, in seed-std units), and
@@ -43,14 +42,13 @@ from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserFileError, UserValueError
 from pnas_jax.file_io import read_json
 from pnas_jax.latency.cli import space_from_config
-from pnas_jax.latency.measure import load_network_measurements, sample_archs
+from pnas_jax.latency.measure import load_network_measurements
 from pnas_jax.latency.sessions import DEFAULT_SESSIONS
 from pnas_jax.search_space.io import save_arch
+from pnas_jax.search_space.sampling import LatencyFn, sample_in_band
 from pnas_jax.search_space.space import Arch, SearchSpace
 from pnas_jax.train.retrain import train
 
-# predicted latency of each architecture (e.g. Predictor.of_archs)
-LatencyFn = Callable[[Sequence[Arch]], np.ndarray]
 # How measure_latencies times (with a CPU latency config: pnas_jax/latency/config.py's protocol).
 MEASURED_PROTOCOL = ("batch {batch}, one core (a child process pinned to one CPU, single-threaded "
                      "XLA, process CPU-time clock), every network and the baseline interleaved in "
@@ -108,61 +106,6 @@ def spanning_members(latencies: Sequence[float], lo: float, hi: float) -> list[i
   below = [i for i in order if lat[i] < lo][-1:]
   above = [i for i in order if lat[i] > hi][:1]
   return below + inside + above
-
-
-# --- sampling under a latency predictor -----------------------------------------------------------
-
-
-def _draws(space: SearchSpace, latency_fn: LatencyFn, seed: int, chunk: int, max_draws: int):
-  """Chunks of (archs, predicted latencies) of uniformly drawn architectures (sample_archs)."""
-  for i in range(-(-max_draws // chunk)):
-    archs = sample_archs(space, chunk, seed=seed * 1_000_003 + i)
-    yield archs, np.asarray(latency_fn(archs), np.float64)
-
-
-def sample_in_band(space: SearchSpace, latency_fn: LatencyFn, target: float, band: float, n: int,
-                   seed: int = 0, exclude: Sequence[Arch] = (), max_draws: int = 200_000) -> list[Arch]:
-  """`n` distinct architectures drawn uniformly from the space (each block's op uniform over its
-  candidates) conditioned on the predicted latency lying in [(1 - band) T, T]: rejection sampling,
-  the random-search baseline at latency target T. Architectures in `exclude` are not returned.
-  """
-  if not 0.0 < band < 1.0:
-    raise UserValueError(f"band = {band!r}: give a fraction in (0, 1)")
-  lo, out, seen = (1.0 - band) * target, [], set(exclude)
-  for archs, lat in _draws(space, latency_fn, seed, 4096, max_draws):
-    for a, t in zip(archs, lat, strict=True):
-      if lo <= t <= target and a not in seen:
-        out.append(a)
-        seen.add(a)
-        if len(out) == n:
-          return out
-  raise UserValueError(
-      f"only {len(out)} of {n} distinct architectures found with predicted latency in "
-      f"[{lo:.4g}, {target:.4g}] after {max_draws} draws; widen the band or lower n")
-
-
-def sample_spread(space: SearchSpace, latency_fn: LatencyFn, n: int, seed: int = 0,
-                  n_draws: int = 20_000) -> list[Arch]:
-  """`n` distinct architectures spread over the latency range of the space: `n_draws` uniform
-  draws, their predicted latencies cut into n equal-width bins between the 1st and 99th percentile,
-  one architecture drawn from each bin (from the nearest bins' leftovers where a bin is empty)."""
-  archs, lat = [], []
-  for a, t in _draws(space, latency_fn, seed, min(4096, n_draws), n_draws):
-    archs += a
-    lat.append(t)
-  unique = {a: float(t) for a, t in zip(archs, np.concatenate(lat), strict=True)}
-  if len(unique) < n:
-    raise UserValueError(f"the space holds only {len(unique)} distinct architectures; lower n ({n})")
-  cands, lat = list(unique), np.asarray(list(unique.values()))
-  edges = np.linspace(*np.percentile(lat, [1, 99]), n + 1)
-  centre = (edges[:-1] + edges[1:]) / 2
-  rng, free, picked = np.random.default_rng(seed), np.ones(len(cands), bool), []
-  for c in centre:  # in each bin; where it is empty (or used up), the nearest free latency
-    in_bin = np.flatnonzero(free & (np.abs(lat - c) <= (edges[1] - edges[0]) / 2))
-    i = rng.choice(in_bin) if len(in_bin) else np.flatnonzero(free)[np.argmin(np.abs(lat[free] - c))]
-    free[i] = False
-    picked.append(cands[i])
-  return picked
 
 
 # --- seed statistics, fronts, hypervolume -----------------------------------------------------------

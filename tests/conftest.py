@@ -1,5 +1,5 @@
 """Shared fixtures: the reference data folder (../shared/reference), skipped with a reason if absent;
-the persistent compilation cache of the test run."""
+the Fashion-MNIST config's search space; the persistent compilation cache of the test run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pathlib
 import pytest
 
 from pnas_jax.compile_cache import ENV_VAR, collect_garbage_less_often, enable_compilation_cache
+from pnas_jax.config_loading import load_config
+from pnas_jax.search_space.space import SearchSpace
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Compiled programs are shared between tests, pytest workers and the CLI runs they start (the
@@ -30,3 +32,10 @@ def reference_dir() -> pathlib.Path:
         "the checkout; set PNAS_REFERENCE_DIR to point elsewhere)"
     )
   return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def fmnist_space() -> SearchSpace:
+  """The search space of configs/search/fashion_mnist.py (7 blocks, three candidates + Zero)."""
+  cfg = load_config(str(REPO / "configs" / "search" / "fashion_mnist.py"))
+  return SearchSpace.from_dict(cfg.space.to_dict())

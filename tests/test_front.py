@@ -14,19 +14,14 @@ import scipy.stats
 from pnas_jax import front
 from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserValueError
-from pnas_jax.latency.measure import NetworkMeasurements, sample_archs
+from pnas_jax.latency.measure import NetworkMeasurements
 from pnas_jax.latency.predictor import macs_predictor
 from pnas_jax.latency.sessions import merge_networks
 from pnas_jax.latency.table import TableHeader
+from pnas_jax.search_space.sampling import sample_archs
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def fmnist_space():
-  cfg = load_config(os.path.join(REPO, "configs", "search", "fashion_mnist.py"))
-  return SearchSpace.from_dict(cfg.space.to_dict())
 
 
 def _union_area(lat, acc, ref):
@@ -179,31 +174,6 @@ def test_spanning_members():
   lat = [5.0, 1.0, 3.0, 2.0, 4.0, 6.0]
   assert front.spanning_members(lat, 2.5, 4.5) == [3, 2, 4, 0]
   assert front.spanning_members(lat, 0.5, 10.0) == [1, 3, 2, 4, 0, 5]
-
-
-def test_sample_in_band_is_in_band_distinct_and_seeded(fmnist_space):
-  macs = macs_predictor(fmnist_space)
-  full = float(macs.of_archs([Arch.uniform(fmnist_space, "3x3_MBConv6")])[0])
-  target, band = 0.7 * full, 0.05
-  archs = front.sample_in_band(fmnist_space, macs.of_archs, target, band, 6, seed=1)
-  lat = macs.of_archs(archs)
-  assert np.all((lat >= (1 - band) * target) & (lat <= target)) and len(set(archs)) == 6
-  assert archs == front.sample_in_band(fmnist_space, macs.of_archs, target, band, 6, seed=1)
-  assert archs[0] not in front.sample_in_band(fmnist_space, macs.of_archs, target, band, 3, seed=1,
-                                              exclude=archs[:1])
-  with pytest.raises(UserValueError, match="widen the band"):
-    front.sample_in_band(fmnist_space, macs.of_archs, 1e-3, band, 1, max_draws=5000)
-
-
-def test_sample_spread_covers_the_latency_range(fmnist_space):
-  macs = macs_predictor(fmnist_space)
-  archs = front.sample_spread(fmnist_space, macs.of_archs, 12, seed=0, n_draws=5000)
-  assert len(set(archs)) == 12
-  lat = np.sort(macs.of_archs(archs))
-  everything = macs.of_archs(sample_archs(fmnist_space, 5000, seed=1))
-  lo, hi = np.percentile(everything, [1, 99])
-  assert lat[0] < lo + 0.1 * (hi - lo) and lat[-1] > hi - 0.1 * (hi - lo)
-  assert np.max(np.diff(lat)) < 0.25 * (hi - lo)  # no big gap
 
 
 def test_target_hits_rebase_each_target_on_the_baseline_timed_with_the_found_nets(fmnist_space):

@@ -18,6 +18,7 @@ from pnas_jax.latency import timing as timing_lib
 from pnas_jax.latency.predictor import load_latency_model
 from pnas_jax.latency.table import LatencyTableError, cost_table, load_table, space_keys
 from pnas_jax.latency.timing import time_interleaved
+from pnas_jax.search_space.sampling import sample_archs
 
 FAST = measure.TimingProtocol(batch=1, warmup=1, repeats=3, per_round=1, chunk=4)
 
@@ -65,8 +66,8 @@ def test_measure_table_is_complete_and_resumes(tmp_path):
 
 def test_measure_networks_resumes_and_checks_space(tmp_path):
   space = tiny_space()
-  archs = measure.sample_archs(space, 3, seed=1)
-  assert archs == measure.sample_archs(space, 3, seed=1)
+  archs = sample_archs(space, 3, seed=1)
+  assert archs == sample_archs(space, 3, seed=1)
   path = tmp_path / "nets.json"
   named = [(f"a{i}", a) for i, a in enumerate(archs)]
   measure.measure_networks(space, named[:2], path, FAST, progress=False)
@@ -200,7 +201,7 @@ def test_latency_model_experiment_smoke(tmp_path, capsys):
                                           ("mean", float("inf")), ("min", 0.0)])
 def test_bad_latency_in_networks_file_names_file_and_network(tmp_path, field, value):
   space = tiny_space()
-  archs = measure.sample_archs(space, 2, seed=1)
+  archs = sample_archs(space, 2, seed=1)
   header = table_lib.TableHeader(device="cpu: test", backend="cpu")
   records = [{"name": f"a{i}", "ops": list(a.ops), "median": 1.0, "mean": 1.1, "var": 0.01,
               "count": 3, "min": 0.9} for i, a in enumerate(archs)]

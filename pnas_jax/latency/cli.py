@@ -67,11 +67,12 @@ def _time(config: Any, job: Any):
 def cmd_measure(args: argparse.Namespace) -> int:
   from pnas_jax.latency import measure
   from pnas_jax.latency.timing import device_description
+  from pnas_jax.search_space.sampling import sample_archs
 
   config = load_config(args.config, args.config_overrides)
   space = space_from_config(config)
   named = [(f"sample{i:03d}", a) for i, a in
-           enumerate(measure.sample_archs(space, config.n_networks, config.seed))]
+           enumerate(sample_archs(space, config.n_networks, config.seed))]
   if config.get("baseline_op"):
     from pnas_jax.search_space.space import Arch
 

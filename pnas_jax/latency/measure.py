@@ -301,15 +301,6 @@ def measure_table(
 # --- whole networks ---------------------------------------------------------------------------
 
 
-def sample_archs(space: SearchSpace, n: int, seed: int = 0) -> list[Arch]:
-  """`n` architectures with each block's op drawn uniformly from its candidates (Zero included)."""
-  rng = np.random.default_rng(seed)
-  return [
-      Arch(tuple(b.candidates[int(rng.integers(len(b.candidates)))] for b in space.blocks))
-      for _ in range(n)
-  ]
-
-
 def zoo_archs(space: SearchSpace) -> list[tuple[str, Arch]]:
   """The zoo networks' op choices placed in `space`, where they fit its blocks (deduplicated)."""
   out: dict[Arch, str] = {}

@@ -11,8 +11,9 @@ The target is config.latency.target, or target_ratio x the baseline arch's laten
 model (the demo's "0.7 x MobileNetV2-like baseline"). The loss binds T: loss_fn(ce, E[LAT]).
 
 config.latency.derive picks the final architecture from alpha: "argmax" (the paper's rule, per
-block) or "budget" (the most probable architecture whose modelled latency is in
-[(1 - derive_band) T, T]; arch/derive.py).
+block), "budget" (the most probable architecture whose modelled latency is in
+[(1 - derive_band) T, T]; arch/derive.py) or "supernet" (that architecture and uniform draws from
+the same band, scored by held-out accuracy in the warmed-up supernet; train/derive_by_supernet.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import numpy as np
 from pnas_jax.arch.derive import derive, derive_within_budget
 from pnas_jax.arch.sampling import LatencyBand
 from pnas_jax.errors import MissingFileError, UserValueError
-from pnas_jax.latency import measure
 from pnas_jax.latency.loss import latency_loss
 from pnas_jax.latency.measure import TimingProtocol
 from pnas_jax.latency.predictor import (
@@ -42,10 +42,11 @@ from pnas_jax.latency.predictor import (
 )
 from pnas_jax.latency.sessions import TimingJob, time_in_sessions
 from pnas_jax.latency.table import cost_table
+from pnas_jax.search_space.sampling import sample_archs
 from pnas_jax.search_space.space import Arch, SearchSpace
 
 log = logging.getLogger(__name__)
-DERIVE_MODES = ("argmax", "budget")
+DERIVE_MODES = ("argmax", "budget", "supernet")
 MEASURED_PREDICTOR = "predictor.json"  # what "measure" fits, in WORKDIR/latency/
 
 
@@ -56,8 +57,9 @@ class LatencyObjective:
   unit: str | None
   loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None
   baseline: float | None = None  # the baseline arch's latency under the model
-  derive_mode: str = "argmax"  # "argmax" | "budget" (config.latency.derive)
-  derive_band: float = 0.0  # "budget": latency in [(1 - band) T, T] (config.latency.derive_band)
+  derive_mode: str = "argmax"  # "argmax" | "budget" | "supernet" (config.latency.derive)
+  # "budget" / "supernet": latency in [(1 - band) T, T] (config.latency.derive_band)
+  derive_band: float = 0.0
 
   @property
   def cost_fn(self) -> Callable[[Sequence[jax.Array]], jax.Array] | None:
@@ -81,8 +83,9 @@ class LatencyObjective:
     return LatencyBand(float(base), tuple(tuple(map(float, c)) for c in costs), lo, self.target)
 
   def derive(self, alpha: Sequence[np.ndarray], space: SearchSpace) -> Arch:
-    """The final architecture from alpha under config.latency.derive."""
-    if self.derive_mode == "budget":
+    """The final architecture from alpha under config.latency.derive ("supernet": the policy's
+    candidate, the budgeted one; train/derive_by_supernet.py scores it against in-band draws)."""
+    if self.derive_mode in ("budget", "supernet"):
       base, costs = self.predictor.block_costs()
       return derive_within_budget(alpha, space, base, costs, self.target, band=self.derive_band)
     return derive(alpha, space)
@@ -106,7 +109,7 @@ def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_netwo
     log.info("latency.sessions = %d: timing once, in the search process (it holds the %s device)",
              sessions, jax.default_backend())
   named = [("baseline", Arch.uniform(space, baseline_op))] + [
-      (f"sample{i:03d}", a) for i, a in enumerate(measure.sample_archs(space, n_networks, seed))]
+      (f"sample{i:03d}", a) for i, a in enumerate(sample_archs(space, n_networks, seed))]
   job = TimingJob(space, protocol, table=os.path.join(directory, "table.json"),
                   networks=os.path.join(directory, "networks.json") if n_networks > 0 else None,
                   named_archs=tuple(named), cpu_threads=cpu_threads if in_child else None,
@@ -144,10 +147,13 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   if not 0.0 <= derive_band < 1.0:
     raise UserValueError(f"config.latency.derive_band = {derive_band!r}: use a fraction in [0, 1) "
                      "(0.1: the derived arch within 10% below the target)")
+  if derive_mode == "supernet" and not derive_band > 0:
+    raise UserValueError("config.latency.derive = 'supernet' draws its candidates inside the band "
+                         "[(1 - derive_band) T, T]: set config.latency.derive_band > 0 (e.g. 0.03)")
   if model == "none":
-    if derive_mode == "budget":
-      raise UserValueError("config.latency.derive = 'budget' needs a latency model; set "
-                       "config.latency.model (or derive='argmax')")
+    if derive_mode != "argmax":
+      raise UserValueError(f"config.latency.derive = {derive_mode!r} needs a latency model; set "
+                           "config.latency.model (or derive='argmax')")
     return LatencyObjective(None, None, None, None)
   if baseline_op not in space.candidates:
     raise UserValueError(f"config.latency.baseline_op = {baseline_op!r} is not a candidate of the space "
@@ -178,6 +184,6 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   objective = LatencyObjective(predictor, float(target), predictor.unit,
                                lambda ce, e_lat: loss(ce, e_lat, target), baseline,
                                derive_mode, float(derive_band))
-  if derive_mode == "budget":  # an empty band fails now, naming the reachable range
+  if derive_mode != "argmax":  # an empty band fails now, naming the reachable range
     objective.derive([np.zeros(len(b.candidates)) for b in space.blocks], space)
   return objective

@@ -68,6 +68,11 @@ def cmd_search(args: argparse.Namespace) -> int:
   if result.target is not None:
     print(f"E[LAT] {result.expected_latency:.4g} {unit}, derived arch {result.arch_latency:.4g} "
           f"{unit}, target {result.target:.4g} {unit}")
+  d = result.derivation
+  if d is not None:
+    print(f"chosen by the supernet among {len(d['candidates'])} candidates in the band (scored in "
+          f"its {d['scored_in']} weights; the policy's own arch ranked {d['policy_rank']}): "
+          f"derivation.json")
   if result.holdout_top1 is not None:
     print(f"held-out top-1 of the derived arch (supernet weights): {result.holdout_top1:.2f}%")
   print(f"outputs: {result.workdir}/arch.json, net.config, metrics.jsonl, plots/")

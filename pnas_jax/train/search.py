@@ -45,7 +45,7 @@ from pnas_jax.file_io import read_json, save_msgpack, write_json
 from pnas_jax.latency.objective import LatencyObjective, latency_objective
 from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
-from pnas_jax.train import inputs
+from pnas_jax.train import derive_by_supernet, inputs
 from pnas_jax.train.evaluation import PathEvaluator
 from pnas_jax.train.loop import Outcome, RunDir, RunStateError, Status, final_state, run_loop
 from pnas_jax.train.monitor import LoopMonitor, Progress
@@ -59,7 +59,8 @@ from pnas_jax.train.steps import arch_step, weight_step
 log = logging.getLogger(__name__)
 CHOSEN_PATH_FILE = "chosen_path.msgpack"
 SUMMARY_FILE = "summary.json"
-SEARCH_OUTPUTS = ("arch.json", "net.config", CHOSEN_PATH_FILE, SUMMARY_FILE, "plots")
+SEARCH_OUTPUTS = ("arch.json", "net.config", CHOSEN_PATH_FILE, SUMMARY_FILE, "plots",
+                  derive_by_supernet.DERIVATION_FILE, derive_by_supernet.WARMUP_WEIGHTS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,7 @@ class SearchSetup:
   batches: dict[str, int]  # batch_size, arch_batch_size, eval_batch_size, prefetch
   eval: dict[str, int]  # every_epochs, max_batches, bn_batches
   run: dict[str, Any]  # checkpoint_every, keep, max_steps, log_every, tensorboard, progress, plots
+  derive_candidates: int = 1  # latency.derive = "supernet": candidates scored (derive_by_supernet)
 
   @property
   def space(self):
@@ -174,7 +176,8 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
       run={"checkpoint_every": config.checkpoint.every_steps, "keep": config.checkpoint.keep,
            "max_steps": config.schedule.max_steps, "log_every": r.every_steps,
            "tensorboard": r.tensorboard, "progress": r.progress, "plots": r.plots,
-           "alpha_every": r.alpha_every})
+           "alpha_every": r.alpha_every},
+      derive_candidates=config.latency.derive_candidates)
 
 
 def plan_search(config: Any, workdir: str) -> dict[str, Any]:
@@ -201,6 +204,8 @@ class SearchResult:
   images_per_s: float
   probabilities: list[list[float]]
   exit_code: int = 0
+  # latency.derive = "supernet": how the arch was chosen (derive_by_supernet.choose's record)
+  derivation: dict[str, Any] | None = None
 
   @property
   def partial(self) -> bool:
@@ -217,7 +222,7 @@ class SearchResult:
 # added or reordered: its own target is the first); they still decide the warm-up's arch.json.
 WARMUP_UNUSED = ("arch.", "latency.target", "latency.target_ratio", "latency.targets",
                  "latency.target_ratios", "latency.loss", "latency.loss_params.", "latency.derive",
-                 "latency.derive_band", "optim.lr", "optim.arch_", "schedule.arch_every",
+                 "latency.derive_", "optim.lr", "optim.arch_", "schedule.arch_every",
                  "schedule.arch_start_epoch", "log.alpha_every")
 
 
@@ -244,8 +249,11 @@ def search(config: Any, workdir: str, *, progress: bool | None = None, overwrite
     if init_from is not None and run.resume_step is None:
       initial = _warmed_up(init_from, initial, s.warmup_steps)
     state = replicate(run.restore_or(initial), setup.mesh)
-    state, outcome = _run(setup, run, state, progress)
-    result = _result(setup, run, state, outcome, _wall_s(run, outcome, time.time() - t_start))
+    evaluator = PathEvaluator(setup.model, setup.data.eval_preprocess, setup.mesh)
+    _keep_warmup_weights(setup, run, state, int(to_host(state.step)))
+    state, outcome = _run(setup, run, state, progress, evaluator)
+    result = _result(setup, run, state, outcome, _wall_s(run, outcome, time.time() - t_start),
+                     evaluator)
     if run.is_main:
       _write_outputs(setup, run, state, result)
   return result
@@ -261,6 +269,17 @@ def _warmed_up(warmup_dir: str, like: SearchState, warmup_steps: int) -> SearchS
         "the warm-up was run with another schedule: use --overwrite to run it again")
   log.info("starting from the warm-up of %s (step %d)", warmup_dir, step)
   return state
+
+
+def _keep_warmup_weights(setup: SearchSetup, run: RunDir, state: SearchState, done: int) -> None:
+  """With latency.derive = "supernet", the supernet as it is at the end of the warm-up (`done` ==
+  its steps; a sweep's target search starts there), which its candidates are scored in."""
+  s = setup.schedule
+  if (setup.objective.derive_mode != "supernet" or not s.warmup_steps or done != s.warmup_steps
+      or s.total_steps == s.warmup_steps  # a warm-up alone: its final checkpoint is the snapshot
+      or os.path.exists(os.path.join(run.workdir, derive_by_supernet.WARMUP_WEIGHTS_FILE))):
+    return
+  derive_by_supernet.save_warmup_weights(run.workdir, state.params, state.batch_stats, run.is_main)
 
 
 def compiled_steps(setup: SearchSetup) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -293,8 +312,8 @@ def _batches(setup: SearchSetup, state: SearchState) -> tuple[Any, Any]:
       holdout, b["prefetch"], put=put)
 
 
-def _run(setup: SearchSetup, run: RunDir, state: SearchState, progress: bool | None
-         ) -> tuple[SearchState, Outcome]:
+def _run(setup: SearchSetup, run: RunDir, state: SearchState, progress: bool | None,
+         evaluator: PathEvaluator) -> tuple[SearchState, Outcome]:
   """The search loop: a weight step, then an arch step where the schedule says, per step."""
   weight_fn, arch_fn = compiled_steps(setup)
   train_batches, holdout_batches = _batches(setup, state)
@@ -329,9 +348,10 @@ def _run(setup: SearchSetup, run: RunDir, state: SearchState, progress: bool | N
     monitor.save(step, st, (st.params, st.alpha),
                  {"weight_steps": step, "arch_steps": int(to_host(st.arch_step))}, final)
 
-  epoch_hook = _epoch_records(setup, run, monitor)
+  epoch_hook = _epoch_records(setup, run, monitor, evaluator)
+  hooks = (functools.partial(_keep_warmup_weights, setup, run), epoch_hook)
   return run_loop(state, one_step, run=run, start=start, total_steps=s.total_steps,
-                  max_steps=setup.run["max_steps"], monitor=monitor, save=save, hooks=(epoch_hook,),
+                  max_steps=setup.run["max_steps"], monitor=monitor, save=save, hooks=hooks,
                   log_every=setup.run["log_every"])
 
 
@@ -347,13 +367,12 @@ def _record_alpha(setup: SearchSetup, run: RunDir, state: SearchState, done: int
   return alpha
 
 
-def _epoch_records(setup: SearchSetup, run: RunDir, monitor: LoopMonitor
+def _epoch_records(setup: SearchSetup, run: RunDir, monitor: LoopMonitor, evaluator: PathEvaluator
                    ) -> Callable[[SearchState, int], None]:
   """The per-epoch hook: the architecture distribution (plots/alpha.png; also every
   log.alpha_every arch steps, see _run) and, every
   eval.every_epochs and at the end, the held-out accuracy of the derived architecture."""
   s, obj, ev = setup.schedule, setup.objective, setup.eval
-  evaluator = PathEvaluator(setup.model, setup.data.eval_preprocess, setup.mesh)
 
   def hook(state: SearchState, done: int) -> None:
     if not s.is_epoch_end(done):
@@ -386,20 +405,27 @@ def _wall_s(run: RunDir, outcome: Outcome, elapsed: float) -> float:
 
 
 def _result(setup: SearchSetup, run: RunDir, state: SearchState, outcome: Outcome,
-            wall_s: float) -> SearchResult:
+            wall_s: float, evaluator: PathEvaluator) -> SearchResult:
   obj = setup.objective
   alpha = list(to_host(state.alpha))
   arch, probs = obj.derive(alpha, setup.space), probabilities(alpha)
   evals = [r for r in run.logger.records() if r["kind"] == "eval"]
+  holdout = evals[-1]["holdout_top1"] if evals else None
+  derivation = None
+  if obj.derive_mode == "supernet" and outcome.status is Status.DONE:
+    derivation = derive_by_supernet.choose(setup, run.workdir, state.params, state.batch_stats,
+                                           arch, int(to_host(state.step)), evaluator, run.is_main)
+    arch, holdout = derivation["arch"], derivation["holdout_top1"]
+    derivation = {**derivation, "arch": list(arch.ops)}
   return SearchResult(
       workdir=run.workdir, arch=arch, status=outcome.status, detail=outcome.describe(),
       step=int(to_host(state.step)), total_steps=outcome.total_steps,
       expected_latency=obj.expected(probs) if obj.predictor else None,
       arch_latency=obj.of_arch(arch) if obj.predictor else None,
       target=obj.target, latency_unit=obj.unit,
-      holdout_top1=evals[-1]["holdout_top1"] if evals else None,
-      wall_s=wall_s, images_per_s=outcome.images_per_s,
-      probabilities=[p.tolist() for p in probs], exit_code=outcome.exit_code())
+      holdout_top1=holdout, wall_s=wall_s, images_per_s=outcome.images_per_s,
+      probabilities=[p.tolist() for p in probs], exit_code=outcome.exit_code(),
+      derivation=derivation)
 
 
 def _write_outputs(setup: SearchSetup, run: RunDir, state: SearchState, result: SearchResult) -> None:
@@ -407,7 +433,7 @@ def _write_outputs(setup: SearchSetup, run: RunDir, state: SearchState, result: 
   space, arch, workdir = setup.space, result.arch, run.workdir
   meta = {k: result.to_dict()[k] for k in (
       "expected_latency", "arch_latency", "target", "latency_unit", "holdout_top1", "step",
-      "total_steps", "status", "partial", "probabilities")}
+      "total_steps", "status", "partial", "probabilities", "derivation")}
   save_arch(os.path.join(workdir, "arch.json"), space, arch, name=setup.name, meta=meta)
   save_net_config(os.path.join(workdir, "net.config"), space, arch)
   host = to_host({"params": state.params, "batch_stats": state.batch_stats})

@@ -143,9 +143,12 @@ def search_config() -> ml_collections.ConfigDict:
   c.latency.n_networks = 0  # "measure": whole networks measured to fit the linear predictor
   # The final arch: "argmax" per block (the paper) or "budget": the most probable arch whose
   # latency under the model is in [(1 - derive_band) T, T] (short searches, whose argmax can miss
-  # T either way; pnas_jax/arch/derive.py).
+  # T either way; pnas_jax/arch/derive.py), or "supernet": the in-band candidate (the budgeted
+  # arch and derive_candidates - 1 uniform draws in the band) with the best held-out accuracy in
+  # the supernet as the warm-up left it (pnas_jax/train/derive_by_supernet.py).
   c.latency.derive = "argmax"
   c.latency.derive_band = 0.0
+  c.latency.derive_candidates = 24
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1  # evaluate the current argmax arch on the held-out split
@@ -214,6 +217,7 @@ RANGES: dict[str, Range] = {
     "latency.sessions": INT_GE1,
     "latency.n_networks": Range(0, integer=True, note="0: the table alone; a fit needs >= 3"),
     "latency.derive_band": FRACTION,
+    "latency.derive_candidates": INT_GE1,
     "eval.every_epochs": Range(0, note="0: never"),
     "eval.max_batches": Range(0, integer=True, note="0: the whole held-out split"),
     "eval.bn_batches": INT_GE0,

@@ -102,6 +102,8 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
   # Any valid target will do for the warm-up: it samples paths uniformly and takes no arch step.
   warm_cfg = _child_config(config, "warm-up", **_target_keys(*targets[0][1:]))
   warm_cfg.schedule.epochs = 0.0
+  if warm_cfg.latency.derive == "supernet":  # the targets score their candidates in its weights
+    warm_cfg.latency.derive = "budget"
   warm_dir = os.path.join(workdir, WARMUP_DIR)
   log.info("sweep: warm-up in %s, then %d target(s): %s", warm_dir, len(targets),
            ", ".join(t[0] for t in targets))

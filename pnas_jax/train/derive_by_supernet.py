@@ -1,0 +1,119 @@
+"""The supernet-scored derivation: config.latency.derive = "supernet" (our extension of Sec. 3.2).
+
+The paper derives the final path as the argmax of p per block; the budgeted derivation
+(arch/derive.py) takes the most probable path whose modelled latency is in the band
+B = [(1 - derive_band) T, T]. After a short search both follow what the policy learnt from a few
+hundred noisy rewards, and that choice ranked 4th of 5 inside its band against random in-band
+nets, retrained (docs/design.md §2.14). The supernet itself ranked the same nets better: its
+held-out accuracy with inherited weights agreed with their stand-alone accuracy (Kendall tau 0.4-0.6
+inside a band), as it was at the end of the warm-up, when every path had been trained equally.
+After a search phase it favours the paths the policy trained (tau 0.0).
+
+So this derivation chooses among candidates C by that accuracy:
+
+    a* = argmax_{a in C} acc_holdout(a; W_warm-up),   C = {a_budget} + {a_1 .. a_{N-1} ~ U(B)}
+
+- a_budget: the budgeted derivation's architecture (the policy's pick, kept as a candidate);
+- a_i: N - 1 = latency.derive_candidates - 1 distinct architectures drawn uniformly from the space
+  conditioned on the modelled latency in B (search_space/sampling.py; seeded by config.seed on a
+  stream of its own, so they are not the random baseline's draws);
+- acc_holdout: top-1 on the held-out split with the weights the path inherits from the supernet
+  as the warm-up left them (WARMUP_WEIGHTS_FILE, saved by the search when it passes the warm-up's
+  end), BN statistics re-estimated on the path (train/evaluation.PathEvaluator). A search without
+  a warm-up, or one resumed past it without that file, scores in its final weights and says so.
+  Ties go to the earlier candidate (a_budget first).
+
+Every candidate's score is written to WORKDIR/derivation.json, and a finished search rerun reads
+its choice back from there instead of scoring again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pnas_jax.file_io import load_msgpack, read_json, save_msgpack, write_json
+from pnas_jax.search_space.sampling import sample_in_band
+from pnas_jax.search_space.space import Arch
+from pnas_jax.train.evaluation import PathEvaluator
+from pnas_jax.train.parallel import replicate, to_host
+
+log = logging.getLogger(__name__)
+WARMUP_WEIGHTS_FILE = "warmup_supernet.msgpack"
+DERIVATION_FILE = "derivation.json"
+# The candidates' draws: seed = config.seed + this, apart from the seeds random baselines use.
+CANDIDATE_SEED_OFFSET = 7_001
+
+
+def save_warmup_weights(workdir: str, params: Any, batch_stats: Any, write: bool = True) -> None:
+  """The supernet at the end of the warm-up, the weights the candidates are scored in (every
+  process gathers them; the one with `write` saves)."""
+  host = to_host({"params": params, "batch_stats": batch_stats})
+  if write:
+    save_msgpack(os.path.join(workdir, WARMUP_WEIGHTS_FILE), host)
+
+
+def candidates(objective: Any, space: Any, policy_arch: Arch, n: int, seed: int) -> list[Arch]:
+  """[policy_arch] + n - 1 distinct uniform draws with modelled latency in the derivation's band."""
+  draws = sample_in_band(space, objective.predictor.of_archs, objective.target,
+                         objective.derive_band, n - 1, seed=seed + CANDIDATE_SEED_OFFSET,
+                         exclude=[policy_arch]) if n > 1 else []
+  return [policy_arch, *draws]
+
+
+def supernet_accuracies(evaluator: PathEvaluator, weights: dict[str, Any], archs: Sequence[Arch], *,
+                        data: Any, batch_size: int, bn_batches: int, max_batches: int | None
+                        ) -> list[float]:
+  """Held-out top-1 of each arch with the supernet weights it inherits ({"params",
+  "batch_stats"}, replicated), its BN statistics re-estimated on `bn_batches` training batches."""
+  return [evaluator(weights["params"], weights["batch_stats"], a, holdout=data.holdout,
+                    train=data.train, batch_size=batch_size, bn_batches=bn_batches,
+                    max_batches=max_batches)["top1"] for a in archs]
+
+
+def _scoring_weights(workdir: str, params: Any, batch_stats: Any, mesh: Any) -> tuple[dict, str]:
+  """(replicated weights, "warm-up" or "final") for scoring: the warm-up's snapshot if saved."""
+  path = os.path.join(workdir, WARMUP_WEIGHTS_FILE)
+  final = {"params": params, "batch_stats": batch_stats}
+  if not os.path.exists(path):
+    log.warning("no %s in %s: the candidates are scored in the search's final weights", WARMUP_WEIGHTS_FILE,
+                workdir)
+    return final, "final"
+  return replicate(load_msgpack(path, to_host(final), "warm-up supernet"), mesh), "warm-up"
+
+
+def choose(setup: Any, workdir: str, params: Any, batch_stats: Any, policy_arch: Arch, step: int,
+           evaluator: PathEvaluator, write: bool = True) -> dict[str, Any]:
+  """The derivation record: {"arch": a*, "candidates": [{"ops", "holdout_top1"}], "scored_in",
+  "step", ...}; read back from DERIVATION_FILE when it was made for this step and setting."""
+  obj, n = setup.objective, setup.derive_candidates
+  path = os.path.join(workdir, DERIVATION_FILE)
+  key = {"step": step, "n_candidates": n, "band": obj.derive_band, "target": obj.target,
+         "policy_arch": list(policy_arch.ops)}
+  if os.path.exists(path):
+    old = read_json(path)
+    if all(old.get(k) == v for k, v in key.items()):
+      return {**old, "arch": Arch(tuple(old["arch"]))}
+  archs = candidates(obj, setup.space, policy_arch, n, setup.seed)
+  weights, scored_in = _scoring_weights(workdir, params, batch_stats, setup.mesh)
+  ev = setup.eval
+  scores = supernet_accuracies(evaluator, weights, archs, data=setup.data,
+                               batch_size=setup.batches["eval_batch_size"],
+                               bn_batches=ev["bn_batches"], max_batches=ev["max_batches"])
+  best = int(np.argmax(scores))  # the first of equal scores: the policy's arch wins ties
+  lat = obj.predictor.of_archs(archs)
+  record = {**key, "scored_in": scored_in, "arch": list(archs[best].ops),
+            "holdout_top1": float(scores[best]), "policy_rank": 1 + int(np.sum(
+                np.asarray(scores) > scores[0])),
+            "candidates": [{"ops": list(a.ops), "holdout_top1": float(s), "latency": float(t)}
+                           for a, s, t in zip(archs, scores, lat, strict=True)]}
+  if write:
+    write_json(path, record)
+  log.info("derivation by the supernet (%s weights): %d candidates, the policy's arch ranked %d, "
+           "chose %s (%.2f%%)", scored_in, len(archs), record["policy_rank"],
+           " ".join(record["arch"]), record["holdout_top1"])
+  return {**record, "arch": archs[best]}

@@ -1,0 +1,87 @@
+"""latency.derive = "supernet": in-band candidates scored in the warm-up's supernet."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from pnas_jax.config_loading import load_config
+from pnas_jax.errors import UserValueError
+from pnas_jax.file_io import load_msgpack
+from pnas_jax.latency.predictor import macs_predictor
+from pnas_jax.search_space.space import Arch
+from pnas_jax.train import derive_by_supernet
+from pnas_jax.train.evaluation import PathEvaluator
+from pnas_jax.train.parallel import replicate
+from pnas_jax.train.search import search, setup_search
+from pnas_jax.train.sweep import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "search", "tiny.py")
+BAND = 0.5
+
+
+def _config(*extra):
+  return load_config(TINY, ["--config.eval.every_epochs=0", "--config.eval.bn_batches=2",
+                            "--config.latency.derive=supernet", f"--config.latency.derive_band={BAND}",
+                            "--config.latency.derive_candidates=4", *extra])
+
+
+def _warmup_checkpoint(workdir, step):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  finally:
+    mngr.close()
+
+
+def test_supernet_derivation_needs_a_band():
+  with pytest.raises(UserValueError, match="derive_band > 0"):
+    setup_search(_config("--config.latency.derive_band=0.0"), "/tmp/unused")
+
+
+def test_sweep_target_chooses_the_best_in_band_candidate_in_the_warmup_weights(tmp_path, monkeypatch):
+  wd = str(tmp_path / "sweep")
+  r = sweep(_config("--config.latency.target_ratios=(0.8,)"), wd)
+  (_, t), = r.targets
+  record = json.loads(pathlib.Path(t.workdir, derive_by_supernet.DERIVATION_FILE).read_text())
+  cands = record["candidates"]
+  # The policy's (budgeted) arch first, then distinct draws; all inside [(1 - band) T, T] under
+  # the MACs model, computed here independently.
+  assert cands[0]["ops"] == record["policy_arch"] and len(cands) == 4
+  assert len({tuple(c["ops"]) for c in cands}) == 4
+  setup = setup_search(_config("--config.latency.target_ratio=0.8"), str(tmp_path / "probe"))
+  macs = macs_predictor(setup.space)
+  lat = macs.of_archs([Arch(tuple(c["ops"])) for c in cands])
+  assert np.all(lat <= t.target * (1 + 1e-6)) and np.all(lat >= (1 - BAND) * t.target * (1 - 1e-6))
+  # The chosen arch is the candidate with the best score (ties: the earlier one).
+  scores = [c["holdout_top1"] for c in cands]
+  assert list(t.arch.ops) == cands[int(np.argmax(scores))]["ops"]
+  assert t.holdout_top1 == max(scores) and t.derivation["scored_in"] == "warm-up"
+  # Scored in the warm-up's weights: the saved snapshot is the warm-up's final checkpoint, and a
+  # candidate's score recomputed from that checkpoint directly matches.
+  warm = _warmup_checkpoint(os.path.join(wd, "warmup"), 6)
+  like = {"params": warm["params"], "batch_stats": warm["batch_stats"]}
+  saved = load_msgpack(os.path.join(t.workdir, derive_by_supernet.WARMUP_WEIGHTS_FILE), like)
+  for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(like), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  ev = PathEvaluator(setup.model, setup.data.eval_preprocess, setup.mesh)
+  last = Arch(tuple(cands[-1]["ops"]))
+  direct = ev(replicate(warm["params"], setup.mesh), replicate(warm["batch_stats"], setup.mesh), last,
+              holdout=setup.data.holdout, train=setup.data.train, batch_size=64, bn_batches=2)
+  assert direct["top1"] == pytest.approx(cands[-1]["holdout_top1"], abs=1e-6)
+  # A plain search with the same target passes the warm-up's end itself and keeps the same snapshot
+  # and choice (the sweep's target search is that search, bit for bit).
+  plain = search(_config("--config.latency.target_ratio=0.8"), str(tmp_path / "plain"))
+  assert plain.arch == t.arch and plain.derivation["candidates"] == cands
+  # A finished search rerun reads its choice back instead of scoring again.
+  monkeypatch.setattr(derive_by_supernet, "supernet_accuracies",
+                      lambda *a, **k: pytest.fail("scored again"))
+  again = search(_config("--config.latency.target_ratio=0.8"), str(tmp_path / "plain"))
+  assert again.arch == plain.arch and again.images_per_s == 0
