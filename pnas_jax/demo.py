@@ -76,7 +76,9 @@ def demo_overrides(quick: bool, seed: int, data: str, data_dir: str | None, late
              f"--config.predictor={latency_dir}/predictor.json"]
   search = [*common, "--config.log.plots=True", "--config.log.progress=False",
             f"--config.latency.model={latency_dir}/predictor.json", "--config.latency.target_ratio=0",
-            f"--config.latency.target_ratios={TARGET_RATIOS}"]
+            f"--config.latency.target_ratios={TARGET_RATIOS}",
+            # Half the config's 24 candidates per target (each ~0.65 s to score on 2 cores).
+            "--config.latency.derive_candidates=12"]
   # Latency is measured once for every net at the end (front.measure_latencies).
   train = [*common, "--config.report.latency_repeats=0", "--config.log.progress=False"]
   if quick:
@@ -84,7 +86,8 @@ def demo_overrides(quick: bool, seed: int, data: str, data_dir: str | None, late
     search += ["--config.schedule.steps_per_epoch=30", "--config.schedule.warmup_epochs=1.0",
                "--config.schedule.epochs=1.5", "--config.schedule.arch_every=1",
                "--config.optim.arch_lr=0.05", "--config.eval.max_batches=4",
-               "--config.eval.bn_batches=2", "--config.log.every_steps=10"]
+               "--config.eval.bn_batches=2", "--config.log.every_steps=10",
+               "--config.latency.derive_candidates=4"]
     train += ["--config.schedule.steps_per_epoch=60", "--config.schedule.epochs=1.0",
               "--config.eval.every_epochs=0", "--config.log.every_steps=20"]
   return latency, search, train

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from typing import Any
 
 import jax
 import jaxlib
@@ -106,6 +107,12 @@ def available() -> bool:
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return True
+
+
+def export_checks() -> list[Any]:
+  """jax.export's custom-call safety checks to skip for these kernels (not among jax.export's
+  stable targets; our trace cache reloads exports only in the build that made them)."""
+  return [jax.export.DisabledSafetyCheck.custom_call(t) for t in TARGETS]
 
 
 def why_unavailable() -> str:

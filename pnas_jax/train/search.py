@@ -43,8 +43,11 @@ from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import read_json, save_msgpack, write_json
 from pnas_jax.latency.objective import LatencyObjective, latency_objective
+from pnas_jax.layers import native
+from pnas_jax.layers.depthwise import resolve_impl
 from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
+from pnas_jax.trace_cache import cached_trace
 from pnas_jax.train import derive_by_supernet, inputs
 from pnas_jax.train.evaluation import PathEvaluator
 from pnas_jax.train.loop import Outcome, RunDir, RunStateError, Status, final_state, run_loop
@@ -282,9 +285,22 @@ def _keep_warmup_weights(setup: SearchSetup, run: RunDir, state: SearchState, do
   derive_by_supernet.save_warmup_weights(run.workdir, state.params, state.batch_stats, run.is_main)
 
 
+def step_fingerprint(setup: SearchSetup) -> dict[str, Any]:
+  """Everything the search's steps close over that can change their trace (trace_cache.py): the
+  resolved config (space, model, schedule, optimisers, estimator, latency loss and target), the
+  data (sizes, normalisation, augmentation), the latency model's numbers and the depthwise
+  kernels that will run."""
+  d, obj = setup.data, setup.objective
+  return {"config": setup.config_dict, "train": len(d.train), "holdout": len(d.holdout),
+          "dataset": [d.dataset.mean, d.dataset.std, d.dataset.augment, d.dataset.image_shape],
+          "predictor": None if obj.predictor is None else obj.predictor.to_dict(),
+          "target": obj.target, "dw_impl": resolve_impl(setup.config_dict["model"]["dw_impl"]),
+          "schedule": dataclasses.asdict(setup.schedule)}
+
+
 def compiled_steps(setup: SearchSetup) -> tuple[Callable[..., Any], Callable[..., Any]]:
   """The data-parallel weight step (warm-up and search share one compilation: the step samples
-  uniformly while state.step < warmup_steps) and arch step."""
+  uniformly while state.step < warmup_steps) and arch step, each through the trace cache."""
   data, opts, obj = setup.data, setup.step_options, setup.objective
   weight_fn = data_parallel(
       inputs.with_preprocess(weight_step, data.train_preprocess, WEIGHT_FAMILY, "step"),
@@ -295,7 +311,9 @@ def compiled_steps(setup: SearchSetup) -> tuple[Callable[..., Any], Callable[...
       inputs.with_preprocess(arch_step, data.eval_preprocess, ARCH_FAMILY, "arch_step"),
       setup.mesh, sync_bn=opts["sync_bn"], model=setup.model, tx=setup.arch_tx,
       estimator=setup.estimator, cost_fn=obj.cost_fn, loss_fn=obj.loss_fn)
-  return weight_fn, arch_fn
+  fingerprint, checks = step_fingerprint(setup), native.export_checks()
+  return (cached_trace(weight_fn, "search_weight_step", fingerprint, disabled_checks=checks),
+          cached_trace(arch_fn, "search_arch_step", fingerprint, disabled_checks=checks))
 
 
 def _batches(setup: SearchSetup, state: SearchState) -> tuple[Any, Any]:
