@@ -8,8 +8,8 @@ import pathlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from checkpoint_helpers import saved_state
 
 from pnas_jax.config_loading import load_config
 from pnas_jax.errors import UserValueError
@@ -31,14 +31,6 @@ def _config(*extra):
   return load_config(TINY, ["--config.eval.every_epochs=0", "--config.eval.bn_batches=2",
                             "--config.latency.derive=supernet", f"--config.latency.derive_band={BAND}",
                             "--config.latency.derive_candidates=4", *extra])
-
-
-def _warmup_checkpoint(workdir, step):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  try:
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  finally:
-    mngr.close()
 
 
 def test_supernet_derivation_needs_a_band():
@@ -66,7 +58,7 @@ def test_sweep_target_chooses_the_best_in_band_candidate_in_the_warmup_weights(t
   assert t.holdout_top1 == max(scores) and t.derivation["scored_in"] == "warm-up"
   # Scored in the warm-up's weights: the saved snapshot is the warm-up's final checkpoint, and a
   # candidate's score recomputed from that checkpoint directly matches.
-  warm = _warmup_checkpoint(os.path.join(wd, "warmup"), 6)
+  warm = saved_state(os.path.join(wd, "warmup"), 6)
   like = {"params": warm["params"], "batch_stats": warm["batch_stats"]}
   saved = load_msgpack(os.path.join(t.workdir, derive_by_supernet.WARMUP_WEIGHTS_FILE), like)
   for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(like), strict=True):

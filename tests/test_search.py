@@ -11,8 +11,8 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from checkpoint_helpers import saved_state
 
 from pnas_jax import cli
 from pnas_jax.config_loading import load_config
@@ -74,13 +74,6 @@ def test_tiny_search_cli_writes_every_output(tmp_path, capsys):
   inherited = load_msgpack(os.path.join(wd, CHOSEN_PATH_FILE), like)
   assert jax.tree.structure(inherited) == jax.tree.structure(like)
   assert np.isfinite(np.asarray(net.apply(inherited, x, train=False))).all()
-
-
-def _final_state(workdir, step):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  mngr.close()
-  return state
 
 
 def _run(workdir, *extra, wait=True):
@@ -160,7 +153,7 @@ def test_interrupted_search_resumes_bit_identical(tmp_path, capsys):
   out = _run(wd)
   assert "status: done (step 18/18" in out
   assert _json(os.path.join(wd, "arch.json"))["meta"]["partial"] is False
-  a, b = _final_state(ref, 18), _final_state(wd, 18)
+  a, b = saved_state(ref, 18), saved_state(wd, 18)
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(leaves_a, leaves_b, strict=True):
@@ -183,7 +176,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     search(config, wd)
   kept = _checkpoints(wd)
   assert kept and max(kept) >= 6  # the warm-up (lr 0.05) checkpoints survive ...
-  state = _final_state(wd, max(kept))
+  state = saved_state(wd, max(kept))
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 

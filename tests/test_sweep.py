@@ -8,8 +8,8 @@ import pathlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from checkpoint_helpers import saved_state
 
 from pnas_jax import cli
 from pnas_jax.config_loading import load_config
@@ -24,14 +24,6 @@ TINY = os.path.join(REPO, "configs", "search", "tiny.py")
 
 def _config(*extra):
   return load_config(TINY, ["--config.eval.every_epochs=0", "--config.eval.bn_batches=0", *extra])
-
-
-def _state(workdir, step):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  try:
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  finally:
-    mngr.close()
 
 
 def _checkpoint_steps(workdir):
@@ -106,7 +98,7 @@ def test_sweep_forks_every_target_from_one_warmup_and_resumes(tmp_path):
 
   # One target of the sweep is exactly the plain search with that target.
   plain = search(_config("--config.latency.target_ratio=0.9"), str(tmp_path / "plain"))
-  a, b = _state(loose.workdir, 18), _state(plain.workdir, 18)
+  a, b = saved_state(loose.workdir, 18), saved_state(plain.workdir, 18)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert loose.arch == plain.arch

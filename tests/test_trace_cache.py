@@ -7,8 +7,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+from checkpoint_helpers import saved_state
 
 from pnas_jax import trace_cache
 from pnas_jax.config_loading import load_config
@@ -64,11 +64,7 @@ def test_off_by_environment(monkeypatch):
 
 
 def _final_params(workdir, step):
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  try:
-    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  finally:
-    mngr.close()
+  state = saved_state(workdir, step)
   return jax.tree.leaves(state["params"]) + jax.tree.leaves(state["alpha"])
 
 
