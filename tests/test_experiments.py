@@ -17,7 +17,7 @@ def _run(script: str, out: pathlib.Path, *args: str) -> dict:
   proc = subprocess.run(
       [sys.executable, str(REPO / "experiments" / script), "--quick", "--json", "--out", str(out),
        *args],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+      cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -59,7 +59,7 @@ def test_bench_trainings_quick(tmp_path):
   out = tmp_path / "bench_trainings.json"
   proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_trainings.py"), "--quick",
                          "--json", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                        timeout=300, check=False)
+                        timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert r["networks"] == ["3x3_MBConv6-d0", "3x3_MBConv6-d1"]
@@ -192,7 +192,7 @@ def test_bench_host_malloc_quick(tmp_path):
   out = tmp_path / "bench_host_malloc.json"
   proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_host_malloc.py"),
                          "--quick", "--json", "--out", str(out)], cwd=REPO, capture_output=True,
-                        text=True, timeout=300, check=False)
+                        text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   assert json.loads(out.read_text()) == r
