@@ -61,6 +61,7 @@ from pnas_jax.latency.predictor import macs_predictor
 from pnas_jax.search_space.io import load_arch
 from pnas_jax.search_space.sampling import sample_spread
 from pnas_jax.search_space.space import Arch
+from pnas_jax.train import derive_by_supernet
 from pnas_jax.train.evaluation import PathEvaluator
 from pnas_jax.train.loop import final_state
 from pnas_jax.train.parallel import replicate
@@ -130,13 +131,13 @@ def supernet_accuracies(setup: Any, state: Any, where: str, archs: list[Arch], c
   cache = read_json(cache_path, PnasError) if os.path.exists(cache_path) else {}
   evaluator = PathEvaluator(setup.model, setup.data.eval_preprocess, setup.mesh)
   out = []
+  weights = {"params": state.params, "batch_stats": state.batch_stats}
   for arch in archs:
     key = f"{where}|{bn_batches}|{max_batches}|{' '.join(arch.ops)}"
     if key not in cache:
-      r = evaluator(state.params, state.batch_stats, arch, holdout=setup.data.holdout,
-                    train=setup.data.train, batch_size=setup.batches["eval_batch_size"],
-                    bn_batches=bn_batches, max_batches=max_batches)
-      cache[key] = r["top1"]
+      cache[key], = derive_by_supernet.supernet_accuracies(
+          evaluator, weights, [arch], data=setup.data, batch_size=setup.batches["eval_batch_size"],
+          bn_batches=bn_batches, max_batches=max_batches)
       write_json(cache_path, cache)
     out.append(cache[key])
   return out

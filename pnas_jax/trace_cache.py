@@ -129,9 +129,9 @@ class CachedTrace:
     path = os.path.join(self._folder, f"{self.name}-{key}.jaxexport")
     exported, out_tree = self._load(path)
     self.hit = exported is not None
-    if exported is None:
-      exported, out_tree = self._export(leaves, in_tree, path)
     n_donated = len(jax.tree.leaves(args[:self._donate]))
+    if exported is None:
+      exported, out_tree = self._export(leaves, in_tree, path, n_donated)
     self._jitted = jax.jit(exported.call, donate_argnums=tuple(range(n_donated)))
     self._trees = (in_tree, out_tree)
 
@@ -146,7 +146,8 @@ class CachedTrace:
       log.warning("trace cache: %s unreadable (%s); tracing again", path, e)
       return None, None
 
-  def _export(self, leaves: list[Any], in_tree: Any, path: str) -> tuple[Any, Any]:
+  def _export(self, leaves: list[Any], in_tree: Any, path: str, n_donated: int
+              ) -> tuple[Any, Any]:
     out_tree: list[Any] = []
 
     def flat_fn(*flat):
@@ -154,7 +155,6 @@ class CachedTrace:
       out_tree.append(tree)
       return out
 
-    n_donated = len(jax.tree.leaves(jax.tree.unflatten(in_tree, leaves)[:self._donate]))
     exported = jax.export.export(jax.jit(flat_fn, donate_argnums=tuple(range(n_donated))),
                                  disabled_checks=list(self._checks))(*leaves)
     try:
