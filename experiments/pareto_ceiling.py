@@ -1,11 +1,18 @@
 r"""How much room does the benchmark leave? Every network ever retrained, against the hand front.
 
 experiments/pareto.py asks whether the found net of each target is above the hand-designed front by
-more than the seed std. This script asks whether any architecture trained so far is: it pools the
-networks of several pareto.py results (the same retraining budget), each architecture once, and
-compares every one that is not hand-designed with the union hand front at its latency. If even the
-best of them is within a seed std of that front at a latency, no search can be shown to win there
-with that budget.
+more than the seed std, and whether its front beats random search's. This script asks whether any
+architecture trained so far does: it pools the networks of several pareto.py results (the same
+retraining budget), each architecture once, and compares every one that is not hand-designed with
+the union hand front at its latency. If even the best of them is within a seed std of that front at
+a latency, no search can be shown to win there with that budget.
+
+Against random search (`against_random`, per target band): every found and random network of the
+band, the best one's margin over the random ones' mean, and front.architecture_effect over them:
+the spread of the architectures' own accuracies (sigma_arch) against one architecture's spread over
+seeds (sigma_seed), and the gain of a perfect pick of the best of --k draws (E[max of k normals] x
+sigma_arch). Where that gain is below sigma_seed, no search can beat random draws from the band by
+more than the seed std with that budget.
 
   - Latency is compared as a ratio to the baseline timed in the same run (runs from different
     sessions time differently; the ratio moves ~1-3%), averaged over the runs that timed the net.
@@ -81,6 +88,31 @@ def ceiling(networks: Sequence[dict[str, Any]], bins: Sequence[float]) -> dict[s
           "networks": rows, "bins": per_bin}
 
 
+def against_random(networks: Sequence[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+  """Per target band: how far the best of its networks (found or random, every run's) is above the
+  mean of its random ones, and how much the architecture matters there at all
+  (front.architecture_effect over every network of the band, each with its seeds)."""
+  bands: dict[str, list[dict[str, Any]]] = {}
+  for n in networks:
+    if n["method"] != "hand" and n.get("target"):
+      bands.setdefault(n["target"], []).append(n)
+  rows = []
+  for label, nets in sorted(bands.items()):
+    random = [n["accuracy"]["mean"] for n in nets if n["method"] == "random"]
+    best = max(nets, key=lambda n: n["accuracy"]["mean"])
+    row = {"target": label, "networks": len(nets), "random_networks": len(random),
+           "random_mean": float(sum(random) / len(random)) if random else None,
+           "best": {"name": best["name"], "method": best["method"], "ops": best["ops"],
+                    "accuracy": best["accuracy"]["mean"], "std": best["accuracy"]["std"]}}
+    if random:
+      row["best_minus_random_mean"] = best["accuracy"]["mean"] - row["random_mean"]
+    seeds = [n["accuracy"]["values"] for n in nets]
+    if len(seeds) >= 2 and sum(len(v) for v in seeds) > len(seeds):
+      row["effect"] = front.architecture_effect(seeds, k=k)
+    rows.append(row)
+  return rows
+
+
 def plot(result: dict[str, Any], path: Any) -> None:
   import matplotlib
 
@@ -110,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("results", nargs="+", help="experiments/pareto.py result JSON files")
   p.add_argument("--bins", default="0.4,0.47,0.57,0.67,0.77,0.9",
                  help="latency-ratio bin edges, comma-separated")
+  p.add_argument("--k", type=int, default=24,
+                 help="draws a search picks from, for the oracle gain (latency.derive_candidates)")
   p.add_argument("--out", default="results/pareto_ceiling.json")
   p.add_argument("--json", action="store_true")
   args = p.parse_args(argv)
@@ -120,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
   for path in args.results:
     with open(path) as f:
       results.append(json.load(f))
-  result = {"runs": args.results, **ceiling(pool_networks(results), bins)}
+  pooled = pool_networks(results)
+  result = {"runs": args.results, **ceiling(pooled, bins),
+            "against_random": against_random(pooled, args.k)}
   write_result(result, args.out, args.json, plot=plot)
   return 0
 

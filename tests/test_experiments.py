@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+from pnas_jax import front
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -184,8 +186,27 @@ def test_pareto_ceiling_pools_runs_by_architecture_and_rebases_latency(tmp_path)
     path.write_text(json.dumps(run))
   assert pareto_ceiling.main([*map(str, paths), "--bins", "0,0.45,0.7", "--out",
                               str(tmp_path / "c.json")]) == 0
-  assert json.loads((tmp_path / "c.json").read_text())["bins"] == json.loads(json.dumps(out["bins"]))
+  saved = json.loads((tmp_path / "c.json").read_text())
+  assert saved["bins"] == json.loads(json.dumps(out["bins"]))
+  assert saved["against_random"] == []  # no network of run1/run2 names a target
   assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_ceiling_against_random_per_band():
+  sys.path.insert(0, str(REPO / "experiments"))
+  import pareto_ceiling
+
+  run = _pareto_result(2.0, [("H", "hand", 1.0, [87.0, 87.2]), ("F", "found", 1.0, [88.6, 88.4]),
+                             ("R1", "random", 1.0, [88.0, 88.2]), ("R2", "random", 1.0, [87.5, 87.9]),
+                             ("G", "found", 1.5, [89.0, 89.2])])
+  for n, t in zip(run["networks"], (None, "t1", "t1", "t1", "t2"), strict=True):
+    n["target"] = t
+  t1, t2 = pareto_ceiling.against_random(pareto_ceiling.pool_networks([run]), k=8)
+  assert t1["target"] == "t1" and (t1["networks"], t1["random_networks"]) == (3, 2)
+  assert t1["random_mean"] == pytest.approx((88.1 + 87.7) / 2) and t1["best"]["name"] == "F"
+  assert t1["best_minus_random_mean"] == pytest.approx(88.5 - 87.9)
+  assert t1["effect"] == front.architecture_effect([[88.6, 88.4], [88.0, 88.2], [87.5, 87.9]], k=8)
+  assert t2["random_mean"] is None and "effect" not in t2  # one network: nothing to decompose
 
 
 def test_bench_host_malloc_quick(tmp_path):

@@ -103,6 +103,41 @@ def test_bootstrap_interval():
   assert m["low"] < z.mean() < m["high"]
 
 
+def test_expected_max_normal_against_closed_forms_and_sampling():
+  assert front.expected_max_normal(1) == pytest.approx(0.0, abs=1e-9)
+  assert front.expected_max_normal(2) == pytest.approx(1 / math.sqrt(math.pi), abs=1e-9)
+  assert front.expected_max_normal(3) == pytest.approx(1.5 / math.sqrt(math.pi), abs=1e-9)
+  draws = np.random.default_rng(0).standard_normal((200_000, 24)).max(axis=1)
+  assert front.expected_max_normal(24) == pytest.approx(draws.mean(), abs=0.01)
+  with pytest.raises(ValueError, match="k >= 1"):
+    front.expected_max_normal(0)
+
+
+def test_architecture_effect_against_scipy_and_a_simulation():
+  groups = [[89.47, 89.94], [89.73, 90.15, 89.9], [89.32, 89.92], [89.24, 89.15]]
+  r = front.architecture_effect(groups, k=8)
+  f = scipy.stats.f_oneway(*groups)
+  assert r["f"] == pytest.approx(f.statistic, rel=1e-12) and r["p"] == pytest.approx(f.pvalue, rel=1e-9)
+  within = [v - np.mean(g) for g in groups for v in g]
+  assert r["sigma_seed"] == pytest.approx(math.sqrt(np.sum(np.square(within)) / (9 - 4)), rel=1e-12)
+  # Equal seeds per architecture: sigma_arch^2 = var(means) - sigma_seed^2 / n.
+  eq = [[89.47, 89.94], [89.73, 90.15], [89.32, 89.92], [89.24, 89.15]]
+  e = front.architecture_effect(eq, k=24)
+  means = np.mean(eq, axis=1)
+  assert e["sigma_arch"] ** 2 == pytest.approx(np.var(means, ddof=1) - e["sigma_seed"] ** 2 / 2, rel=1e-9)
+  assert e["oracle_gain"] == pytest.approx(front.expected_max_normal(24) * e["sigma_arch"], rel=1e-12)
+  assert e["oracle_gain_seed_stds"] == pytest.approx(e["oracle_gain"] / e["sigma_seed"], rel=1e-12)
+  # Identical architectures: the between-spread is seed noise only, sigma_arch is (clipped to) 0.
+  assert front.architecture_effect([[1.0, 2.0], [1.0, 2.0]])["sigma_arch"] == 0.0
+  # 300 architectures with true spread 0.5, 3 seeds each with spread 0.3: both recovered.
+  rng = np.random.default_rng(1)
+  sim = rng.normal(0, 0.5, (300, 1)) + rng.normal(0, 0.3, (300, 3))
+  s = front.architecture_effect(sim)
+  assert s["sigma_arch"] == pytest.approx(0.5, rel=0.1) and s["sigma_seed"] == pytest.approx(0.3, rel=0.05)
+  with pytest.raises(ValueError, match="more values than architectures"):
+    front.architecture_effect([[1.0], [2.0]])
+
+
 def test_interpolate_front_and_matched_comparison():
   lat, acc, std = [1.0, 2.0, 4.0, 3.0], [80.0, 82.0, 86.0, 81.0], [0.2, 0.4, 0.2, 0.1]
   # (3.0, 81.0) is dominated by (2.0, 82.0): the curve runs 1 -> 2 -> 4.
