@@ -178,6 +178,25 @@ def test_front_summary_and_plot(tmp_path):
   assert pathlib.Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_random_search_draws_one_net_per_target_per_draw():
+  def net(name, target, lat, acc):
+    return {"name": name, "method": "random", "target": target, "latency": {"value": lat},
+            "accuracy": front.aggregate_seeds([acc])}
+
+  ref = (2.0, 80.0)
+  rnd = [net("a1", "a", 1.0, 85.0), net("a2", "a", 1.1, 83.0), net("b1", "b", 1.5, 84.0),
+         net("b2", "b", 1.4, 87.0)]
+  d = front.random_search_draws(rnd, ref)
+  # Draw 1: (1.0, 85), (1.5, 84) -> only (1.0, 85) on the front: 1.0 x 5. Draw 2: (1.1, 83),
+  # (1.4, 87): 0.3 x 3 + 0.6 x 7.
+  assert d["draws"] == 2 and d["hypervolume"]["values"] == pytest.approx([5.0, 0.9 + 4.2])
+  assert front.random_search_draws(rnd[:1] + rnd[2:3], ref) is None  # one per target: no spread
+  summary = front.front_summary(rnd, reference=ref)
+  assert summary["random_search_draws"] == d
+  assert summary["methods"]["random"]["hypervolume"] == pytest.approx(
+      front.hypervolume([1.0, 1.1, 1.5, 1.4], [85, 83, 84, 87], ref))  # the pooled front
+
+
 def test_aggregate_seeds():
   a = front.aggregate_seeds([1.0, 2.0, 4.0])
   assert a["mean"] == pytest.approx(7 / 3) and a["n"] == 3
