@@ -19,11 +19,14 @@ depends on, and any change of it is a miss:
 
 Files live in <compilation cache>/traces/ (PNAS_TRACE_CACHE=off turns this cache off; it is also
 off when the compilation cache is, and in multi-process runs). Deleting them is always safe; a file
-that cannot be read is traced again.
+that cannot be read is traced again. The folder is kept under MAX_BYTES: after each new trace is
+written, the least recently used ones (a hit touches its file) are deleted until it fits (an
+ImageNet-space step is ~1.5 MB, a Fashion-MNIST one ~0.3 MB).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -46,6 +49,8 @@ _OFF = ("0", "off", "none", "false")
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 _FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion")
 _PACKAGES = ("jax", "jaxlib", "flax", "optax")
+_SUFFIX = ".jaxexport"
+MAX_BYTES = 256 * 2**20  # the traces folder's size cap
 
 
 def trace_cache_dir() -> str | None:
@@ -80,6 +85,31 @@ def _arguments(leaves: Sequence[Any], in_tree: Any) -> list[Any]:
   return [str(in_tree), [one(x) for x in leaves],
           [devices[0].platform, devices[0].device_kind, len(devices)],
           {f: str(getattr(jax.config, f)) for f in _FLAGS}]
+
+
+def prune(folder: str, max_bytes: int = MAX_BYTES, keep: str | None = None) -> list[str]:
+  """Deletes the least recently used traces in `folder` (oldest modification time first; a hit
+  touches its file) until the traces there take at most `max_bytes`; never `keep`. Returns the
+  deleted paths (files another process removed first are skipped)."""
+  entries = []
+  with os.scandir(folder) as it:
+    for e in it:
+      if e.name.endswith(_SUFFIX) and e.is_file():
+        st = e.stat()
+        entries.append((st.st_mtime, st.st_size, e.path))
+  total, deleted = sum(size for _, size, _ in entries), []
+  for _, size, path in sorted(entries):
+    if total <= max_bytes:
+      break
+    if path == keep:
+      continue
+    try:
+      os.remove(path)
+    except OSError:
+      continue
+    total -= size
+    deleted.append(path)
+  return deleted
 
 
 def cache_key(name: str, fingerprint: Any, leaves: Sequence[Any], in_tree: Any) -> str:
@@ -126,7 +156,7 @@ class CachedTrace:
   def _prepare(self, args: tuple[Any, ...]) -> None:
     leaves, in_tree = jax.tree.flatten(args)
     key = cache_key(self.name, self._fingerprint, leaves, in_tree)
-    path = os.path.join(self._folder, f"{self.name}-{key}.jaxexport")
+    path = os.path.join(self._folder, f"{self.name}-{key}{_SUFFIX}")
     exported, out_tree = self._load(path)
     self.hit = exported is not None
     n_donated = len(jax.tree.leaves(args[:self._donate]))
@@ -141,10 +171,13 @@ class CachedTrace:
     try:
       with open(path, "rb") as f:
         blob, out_tree = pickle.load(f)  # noqa: S301 -- our own cache folder
-      return jax.export.deserialize(bytearray(blob)), out_tree
+      exported = jax.export.deserialize(bytearray(blob))
     except Exception as e:  # noqa: BLE001 -- any unreadable entry is traced again
       log.warning("trace cache: %s unreadable (%s); tracing again", path, e)
       return None, None
+    with contextlib.suppress(OSError):
+      os.utime(path)  # recently used: the last to be pruned
+    return exported, out_tree
 
   def _export(self, leaves: list[Any], in_tree: Any, path: str, n_donated: int
               ) -> tuple[Any, Any]:
@@ -160,6 +193,7 @@ class CachedTrace:
     try:
       os.makedirs(self._folder, exist_ok=True)
       write_bytes_atomic(path, pickle.dumps((bytes(exported.serialize()), out_tree[-1])))
+      prune(self._folder, MAX_BYTES, keep=path)
     except (OSError, pickle.PicklingError, TypeError) as e:
       log.warning("trace cache: could not write %s (%s)", path, e)
     return exported, out_tree[-1]

@@ -57,6 +57,33 @@ def test_an_exported_step_is_reused_only_under_the_same_key(tmp_path, caplog):
   assert broken.hit is False and "unreadable" in caplog.text
 
 
+def test_prune_deletes_the_least_recently_used_traces_first(tmp_path, monkeypatch):
+  def entry(name, size, mtime):
+    path = tmp_path / f"{name}.jaxexport"
+    path.write_bytes(b"x" * size)
+    os.utime(path, (mtime, mtime))
+    return str(path)
+
+  old, mid, new = entry("old", 400, 1000), entry("mid", 300, 2000), entry("new", 200, 3000)
+  (tmp_path / "other.txt").write_bytes(b"y" * 10_000)  # not a trace: never counted nor deleted
+  assert trace_cache.prune(str(tmp_path), max_bytes=900) == []
+  assert trace_cache.prune(str(tmp_path), max_bytes=500) == [old]
+  assert trace_cache.prune(str(tmp_path), max_bytes=100, keep=mid) == [new]  # mid is kept
+  assert sorted(os.listdir(tmp_path)) == ["mid.jaxexport", "other.txt"]
+  # In use: a hit touches its file (the least recently used go first), and a new trace prunes.
+  monkeypatch.setattr(trace_cache, "MAX_BYTES", 0)
+  folder = str(tmp_path / "t")
+  first = trace_cache.CachedTrace(_step(2.0), "toy", {"lr": 1}, folder)
+  first(*_args())
+  (path,) = [os.path.join(folder, n) for n in os.listdir(folder)]
+  os.utime(path, (1000, 1000))
+  trace_cache.CachedTrace(_step(2.0), "toy", {"lr": 1}, folder)(*_args())
+  assert os.path.getmtime(path) > 1000
+  second = trace_cache.CachedTrace(_step(2.0), "toy", {"lr": 2}, folder)
+  second(*_args())
+  assert second.hit is False and not os.path.exists(path) and len(os.listdir(folder)) == 1
+
+
 def test_off_by_environment(monkeypatch):
   monkeypatch.setenv(trace_cache.ENV_VAR, "off")
   fn = _step(1.0)
