@@ -15,7 +15,9 @@ from pnas_jax import front
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, out: pathlib.Path, *args: str) -> dict:
+def _run(script: str, out: pathlib.Path, *args: str, plot: bool = True) -> dict:
+  """Runs an experiment script with --quick --json; its printed result, checked against the JSON
+  file it wrote (and its .png, for a script that plots)."""
   proc = subprocess.run(
       [sys.executable, str(REPO / "experiments" / script), "--quick", "--json", "--out", str(out),
        *args],
@@ -24,8 +26,9 @@ def _run(script: str, out: pathlib.Path, *args: str) -> dict:
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert json.loads(out.read_text()) == result
-  png = out.with_suffix(".png")
-  assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  if plot:
+    png = out.with_suffix(".png")
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   return result
 
 
@@ -58,12 +61,7 @@ def test_bench_input_pipeline_quick(tmp_path):
 
 
 def test_bench_trainings_quick(tmp_path):
-  out = tmp_path / "bench_trainings.json"
-  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_trainings.py"), "--quick",
-                         "--json", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                        timeout=900, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  r = json.loads(proc.stdout.strip().splitlines()[-1])
+  r = _run("bench_trainings.py", tmp_path / "bench_trainings.json", plot=False)
   assert r["networks"] == ["3x3_MBConv6-d0", "3x3_MBConv6-d1"]
   med = r["median_s"]
   assert set(med) == {"workers_1", "workers_2", "workers_2_hugepages", "workers_2_4k_pages"}
@@ -210,13 +208,7 @@ def test_pareto_ceiling_against_random_per_band():
 
 
 def test_bench_host_malloc_quick(tmp_path):
-  out = tmp_path / "bench_host_malloc.json"
-  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "bench_host_malloc.py"),
-                         "--quick", "--json", "--out", str(out)], cwd=REPO, capture_output=True,
-                        text=True, timeout=900, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  r = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert json.loads(out.read_text()) == r
+  r = _run("bench_host_malloc.py", tmp_path / "bench_host_malloc.json", plot=False)
   assert set(r["table"]) == {"demo_baseline"}  # --quick: the demo's net only
   for net, by in r["table"].items():
     assert set(by) == {"off", "hugepages", "auto"}
