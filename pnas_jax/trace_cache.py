@@ -87,7 +87,7 @@ def _arguments(leaves: Sequence[Any], in_tree: Any) -> list[Any]:
           {f: str(getattr(jax.config, f)) for f in _FLAGS}]
 
 
-def prune(folder: str, max_bytes: int = MAX_BYTES, keep: str | None = None) -> list[str]:
+def prune(folder: str, max_bytes: int, keep: str | None = None) -> list[str]:
   """Deletes the least recently used traces in `folder` (oldest modification time first; a hit
   touches its file) until the traces there take at most `max_bytes`; never `keep`. Returns the
   deleted paths (files another process removed first are skipped)."""
