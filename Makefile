@@ -12,17 +12,17 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 setup: $(STAMP) data compiler allocator
 
-# A C++ compiler for the native CPU depthwise kernels (pnas_jax/layers/native.py builds them at
-# first use); installed with apt-get when missing and possible. Without one, pnas_jax falls back to
-# the slower pure-XLA depthwise implementation.
+# A C++ compiler for the native CPU depthwise and BatchNorm kernels (pnas_jax/layers/native.py
+# builds them at first use); installed with apt-get when missing and possible. Without one, pnas_jax
+# falls back to the slower pure-XLA implementations.
 compiler:
 	@if command -v "$${CXX:-g++}" >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	  { (apt-get install -y -q g++ >/dev/null 2>&1 || \
 	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q g++ >/dev/null 2>&1)) && \
-	    echo "installed g++" || echo "could not install g++ with apt-get: the depthwise layers use pure XLA (slower)"; }; \
+	    echo "installed g++" || echo "could not install g++ with apt-get: the depthwise and BatchNorm layers use pure XLA (slower)"; }; \
 	else \
-	  echo "no C++ compiler: install g++ (e.g. 'sudo apt-get install g++') for the native depthwise kernels;" \
+	  echo "no C++ compiler: install g++ (e.g. 'sudo apt-get install g++') for the native depthwise and BatchNorm kernels;" \
 	       "without it pnas_jax uses pure XLA (slower)"; \
 	fi
 

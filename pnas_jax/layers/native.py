@@ -1,21 +1,25 @@
-"""The native CPU depthwise kernels (native/depthwise_cpu.cc): built once per machine, loaded per process.
+"""The native CPU kernels (native/*.cc): built once per machine, loaded per process.
 
-XLA:CPU compiles the depthwise convolution and its gradients, written as shifted multiply-adds,
-into many loop fusions (about one per kernel tap), which are slow in the kernel gradient and make
-the compiled supernet large. The same three loops written in C++ (blocks of 16 channels held in
-SIMD registers while the k*k taps are summed, rows split over XLA's intra-op thread pool) run as
-XLA FFI custom calls instead: one call per convolution and gradient.
+Two kernel families run as XLA FFI custom calls (one call per op and gradient):
+- depthwise convolution (native/depthwise_cpu.cc). XLA:CPU compiles the depthwise convolution and
+  its gradients, written as shifted multiply-adds, into many loop fusions (about one per kernel
+  tap), which are slow in the kernel gradient and make the compiled supernet large. The C++ loops
+  hold blocks of 16 channels in SIMD registers while the k*k taps are summed.
+- training-mode BatchNorm with an optional fused ReLU6 (native/batchnorm_cpu.cc): two passes over
+  the data per call where XLA:CPU makes four to six (layers/batchnorm.py).
+Both split rows over XLA's intra-op thread pool (native/parallel.h).
 
 The library is compiled with the system C++ compiler ($CXX, else g++ or c++) at the first use on a
-machine, into $XDG_CACHE_HOME/pnas_jax/native/KEY/ (default ~/.cache/...; KEY hashes the source,
+machine, into $XDG_CACHE_HOME/pnas_jax/native/KEY/ (default ~/.cache/...; KEY hashes the sources,
 the flags, the compiler and jaxlib's version, so a change of any rebuilds it), then loaded with
 ctypes and registered with jax.ffi in every process. PNAS_NATIVE=off skips it. Where no compiler
-is found or the build fails, `available()` is False, `why_unavailable()` says why, and the
-depthwise layer's "auto" falls back to the pure-XLA "shift" implementation (layers/depthwise.py).
+is found or the build fails, `available()` is False, `why_unavailable()` says why, and the layers'
+"auto" falls back to their pure-XLA implementations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -30,12 +34,17 @@ import jax
 import jaxlib
 
 ENV_VAR = "PNAS_NATIVE"
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "depthwise_cpu.cc")
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+SOURCES = ("depthwise_cpu.cc", "batchnorm_cpu.cc")  # compiled together with the headers beside them
+HEADERS = ("parallel.h",)
+LIBRARY = "libpnas_native.so"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 TARGETS = {  # FFI target name -> exported handler symbol
     "pnas_depthwise_forward": "PnasDepthwiseForward",
     "pnas_depthwise_input_grad": "PnasDepthwiseInputGrad",
     "pnas_depthwise_kernel_grad": "PnasDepthwiseKernelGrad",
+    "pnas_batch_norm_forward": "PnasBatchNormForward",
+    "pnas_batch_norm_backward": "PnasBatchNormBackward",
 }
 _OFF = ("0", "off", "false", "no", "none")
 _why: list[str] = []
@@ -55,12 +64,13 @@ def _cache_root() -> str:
 
 
 def _build_key(cxx: str) -> str:
-  """Hash of everything the binary depends on: source, flags, compiler version, jaxlib version."""
+  """Hash of everything the binary depends on: sources, flags, compiler version, jaxlib version."""
   version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
-  with open(SOURCE, "rb") as f:
-    source = f.read()
   h = hashlib.sha256()
-  for part in (source, " ".join(FLAGS).encode(), version.encode(),
+  for name in (*SOURCES, *HEADERS):
+    with open(os.path.join(SOURCE_DIR, name), "rb") as f:
+      h.update(f.read())
+  for part in (" ".join(FLAGS).encode(), version.encode(),
                jaxlib.__version__.encode(), os.uname().machine.encode()):
     h.update(part)
   return h.hexdigest()[:16]
@@ -72,16 +82,18 @@ def build(cxx: str) -> str:
   Raises RuntimeError with the compiler's message when the build fails.
   """
   out_dir = os.path.join(_cache_root(), _build_key(cxx))
-  lib = os.path.join(out_dir, "libpnas_depthwise.so")
+  lib = os.path.join(out_dir, LIBRARY)
   if os.path.exists(lib):
     return lib
   os.makedirs(out_dir, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)  # concurrent builds: the last rename wins
   os.close(fd)
-  cmd = [cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), SOURCE, "-o", tmp]
+  sources = [os.path.join(SOURCE_DIR, name) for name in SOURCES]
+  cmd = [cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), *sources, "-o", tmp]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
   if proc.returncode != 0:
-    os.unlink(tmp)
+    with contextlib.suppress(FileNotFoundError):  # compilers delete their output on failure
+      os.unlink(tmp)
     raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
   os.replace(tmp, lib)
   return lib
@@ -100,8 +112,8 @@ def available() -> bool:
                          "'apt-get install g++'")
     lib = ctypes.cdll.LoadLibrary(build(cxx))
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    _why.append(f"the native depthwise kernels are unavailable: {e}")
-    warnings.warn(f"pnas_jax: {_why[-1]}; using the pure-XLA depthwise implementation (slower)",
+    _why.append(f"the native CPU kernels are unavailable: {e}")
+    warnings.warn(f"pnas_jax: {_why[-1]}; using the pure-XLA depthwise and BatchNorm (slower)",
                   stacklevel=2)
     return False
   for target, symbol in TARGETS.items():
@@ -111,7 +123,12 @@ def available() -> bool:
 
 def export_checks() -> list[Any]:
   """jax.export's custom-call safety checks to skip for these kernels (not among jax.export's
-  stable targets; our trace cache reloads exports only in the build that made them)."""
+  stable targets; our trace cache reloads exports only in the build that made them).
+
+  Also registers the kernels (available()): a trace loaded from the cache calls them without
+  tracing the layers that would have.
+  """
+  available()
   return [jax.export.DisabledSafetyCheck.custom_call(t) for t in TARGETS]
 
 
