@@ -13,7 +13,7 @@ depends on, and any change of it is a miss:
 - the versions of jax, jaxlib, flax and optax, and the JAX flags that change a trace (x64,
   default matmul precision, rank promotion);
 - the caller's fingerprint: what the step closes over (for a search: its whole resolved config,
-  the data set's size and normalisation, the latency model's numbers, the depthwise kernels in
+  the data set's size and normalisation, the latency model's numbers, the depthwise and BN kernels in
   use; train/search.py `step_fingerprint`);
 - the arguments: tree structure, shapes, dtypes and shardings; the devices (platform, kind, count).
 

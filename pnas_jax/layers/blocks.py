@@ -29,11 +29,9 @@ class MBConv(nn.Module):
     mid = round(x.shape[-1] * self.expand_ratio)
     if self.expand_ratio != 1:
       x = layers.Pointwise(mid, name="expand")(x)
-      x = layers.BatchNorm(use_running_average=not train, name="expand_bn")(x)
-      x = jax.nn.relu6(x)
+      x = layers.BatchNorm(use_running_average=not train, activation="relu6", name="expand_bn")(x)
     x = layers.Depthwise(self.kernel_size, self.stride, self.dw_impl, name="depthwise")(x)
-    x = layers.BatchNorm(use_running_average=not train, name="depthwise_bn")(x)
-    x = jax.nn.relu6(x)
+    x = layers.BatchNorm(use_running_average=not train, activation="relu6", name="depthwise_bn")(x)
     x = layers.Pointwise(self.out_channels, name="project")(x)
     return layers.BatchNorm(use_running_average=not train, name="project_bn")(x)
 

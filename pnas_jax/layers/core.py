@@ -10,7 +10,8 @@ Tried on XLA:CPU (batch 32, 128px proxyless_mobile shapes, loaded 2-core machine
     (64x64 16->96: ~380 -> ~180 ms; 32x32 24->144: 134 -> 56 ms). Kept.
   - stem (3x3, 3 -> 32, stride 2) as im2col + one matmul instead of lax.conv: kernel gradient
     ~97 -> ~78 ms. Kept (sums in a different order: equal to lax.conv to ~1e-5).
-  - fused BN with a custom VJP: slower than flax BatchNorm. Not kept.
+  - fused BN with a custom VJP in jnp: slower than flax BatchNorm. Not kept; BN now has native CPU
+    kernels instead (layers/batchnorm.py).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pnas_jax.layers import depthwise
+from pnas_jax.layers import batchnorm, depthwise
 
 BN_MOMENTUM = 0.9  # Flax convention: running = momentum * running + (1 - momentum) * batch.
 BN_EPSILON = 1e-3
 
 _BN_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("pnas_bn_axis", default=None)
+_BN_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("pnas_bn_impl", default="auto")
 
 
 @contextlib.contextmanager
@@ -49,14 +51,27 @@ def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
     _BN_AXIS.reset(token)
 
 
+@contextlib.contextmanager
+def batch_norm_impl(impl: str) -> Iterator[None]:
+  """BN layers built (traced) inside use `impl` (layers/batchnorm.IMPLS); for A/B benchmarks."""
+  batchnorm.resolve_impl(impl)  # an unknown name fails here, not at the first trace
+  token = _BN_IMPL.set(impl)
+  try:
+    yield
+  finally:
+    _BN_IMPL.reset(token)
+
+
 def current_batch_norm_axis() -> str | None:
   """The axis name BN layers built now synchronise their statistics over (see batch_norm_axis)."""
   return _BN_AXIS.get()
 
 
-def BatchNorm(**kwargs) -> nn.BatchNorm:  # noqa: N802 (a layer constructor, named like one)
-  """nn.BatchNorm with the reference momentum / epsilon and the current batch_norm_axis."""
-  return nn.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=_BN_AXIS.get(), **kwargs)
+def BatchNorm(**kwargs) -> batchnorm.BatchNorm:  # noqa: N802 (a layer constructor, named like one)
+  """layers/batchnorm.BatchNorm with the reference momentum / epsilon, the current
+  batch_norm_axis and the current batch_norm_impl; kwargs: use_running_average, activation, name."""
+  return batchnorm.BatchNorm(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, axis_name=_BN_AXIS.get(),
+                             impl=_BN_IMPL.get(), **kwargs)
 
 
 def conv_init(kernel_size: int, out_channels: int) -> nn.initializers.Initializer:
@@ -141,8 +156,7 @@ class ConvBNReLU6(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = Conv(self.features, self.kernel_size, self.stride, name="conv")(x)
-    x = BatchNorm(use_running_average=not train, name="bn")(x)
-    return jax.nn.relu6(x)
+    return BatchNorm(use_running_average=not train, activation="relu6", name="bn")(x)
 
 
 class Classifier(nn.Module):

@@ -43,7 +43,7 @@ from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
 from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import read_json, save_msgpack, write_json
 from pnas_jax.latency.objective import LatencyObjective, latency_objective
-from pnas_jax.layers import native
+from pnas_jax.layers import batchnorm, native
 from pnas_jax.layers.depthwise import resolve_impl
 from pnas_jax.search_space.io import save_arch, save_net_config
 from pnas_jax.search_space.space import Arch
@@ -288,13 +288,14 @@ def _keep_warmup_weights(setup: SearchSetup, run: RunDir, state: SearchState, do
 def step_fingerprint(setup: SearchSetup) -> dict[str, Any]:
   """Everything the search's steps close over that can change their trace (trace_cache.py): the
   resolved config (space, model, schedule, optimisers, estimator, latency loss and target), the
-  data (sizes, normalisation, augmentation), the latency model's numbers and the depthwise
-  kernels that will run."""
+  data (sizes, normalisation, augmentation), the latency model's numbers and the depthwise and
+  BatchNorm kernels that will run (native or not: PNAS_NATIVE or a missing compiler change it)."""
   d, obj = setup.data, setup.objective
   return {"config": setup.config_dict, "train": len(d.train), "holdout": len(d.holdout),
           "dataset": [d.dataset.mean, d.dataset.std, d.dataset.augment, d.dataset.image_shape],
           "predictor": None if obj.predictor is None else obj.predictor.to_dict(),
           "target": obj.target, "dw_impl": resolve_impl(setup.config_dict["model"]["dw_impl"]),
+          "bn_impl": batchnorm.resolve_impl("auto"),
           "schedule": dataclasses.asdict(setup.schedule)}
 
 
