@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -220,6 +221,20 @@ def test_bench_host_malloc_quick(tmp_path):
     assert "tcmalloc" not in (by["hugepages"]["ld_preload"] or "")
     assert r["speedup_auto_over_hugepages"][net] == pytest.approx(
         by["hugepages"]["median_s"] / by["auto"]["median_s"])
+
+
+def test_bench_batch_norm_quick(tmp_path):
+  r = _run("bench_batch_norm.py", tmp_path / "bn.json")
+  impls = ["xla", "native"] if jax.default_backend() == "cpu" else ["xla"]
+  assert r["impls"] == impls
+  (op,) = r["op"].values()
+  for impl in impls:
+    assert op[f"{impl}_fwd_ms"] > 0 and op[f"{impl}_fwd_bwd_ms"] > 0
+  assert set(r["steps"]) == {"proxyless_mobile", "demo_baseline"}
+  for row in r["steps"].values():
+    assert all(row[f"{impl}_s"] > 0 for impl in impls)
+    if "native" in impls:
+      assert row["native_speedup"] == pytest.approx(row["xla_s"] / row["native_s"])
 
 
 def test_bench_vs_reference_quick(tmp_path):
