@@ -9,6 +9,7 @@ import pytest
 
 from pnas_jax.arch.sampling import fixed_sample
 from pnas_jax.arch.supernet import Supernet, arch_indices, child_variables, init_supernet
+from pnas_jax.layers import core as layers_core
 from pnas_jax.models.child import ChildNet
 from pnas_jax.search_space import Arch, SearchSpace
 
@@ -47,6 +48,27 @@ def test_child_inherits_path_and_matches_one_hot_supernet(variables, arch):
   y_super = jax.jit(lambda v, s: Supernet(SPACE).apply(v, x, s))(
       variables, fixed_sample(arch_indices(SPACE, arch)))
   np.testing.assert_allclose(y_child, y_super, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the native BatchNorm is CPU-only")
+def test_batch_norm_impl_is_part_of_the_cached_candidate_traces(variables):
+  """The supernet caches one jitted function per candidate kind; a trace made under one
+  batch_norm_impl must not be reused under another (same values, other kernels)."""
+  x = jax.random.normal(jax.random.key(3), (4, 16, 16, 3))
+  sample = fixed_sample(arch_indices(SPACE, Arch(("3x3_MBConv6", "5x5_MBConv3", "3x3_MBConv3"))))
+
+  out, hlo = {}, {}
+  for impl in ("native", "xla", "native"):
+
+    def forward(v):  # a new function each time: jax.jit's own cache is keyed by it
+      return Supernet(SPACE).apply(v, x, sample, train=True, mutable=["batch_stats"])[0]
+
+    with layers_core.batch_norm_impl(impl):
+      out[impl] = jax.jit(forward)(variables)
+      hlo[impl] = jax.jit(forward).lower(variables).as_text()
+  assert "pnas_batch_norm_forward" in hlo["native"]
+  assert "pnas_batch_norm_forward" not in hlo["xla"]
+  np.testing.assert_allclose(out["native"], out["xla"], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["packed", "remat", "plain"])

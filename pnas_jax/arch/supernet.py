@@ -48,16 +48,16 @@ from pnas_jax.search_space.space import Arch, BlockSpec, SearchSpace
 
 @functools.cache
 def _jitted_candidate(op: str, in_ch: int, out_ch: int, stride: int, dw_impl: str, train: bool,
-                      has_stats: bool, bn_axis: str | None) -> mixed_lib.CandidateFn:
+                      has_stats: bool, bn_axis: str | None, bn_impl: str) -> mixed_lib.CandidateFn:
   """One jitted function per candidate kind, so JAX traces and differentiates it once per shape.
 
   A step traces each candidate several times (the switch branch, its linearisation, the backward;
   every block of the same shapes; the weight and arch steps): jax.jit's trace cache and the
   jaxpr-level caches of its transformations make the repeats cheap. XLA inlines the calls.
-  `bn_axis` (read by BatchNorm at trace time) is part of the key, so a cached trace never
-  outlives a change of batch_norm_axis.
+  `bn_axis` and `bn_impl` (read by BatchNorm at trace time) are part of the key, so a cached
+  trace never outlives a change of batch_norm_axis or batch_norm_impl.
   """
-  del bn_axis
+  del bn_axis, bn_impl
   module = build_op(op, in_ch, out_ch, stride, dw_impl)
   return jax.jit(_candidate_fn(module, train, has_stats))
 
@@ -116,7 +116,8 @@ def block_apply(
     ss.append(s)
     if jitted:
       fns.append(_jitted_candidate(op, block.in_channels, block.out_channels, block.stride,
-                                   dw_impl, train, bool(s), layers_core.current_batch_norm_axis()))
+                                   dw_impl, train, bool(s), layers_core.current_batch_norm_axis(),
+                                   layers_core.current_batch_norm_impl()))
     else:
       module = build_op(op, block.in_channels, block.out_channels, block.stride, dw_impl)
       fns.append(_candidate_fn(module, train, bool(s)))

@@ -67,6 +67,11 @@ def current_batch_norm_axis() -> str | None:
   return _BN_AXIS.get()
 
 
+def current_batch_norm_impl() -> str:
+  """The implementation BN layers built now use (see batch_norm_impl)."""
+  return _BN_IMPL.get()
+
+
 def BatchNorm(**kwargs) -> batchnorm.BatchNorm:  # noqa: N802 (a layer constructor, named like one)
   """layers/batchnorm.BatchNorm with the reference momentum / epsilon, the current
   batch_norm_axis and the current batch_norm_impl; kwargs: use_running_average, activation, name."""
