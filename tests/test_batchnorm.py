@@ -161,8 +161,9 @@ def test_resolve_impl():
     batchnorm.resolve_impl("native", axis_name="data")
   with pytest.raises(UserValueError, match="'nope'"), core.batch_norm_impl("nope"):
     pass
-  with pytest.raises(UserValueError, match="activation 'gelu'"):
-    batchnorm.BatchNorm(activation="gelu").init(jax.random.key(0), jnp.ones((2, 3)))
+  for impl in IMPLS:
+    with pytest.raises(UserValueError, match="activation 'gelu'.*valid: None, relu6"):
+      batchnorm.BatchNorm(activation="gelu", impl=impl).init(jax.random.key(0), jnp.ones((2, 3)))
 
 
 def test_batch_norm_impl_selects_the_layers_built_inside():

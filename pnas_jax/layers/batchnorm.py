@@ -39,7 +39,14 @@ IMPLS = ("auto", "native", "xla")
 ACTIVATIONS = (None, "relu6")
 
 
+def _check_activation(activation: str | None) -> None:
+  if activation not in ACTIVATIONS:
+    raise UserValueError(f"unknown BatchNorm activation {activation!r}; valid: "
+                         f"{', '.join(map(str, ACTIVATIONS))}")
+
+
 def _activate(y: jax.Array, activation: str | None) -> jax.Array:
+  _check_activation(activation)
   return jax.nn.relu6(y) if activation == "relu6" else y
 
 
@@ -62,6 +69,7 @@ def batch_norm_train_xla(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilo
 
 
 def _relu6_flag(activation: str | None) -> np.int64:
+  _check_activation(activation)
   return np.int64(activation == "relu6")
 
 
@@ -140,9 +148,6 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.activation not in ACTIVATIONS:
-      raise UserValueError(f"unknown BatchNorm activation {self.activation!r}; valid: "
-                           f"{', '.join(map(str, ACTIVATIONS))}")
     c = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
