@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from bench_ops import make_jax_step
 from bench_vs_reference import demo_space, interleaved_medians
-from results_io import write_result
+from results_io import save_figure, write_result
 
 from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.timing import device_description, time_fn
@@ -113,37 +113,32 @@ def bench_steps(quick: bool, rounds: int, per_round: int) -> dict[str, dict]:
   return out
 
 
+def _bars(ax, rows: dict[str, dict], impls: list[str], key: str) -> None:
+  """Grouped bars: per row name, one bar of rows[name][key.format(impl)] per implementation."""
+  names = list(rows)
+  xs = np.arange(len(names))
+  width = 0.8 / len(impls)
+  for i, impl in enumerate(impls):
+    ax.bar(xs + (i - (len(impls) - 1) / 2) * width, [rows[n][key.format(impl)] for n in names],
+           width, label=impl)
+  ax.set_xticks(xs, names, fontsize=7)
+  ax.legend(fontsize=8)
+
+
 def plot(result: dict, path: pathlib.Path) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  impls = result["impls"]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-  names = list(result["op"])
-  xs = np.arange(len(names))
-  width = 0.8 / len(impls)
-  for i, impl in enumerate(impls):
-    ax1.bar(xs + (i - (len(impls) - 1) / 2) * width,
-            [result["op"][n][f"{impl}_fwd_bwd_ms"] for n in names], width, label=impl)
-  ax1.set_xticks(xs, names, fontsize=7)
+  _bars(ax1, result["op"], result["impls"], "{}_fwd_bwd_ms")
   ax1.set_ylabel("ms, forward + backward (median)")
   ax1.set_title("BatchNorm + ReLU6, training mode")
-  ax1.legend(fontsize=8)
-  nets = list(result["steps"])
-  xs = np.arange(len(nets))
-  for i, impl in enumerate(impls):
-    ax2.bar(xs + (i - (len(impls) - 1) / 2) * width,
-            [result["steps"][n][f"{impl}_s"] for n in nets], width, label=impl)
-  ax2.set_xticks(xs, nets, fontsize=8)
+  _bars(ax2, result["steps"], result["impls"], "{}_s")
   ax2.set_ylabel("s / training step (median)")
   ax2.set_title("whole training step")
-  ax2.legend(fontsize=8)
-  fig.suptitle(result["device"], fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, result["device"], path)
 
 
 def main(argv: list[str] | None = None) -> dict:

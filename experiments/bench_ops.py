@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from results_io import write_result
+from results_io import save_figure, write_result
 
 from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.timing import device_description, time_fn
@@ -226,10 +226,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
   ax2.bar(names, vals, color=["tab:blue", "tab:orange"][: len(vals)])
   ax2.set_ylabel("s / step (median)")
   ax2.set_title(f"proxyless_mobile train step, batch {result['batch']}, {result['resolution']}px")
-  fig.suptitle(result["device"], fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, result["device"], path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -22,3 +22,13 @@ def write_result(result: dict[str, Any], out: str | pathlib.Path, as_json: bool,
   if plot is not None:
     plot(result, out.with_suffix(".png"))
   print(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+def save_figure(fig: Any, device: str, path: str | pathlib.Path) -> None:
+  """The device as the figure's title, a tight layout, `path` at 120 dpi; closes the figure."""
+  import matplotlib.pyplot as plt
+
+  fig.suptitle(device, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

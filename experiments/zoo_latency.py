@@ -24,7 +24,7 @@ import sys
 import time
 
 import numpy as np
-from results_io import write_result
+from results_io import save_figure, write_result
 
 from pnas_jax.host_malloc import reexec_with_host_malloc
 from pnas_jax.latency.measure import TimingProtocol, measure_network
@@ -96,9 +96,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
   ax2.set_ylabel("median latency, ms")
   ax2.set_title("latency vs MACs")
   ax2.grid(alpha=0.3)
-  fig.suptitle(result["device"], fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, result["device"], path)
 
 
 def main(argv: list[str] | None = None) -> dict:
