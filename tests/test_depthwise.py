@@ -133,6 +133,19 @@ def test_no_compiler_falls_back_with_a_warning(monkeypatch):
   assert native.available()
 
 
+def test_export_checks_register_the_kernels_on_cpu_only(monkeypatch):
+  """A cached trace loaded on CPU calls the kernels, so export_checks registers them; on another
+  backend it must not try to build them (no compiler needed, no misleading warning)."""
+  calls = []
+  monkeypatch.setattr(native, "available", lambda: calls.append(1) or True)
+  names = lambda checks: {str(c) for c in checks}  # noqa: E731
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  on_cpu = native.export_checks()
+  assert calls == [1] and len(on_cpu) == len(native.TARGETS)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert names(native.export_checks()) == names(on_cpu) and calls == [1]
+
+
 def test_native_under_vmap_and_threads():
   """vmap over a leading axis (sequential custom calls) and a large batch (several row chunks on
   XLA's thread pool) both match the lax convolution."""

@@ -125,10 +125,11 @@ def export_checks() -> list[Any]:
   """jax.export's custom-call safety checks to skip for these kernels (not among jax.export's
   stable targets; our trace cache reloads exports only in the build that made them).
 
-  Also registers the kernels (available()): a trace loaded from the cache calls them without
-  tracing the layers that would have.
+  On CPU, also registers the kernels (available()): a trace loaded from the cache calls them
+  without tracing the layers that would have. Other backends never build them.
   """
-  available()
+  if jax.default_backend() == "cpu":
+    available()
   return [jax.export.DisabledSafetyCheck.custom_call(t) for t in TARGETS]
 
 
