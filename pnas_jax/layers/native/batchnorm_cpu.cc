@@ -4,7 +4,8 @@
 // x viewed as (N, C): N = product of the leading dimensions (batch and spatial positions).
 // Forward, per channel c (flax's "fast variance", biased):
 //   mu_c = (1/N) sum_i x_ic,  var_c = (1/N) sum_i x_ic^2 - mu_c^2,  r_c = 1 / sqrt(var_c + eps)
-//   z_ic = (x_ic - mu_c) * (r_c * gamma_c) + beta_c,   y_ic = z_ic or relu6(z_ic) = min(max(z, 0), 6)
+//   z_ic = (x_ic - mu_c) * (r_c * gamma_c) + beta_c,
+//   y_ic = z_ic or relu6(z_ic) = min(max(z, 0), 6)
 // Backward, with xhat_ic = (x_ic - mu_c) r_c, g_ic = dy_ic masked by relu6' (1 where 0 < z < 6, as
 // jax.nn.relu6's derivative), and the cotangents dmu, dvar of the returned statistics:
 //   dbeta_c = sum_i g_ic,  dgamma_c = sum_i g_ic xhat_ic
@@ -32,7 +33,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using pnas::Chunks;
-using pnas::ParallelFor;
+using pnas::ForRanges;
 
 constexpr int64_t kFloatRows = 256;  // rows summed in float before the sums move to double
 
@@ -59,11 +60,10 @@ void ChannelSums(ffi::ThreadPool& pool, const Shape& s, const Fill& fill, std::v
                  std::vector<double>* sb) {
   const int64_t chunks = Chunks(s.n, pool), c = s.c;
   std::vector<double> partial(static_cast<size_t>(2 * chunks * c), 0.0);
-  ParallelFor(pool, chunks, [&](int64_t chunk) {
+  ForRanges(pool, s.n, chunks, [&](int64_t chunk, int64_t lo, int64_t hi) {
     std::vector<float> a(c), b(c);
     double* da = partial.data() + 2 * chunk * c;
     double* db = da + c;
-    const int64_t lo = s.n * chunk / chunks, hi = s.n * (chunk + 1) / chunks;
     for (int64_t r0 = lo; r0 < hi; r0 += kFloatRows) {
       std::fill(a.begin(), a.end(), 0.0f);
       std::fill(b.begin(), b.end(), 0.0f);
@@ -85,14 +85,8 @@ void ChannelSums(ffi::ThreadPool& pool, const Shape& s, const Fill& fill, std::v
   }
 }
 
-// body(lo, hi) for row ranges covering [0, n), split over the pool.
-template <typename F>
-void ForRowRanges(ffi::ThreadPool& pool, int64_t n, const F& body) {
-  const int64_t chunks = Chunks(n, pool);
-  ParallelFor(pool, chunks, [&](int64_t chunk) { body(n * chunk / chunks, n * (chunk + 1) / chunks); });
-}
-
-// dy where 0 < z < 6 (ReLU6's derivative, as jax.nn.relu6's), else 0; branch-free, so it vectorizes.
+// dy where 0 < z < 6 (ReLU6's derivative, as jax.nn.relu6's), else 0; branch-free, so it
+// vectorizes.
 inline float Relu6Grad(float dy, float z) { return ((z > 0.0f) & (z < 6.0f)) ? dy : 0.0f; }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
@@ -132,7 +126,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const float* __restrict mup = mu.data();
   const float* __restrict mulp = mul.data();
   float* __restrict yd = y->typed_data();
-  ForRowRanges(pool, s.n, [&](int64_t lo, int64_t hi) {
+  ForRanges(pool, s.n, Chunks(s.n, pool), [&](int64_t, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const float* __restrict row = xd + i * c;
       float* __restrict out = yd + i * c;
@@ -196,7 +190,7 @@ void BackwardPasses(ffi::ThreadPool& pool, const Shape& s, const float* __restri
   const float* __restrict cap = ca.data();
   const float* __restrict cbp = cb.data();
   const float* __restrict ccp = cc.data();
-  ForRowRanges(pool, s.n, [&](int64_t lo, int64_t hi) {
+  ForRanges(pool, s.n, Chunks(s.n, pool), [&](int64_t, int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const float* __restrict row = xd + i * c;
       const float* __restrict grow = dyd + i * c;

@@ -28,7 +28,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using pnas::Chunks;
-using pnas::ParallelFor;
+using pnas::ForRanges;
 
 struct Geometry {
   int64_t b, h, w, c, k, ho, wo, s, p;
@@ -178,9 +178,7 @@ RowFn RowFor(const Geometry& g) {
 template <typename F>
 void ForRows(ffi::ThreadPool& pool, int64_t batch, int64_t rows, const F& row) {
   const int64_t total = batch * rows;
-  const int64_t n = Chunks(total, pool);
-  ParallelFor(pool, n, [&](int64_t chunk) {
-    const int64_t lo = total * chunk / n, hi = total * (chunk + 1) / n;
+  ForRanges(pool, total, Chunks(total, pool), [&](int64_t, int64_t lo, int64_t hi) {
     for (int64_t t = lo; t < hi; ++t) row(t / rows, t % rows);
   });
 }
@@ -239,9 +237,8 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t n = std::min<int64_t>(total, std::max<int64_t>(1, pool.num_threads()));
   std::vector<float> partial(static_cast<size_t>(n * size), 0.0f);
   const RowFn row = RowFor<KernelGradRow>(g);
-  ParallelFor(pool, n, [&](int64_t chunk) {
+  ForRanges(pool, total, n, [&](int64_t chunk, int64_t lo, int64_t hi) {
     float* acc = partial.data() + chunk * size;
-    const int64_t lo = total * chunk / n, hi = total * (chunk + 1) / n;
     for (int64_t t = lo; t < hi; ++t) row(g, xd, dyd, acc, t / g.ho, t % g.ho);
   });
   float* out = dw->typed_data();

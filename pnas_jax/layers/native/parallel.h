@@ -53,6 +53,14 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const F& body) {
   state->cv.wait(lock, [&] { return state->done == n; });
 }
 
+// body(chunk, lo, hi) for `chunks` consecutive ranges [lo, hi) covering [0, total), in parallel.
+template <typename F>
+void ForRanges(ffi::ThreadPool& pool, int64_t total, int64_t chunks, const F& body) {
+  ParallelFor(pool, chunks, [&](int64_t chunk) {
+    body(chunk, total * chunk / chunks, total * (chunk + 1) / chunks);
+  });
+}
+
 // Row-chunk count: enough chunks to balance the threads, each a few rows.
 inline int64_t Chunks(int64_t rows, ffi::ThreadPool& pool) {
   int64_t threads = std::max<int64_t>(1, pool.num_threads());
