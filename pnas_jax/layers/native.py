@@ -35,8 +35,6 @@ import jaxlib
 
 ENV_VAR = "PNAS_NATIVE"
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
-SOURCES = ("depthwise_cpu.cc", "batchnorm_cpu.cc")  # compiled together with the headers beside them
-HEADERS = ("parallel.h",)
 LIBRARY = "libpnas_native.so"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 TARGETS = {  # FFI target name -> exported handler symbol
@@ -63,12 +61,18 @@ def _cache_root() -> str:
   return os.path.join(base, "pnas_jax", "native")
 
 
+def _source_files(suffixes: tuple[str, ...]) -> list[str]:
+  """The files of SOURCE_DIR with these suffixes, sorted: every .cc is compiled into the library,
+  and the build key hashes the .h files beside them too."""
+  return sorted(os.path.join(SOURCE_DIR, n) for n in os.listdir(SOURCE_DIR) if n.endswith(suffixes))
+
+
 def _build_key(cxx: str) -> str:
   """Hash of everything the binary depends on: sources, flags, compiler version, jaxlib version."""
   version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
   h = hashlib.sha256()
-  for name in (*SOURCES, *HEADERS):
-    with open(os.path.join(SOURCE_DIR, name), "rb") as f:
+  for path in _source_files((".cc", ".h")):
+    with open(path, "rb") as f:
       h.update(f.read())
   for part in (" ".join(FLAGS).encode(), version.encode(),
                jaxlib.__version__.encode(), os.uname().machine.encode()):
@@ -88,8 +92,7 @@ def build(cxx: str) -> str:
   os.makedirs(out_dir, exist_ok=True)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)  # concurrent builds: the last rename wins
   os.close(fd)
-  sources = [os.path.join(SOURCE_DIR, name) for name in SOURCES]
-  cmd = [cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), *sources, "-o", tmp]
+  cmd = [cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), *_source_files((".cc",)), "-o", tmp]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
   if proc.returncode != 0:
     with contextlib.suppress(FileNotFoundError):  # compilers delete their output on failure
