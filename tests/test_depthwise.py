@@ -7,8 +7,8 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
+from numeric_helpers import assert_close_to_scale
 
 from pnas_jax.layers import depthwise, native
 from pnas_jax.models import zoo
@@ -19,11 +19,8 @@ FAST_IMPLS = [i for i in depthwise.IMPLS if i not in ("auto", "lax")]
 
 
 def _assert_close(actual, expected, rtol=1e-5, floor=1e-6):
-  """|a - e| <= rtol * max(max|e|, floor) elementwise (float32 sums of k*k products)."""
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape
-  scale = max(float(np.max(np.abs(expected))), floor)
-  np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
+  """Within rtol of the expected tensor's scale (float32 sums of k*k products)."""
+  assert_close_to_scale(actual, expected, rtol, floor)
 
 
 @functools.cache
