@@ -128,15 +128,17 @@ def test_export_round_trip_matches_trained_logits(trained, capsys):
   assert side["normalization"]["mean"] == [0.5, 0.5, 0.5]
 
 
-def test_training_from_inherited_supernet_weights(tmp_path, arch_path):
-  """config.init = a search workdir: the ChildNet starts from that search's chosen-path weights."""
+@pytest.mark.parametrize("sharing", ["none", "mbconv"])
+def test_training_from_inherited_supernet_weights(tmp_path, arch_path, sharing):
+  """config.init = a search workdir: the ChildNet starts from that search's chosen-path weights
+  (with entangled weights, its op's slice of the block's master MBConv)."""
   from pnas_jax.file_io import load_msgpack
   from pnas_jax.train.search import CHOSEN_PATH_FILE, search
 
   tiny = os.path.join(REPO, "configs", "search", "tiny.py")
   sdir = str(tmp_path / "search")
-  found = search(load_config(tiny, ["--config.schedule.epochs=1.0", "--config.eval.every_epochs=0"]),
-                 sdir)
+  found = search(load_config(tiny, ["--config.schedule.epochs=1.0", "--config.eval.every_epochs=0",
+                                    f"--config.model.weight_sharing={sharing}"]), sdir)
   fpath = os.path.join(sdir, "arch.json")
   assert found.status is Status.DONE
   wd = str(tmp_path / "inherit")

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from pnas_jax.arch import mixed_op as mixed_lib
+from pnas_jax.arch import weight_sharing as sharing
 from pnas_jax.arch.sampling import Sample
 from pnas_jax.layers import core as layers_core
 from pnas_jax.models.child import Head, build_op, stem_and_first_block
@@ -48,24 +49,30 @@ from pnas_jax.search_space.space import Arch, BlockSpec, SearchSpace
 
 @functools.cache
 def _jitted_candidate(op: str, in_ch: int, out_ch: int, stride: int, dw_impl: str, train: bool,
-                      has_stats: bool, bn_axis: str | None, bn_impl: str) -> mixed_lib.CandidateFn:
+                      has_stats: bool, bn_axis: str | None, bn_impl: str,
+                      master: str | None = None) -> mixed_lib.CandidateFn:
   """One jitted function per candidate kind, so JAX traces and differentiates it once per shape.
 
   A step traces each candidate several times (the switch branch, its linearisation, the backward;
   every block of the same shapes; the weight and arch steps): jax.jit's trace cache and the
   jaxpr-level caches of its transformations make the repeats cheap. XLA inlines the calls.
   `bn_axis` and `bn_impl` (read by BatchNorm at trace time) are part of the key, so a cached
-  trace never outlives a change of batch_norm_axis or batch_norm_impl.
+  trace never outlives a change of batch_norm_axis or batch_norm_impl. With `master`, the
+  function takes that master MBConv's params and runs its slice (arch/weight_sharing.py).
   """
   del bn_axis, bn_impl
+  return jax.jit(_candidate_fn(op, in_ch, out_ch, stride, dw_impl, train, has_stats, master))
+
+
+def _candidate_fn(op: str, in_ch: int, out_ch: int, stride: int, dw_impl: str, train: bool,
+                  has_stats: bool, master: str | None) -> mixed_lib.CandidateFn:
+  """Candidate `op` as the pure fn(params, batch_stats, x) -> (y, new batch_stats); with `master`,
+  `params` are the master MBConv's and the op runs on its slice of them."""
   module = build_op(op, in_ch, out_ch, stride, dw_impl)
-  return jax.jit(_candidate_fn(module, train, has_stats))
-
-
-def _candidate_fn(module: nn.Module, train: bool, has_stats: bool) -> mixed_lib.CandidateFn:
-  """Wraps a candidate module as the pure fn(params, batch_stats, x) -> (y, new batch_stats)."""
 
   def fn(params, stats, x):
+    if master is not None:
+      params = sharing.slice_params(params, op, master, in_ch)
     variables = {}
     if params:
       variables["params"] = params
@@ -100,27 +107,33 @@ def block_apply(
     gates: jax.Array | None = None,
     involved: jax.Array | None = None,
     weights: jax.Array | None = None,
+    weight_sharing: str = "none",
 ) -> tuple[jax.Array, dict[str, Any]]:
   """One searchable block as a pure function of its variables: (y, new batch stats).
 
   `params` / `stats` hold one subtree per candidate op (the `block{i}` layout; parameter-free ops
-  have none). Runs the sampled candidate (`mixed_op`) or, with `weights`, all of them.
+  have none), and with weight_sharing="mbconv" one `SHARED` master for the block's MBConv
+  candidates (arch/weight_sharing.py). Runs the sampled candidate (`mixed_op`) or, with
+  `weights`, all of them.
   """
   # The packed custom VJPs (impl="packed", gate gradients) find the residuals that are the
   # candidate's own inputs by identity, which a jit boundary hides (they would be copied).
   jitted = gates is None and weights is None and impl != "packed"
+  shared = sharing.shared_ops(block, weight_sharing)
+  master = sharing.master_op(shared) if shared else None
   ps, ss, fns = [], [], []
   for op in block.candidates:
-    p, s = params.get(op, {}), stats.get(op, {})
+    view = master if op in shared else None
+    p = params[sharing.SHARED] if view else params.get(op, {})
+    s = stats.get(op, {})
     ps.append(p)
     ss.append(s)
+    args = (op, block.in_channels, block.out_channels, block.stride, dw_impl, train, bool(s))
     if jitted:
-      fns.append(_jitted_candidate(op, block.in_channels, block.out_channels, block.stride,
-                                   dw_impl, train, bool(s), layers_core.current_batch_norm_axis(),
-                                   layers_core.current_batch_norm_impl()))
+      fns.append(_jitted_candidate(*args, layers_core.current_batch_norm_axis(),
+                                   layers_core.current_batch_norm_impl(), view))
     else:
-      module = build_op(op, block.in_channels, block.out_channels, block.stride, dw_impl)
-      fns.append(_candidate_fn(module, train, bool(s)))
+      fns.append(_candidate_fn(*args, view))
   if weights is not None:
     y, new_stats = mixed_lib.weighted_sum(fns, ps, ss, x, weights)
   else:
@@ -135,6 +148,7 @@ class MixedOp(nn.Module):
   block: BlockSpec
   dw_impl: str = "auto"
   impl: str = "remat"
+  weight_sharing: str = "none"
 
   @nn.compact
   def __call__(
@@ -148,25 +162,38 @@ class MixedOp(nn.Module):
   ) -> jax.Array:
     b = self.block
     if self.is_initializing():
-      for op in b.candidates:
-        if self.has_variable("params", op):
-          continue
-        module = build_op(op, b.in_channels, b.out_channels, b.stride, self.dw_impl)
-        init = module.init(self.make_rng("params"), x, train=False)
-        if init.get("params"):
-          self.param(op, lambda _rng, v=init["params"]: v)
-        if init.get("batch_stats"):
-          self.variable("batch_stats", op, lambda v=init["batch_stats"]: v)
-    params = {op: self.get_variable("params", op) for op in b.candidates
+      self._init_variables(x)
+    names = (*b.candidates, sharing.SHARED)
+    params = {op: self.get_variable("params", op) for op in names
               if self.has_variable("params", op)}
     stats = {op: self.get_variable("batch_stats", op) for op in b.candidates
              if self.has_variable("batch_stats", op)}
     y, new_stats = block_apply(b, params, stats, x, active, train, dw_impl=self.dw_impl,
-                               impl=self.impl, gates=gates, involved=involved, weights=weights)
+                               impl=self.impl, gates=gates, involved=involved, weights=weights,
+                               weight_sharing=self.weight_sharing)
     if train and self.is_mutable_collection("batch_stats") and not self.is_initializing():
       for op, s in new_stats.items():
         self.put_variable("batch_stats", op, s)
     return y
+
+  def _init_variables(self, x: jax.Array) -> None:
+    """Each candidate's BN statistics, and params: its own, or (shared ops) the block master's."""
+    b = self.block
+    shared = sharing.shared_ops(b, self.weight_sharing)
+    if shared and not self.has_variable("params", sharing.SHARED):
+      master = build_op(sharing.master_op(shared), b.in_channels, b.out_channels, b.stride,
+                        self.dw_impl)
+      init = master.init(self.make_rng("params"), x, train=False)
+      self.param(sharing.SHARED, lambda _rng, v=init["params"]: v)
+    for op in b.candidates:
+      if self.has_variable("params", op) or self.has_variable("batch_stats", op):
+        continue
+      module = build_op(op, b.in_channels, b.out_channels, b.stride, self.dw_impl)
+      init = module.init(self.make_rng("params"), x, train=False)
+      if init.get("params") and op not in shared:
+        self.param(op, lambda _rng, v=init["params"]: v)
+      if init.get("batch_stats"):
+        self.variable("batch_stats", op, lambda v=init["batch_stats"]: v)
 
 
 def repeated_runs(space: SearchSpace) -> list[tuple[BlockSpec, ...]]:
@@ -199,6 +226,8 @@ class Supernet(nn.Module):
     dw_impl: depthwise implementation (layers/depthwise.py).
     impl: weight-mode mixed-op backward ("remat", "packed" custom VJP, "plain"; see
       arch/mixed_op.py for the measurements behind the default).
+    weight_sharing: "none" (each candidate its own weights, as the paper) or "mbconv" (a block's
+      MBConv candidates are slices of one master MBConv; arch/weight_sharing.py).
     scan_blocks: run each group of consecutive identical blocks (`repeated_runs`) as one
       `lax.scan` over their stacked variables, so JAX traces and XLA compiles one body per group
       instead of one per block. The variables keep the `block{i}` layout (stacked inside the
@@ -210,6 +239,7 @@ class Supernet(nn.Module):
   dw_impl: str = "auto"
   impl: str = "remat"
   scan_blocks: bool = True
+  weight_sharing: str = "none"
 
   @nn.compact
   def __call__(
@@ -240,7 +270,7 @@ class Supernet(nn.Module):
         continue
       for b in run:
         i = b.index
-        y = MixedOp(b, self.dw_impl, self.impl, name=f"block{i}")(
+        y = MixedOp(b, self.dw_impl, self.impl, self.weight_sharing, name=f"block{i}")(
             x,
             sample.active[i],
             train,
@@ -279,7 +309,7 @@ class Supernet(nn.Module):
     def body(x, xs):
       y, new_stats = block_apply(run[0], xs["params"], xs["stats"], x, xs["active"], train,
                                  dw_impl=self.dw_impl, impl=self.impl, gates=xs["gates"],
-                                 involved=xs["involved"])
+                                 involved=xs["involved"], weight_sharing=self.weight_sharing)
       return x + y, new_stats
 
     x, new_stats = jax.lax.scan(body, x, xs)
@@ -303,8 +333,10 @@ def arch_indices(space: SearchSpace, arch: Arch) -> list[int]:
   return [b.candidates.index(op) for b, op in zip(space.blocks, arch.ops, strict=True)]
 
 
-def child_variables(variables: dict[str, Any], space: SearchSpace, arch: Arch) -> dict[str, Any]:
-  """ChildNet(space, arch) variables inheriting the chosen path's supernet weights and BN stats."""
+def child_variables(variables: dict[str, Any], space: SearchSpace, arch: Arch,
+                    weight_sharing: str = "none") -> dict[str, Any]:
+  """ChildNet(space, arch) variables inheriting the chosen path's supernet weights and BN stats
+  (with weight_sharing="mbconv", a shared op's params are its slice of the block's master)."""
   space.check_arch(arch, strict=True)
   out: dict[str, Any] = {}
   for col, tree in variables.items():
@@ -313,21 +345,25 @@ def child_variables(variables: dict[str, Any], space: SearchSpace, arch: Arch) -
       if ops_lib.get_op(op).is_zero:
         continue
       block = tree.get(f"block{b.index}", {})
-      if op in block:
+      if col == "params" and op in sharing.shared_ops(b, weight_sharing):
+        sub[f"block{b.index}"] = sharing.candidate_params(block, b, op, weight_sharing)
+      elif op in block:
         sub[f"block{b.index}"] = block[op]
     out[col] = sub
   return out
 
 
 def candidate_mask(params: dict[str, Any], space: SearchSpace, active: jax.Array) -> Any:
-  """Bool pytree like `params`: True for the fixed layers and each block's active candidate."""
+  """Bool pytree like `params`: True for the fixed layers and each block's active candidate (and
+  its block's shared master, arch/weight_sharing.py, when the active op is one of its views)."""
   mask = {}
   for name, sub in params.items():
     if name.startswith("block"):
       b = space.blocks[int(name[len("block"):])]
       mask[name] = {}
       for op, tree in sub.items():
-        on = active[b.index] == b.candidates.index(op)
+        ops = sharing.shared_ops(b, "mbconv") if op == sharing.SHARED else (op,)
+        on = jnp.isin(active[b.index], jnp.asarray([b.candidates.index(o) for o in ops]))
         mask[name][op] = jax.tree.map(lambda _, on=on: on, tree)
     else:
       mask[name] = jax.tree.map(lambda _: jnp.asarray(True), sub)

@@ -35,6 +35,7 @@ import jax
 import optax
 from jax.sharding import Mesh
 
+from pnas_jax.arch import weight_sharing
 from pnas_jax.arch.derive import probabilities
 from pnas_jax.arch.estimators import Estimator, estimator_from_config
 from pnas_jax.arch.supernet import Supernet, child_variables
@@ -162,7 +163,8 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
   if arch_batch != d.arch_batch_size:
     inputs.check_split_batch(f"arch.{estimator.name}.batch_size", arch_batch, len(data.holdout), mesh)
   model = Supernet(data.space, dropout_rate=config.model.dropout_rate, dw_impl=config.model.dw_impl,
-                   impl=config.model.impl)
+                   impl=config.model.impl,
+                   weight_sharing=weight_sharing.check_mode(config.model.weight_sharing))
   weight_tx = weight_optimizer(schedule.learning_rate(o.lr, o.warmup_lr), momentum=o.momentum,
                                nesterov=o.nesterov, weight_decay=o.weight_decay)
   arch_tx = arch_optimizer(o.arch_lr, o.arch_b1, o.arch_b2, o.arch_eps)
@@ -456,7 +458,8 @@ def _write_outputs(setup: SearchSetup, run: RunDir, state: SearchState, result: 
   save_arch(os.path.join(workdir, "arch.json"), space, arch, name=setup.name, meta=meta)
   save_net_config(os.path.join(workdir, "net.config"), space, arch)
   host = to_host({"params": state.params, "batch_stats": state.batch_stats})
-  save_msgpack(os.path.join(workdir, CHOSEN_PATH_FILE), child_variables(host, space, arch))
+  chosen = child_variables(host, space, arch, setup.model.weight_sharing)
+  save_msgpack(os.path.join(workdir, CHOSEN_PATH_FILE), chosen)
   write_json(os.path.join(workdir, SUMMARY_FILE), result.to_dict())
   if setup.run["plots"]:
     write_search_plots(workdir, space, arch, run.logger.records(), result)

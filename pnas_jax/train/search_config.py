@@ -60,6 +60,9 @@ def search_config() -> ml_collections.ConfigDict:
   c.model.dw_impl = "auto"
   c.model.impl = "remat"  # weight-mode mixed-op backward (arch/mixed_op.py)
   c.model.sync_bn = True  # BN statistics over the global batch (N devices == 1 device)
+  # "none": each candidate its own weights (the paper); "mbconv": a block's MBConv candidates are
+  # slices of one largest MBConv (kernel centre, first channels; arch/weight_sharing.py).
+  c.model.weight_sharing = "none"
 
   # 40 warm-up epochs (uniform paths, weights only), then 120 with arch steps (docs/design.md §2.8).
   c.schedule = ml_collections.ConfigDict()
