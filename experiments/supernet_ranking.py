@@ -54,7 +54,7 @@ from results_io import write_result
 
 from pnas_jax import front, plots
 from pnas_jax.compile_cache import enable_compilation_cache
-from pnas_jax.config_loading import load_config
+from pnas_jax.config_loading import load_config, plain_dict
 from pnas_jax.errors import PnasError
 from pnas_jax.file_io import read_json, write_bytes_atomic, write_json
 from pnas_jax.latency.predictor import macs_predictor
@@ -63,7 +63,7 @@ from pnas_jax.search_space.sampling import sample_spread
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train import derive_by_supernet
 from pnas_jax.train.evaluation import PathEvaluator
-from pnas_jax.train.loop import final_state
+from pnas_jax.train.loop import CONFIG_FILE, config_differences, final_state
 from pnas_jax.train.parallel import replicate
 from pnas_jax.train.search import search, setup_search
 from pnas_jax.train.state import create_search_state
@@ -117,11 +117,32 @@ def warmed_up_supernet(cfg: Any, workdir: str, run_warmup: bool, progress: bool)
     if res.partial:
       raise SystemExit(res.exit_code or 1)
     cfg = warm
+  check_same_supernet(cfg, workdir)
   setup = setup_search(cfg, workdir)
   like = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx, setup.arch_tx,
                              setup.step_options["alpha_init_std"])
   step, state = final_state(workdir, like)
   return setup, replicate(state, setup.mesh), step
+
+
+# Config sections that shape the supernet's variables: a checkpoint only restores under the same.
+SUPERNET_KEYS = ("space.", "model.weight_sharing")
+
+
+def check_same_supernet(cfg: Any, workdir: str) -> None:
+  """Fails, naming the keys and the overrides to pass, when `workdir`'s supernet (its config.json)
+  was built with another space or weight sharing than `cfg`."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise PnasError(f"{workdir} has no {CONFIG_FILE}: pass a `pnas search` workdir or a sweep's "
+                    "warmup/ as --supernet")
+  saved = read_json(path, PnasError)
+  diff = [d for d in config_differences(saved, plain_dict(cfg))
+          if d.startswith(SUPERNET_KEYS)]
+  if diff:
+    raise PnasError(
+        f"the supernet in {workdir} was built with another space or model ({'; '.join(diff)}); "
+        "give this script the same --config.KEY=VALUE overrides its search had")
 
 
 def supernet_accuracies(setup: Any, state: Any, where: str, archs: list[Arch], cache_path: str,

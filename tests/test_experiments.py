@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 from pnas_jax import front
+from pnas_jax.config_loading import load_config
+from pnas_jax.errors import PnasError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_SEARCH = REPO / "configs" / "search" / "tiny.py"
 
 
 def _run(script: str, out: pathlib.Path, *args: str, plot: bool = True) -> dict:
@@ -110,6 +113,15 @@ def test_pareto_and_supernet_ranking_tiny(tmp_path):
     assert a["ops"] == by_name[a["name"]]["ops"]
     assert a["standalone_top1"]["mean"] == pytest.approx(by_name[a["name"]]["accuracy"]["mean"])
   assert not (tmp_path / "r2" / "train").exists()
+  # A supernet built with other weight sharing than the config given is named, not mis-restored.
+  sys.path.insert(0, str(REPO / "experiments"))
+  import supernet_ranking
+
+  warmup = str(tmp_path / "p" / "sweep" / "warmup")
+  with pytest.raises(PnasError, match="model.weight_sharing: 'none' -> 'mbconv'"):
+    supernet_ranking.check_same_supernet(
+        load_config(str(TINY_SEARCH), ["--config.model.weight_sharing=mbconv"]), warmup)
+  supernet_ranking.check_same_supernet(load_config(str(TINY_SEARCH), []), warmup)
   (band,) = k2["bands"]  # found_ratio_0.8 and the random net of its band
   assert band["target"] == "ratio_0.8" and band["n"] == 2
   assert band["supernet_pick"] in {"found_ratio_0.8", rand["name"]}
