@@ -9,7 +9,9 @@ is x + y, so the Zero candidate skips the block (depth search).
 
 Variables: `input` and `head` exactly as in ChildNet; `block{i}/{op name}` holds candidate `op`'s
 variables with the same tree as ChildNet's `block{i}` when that op is chosen (parameter-free ops
-such as Identity and Zero have none). `child_variables` extracts a ChildNet's variables.
+such as Identity and Zero have none). With `weight_sharing="mbconv"` a block's MBConv candidates
+have no params of their own but views of `block{i}/shared_mbconv` (arch/weight_sharing.py).
+`child_variables` extracts a ChildNet's variables.
 
 Compile time. A step's jaxpr holds every candidate of every block (the paper's ImageNet space: 21
 blocks x 6-7 candidates), and JAX's tracing and autodiff of it took most of a warm start (the
