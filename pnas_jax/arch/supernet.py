@@ -365,7 +365,8 @@ def candidate_mask(params: dict[str, Any], space: SearchSpace, active: jax.Array
       mask[name] = {}
       for op, tree in sub.items():
         ops = sharing.shared_ops(b, "mbconv") if op == sharing.SHARED else (op,)
-        on = jnp.isin(active[b.index], jnp.asarray([b.candidates.index(o) for o in ops]))
+        on = functools.reduce(jnp.logical_or,
+                              [active[b.index] == b.candidates.index(o) for o in ops])
         mask[name][op] = jax.tree.map(lambda _, on=on: on, tree)
     else:
       mask[name] = jax.tree.map(lambda _: jnp.asarray(True), sub)
