@@ -66,6 +66,7 @@ from pnas_jax.train.evaluation import PathEvaluator
 from pnas_jax.train.loop import CONFIG_FILE, config_differences, final_state
 from pnas_jax.train.parallel import replicate
 from pnas_jax.train.search import search, setup_search
+from pnas_jax.train.search_config import search_config
 from pnas_jax.train.state import create_search_state
 
 QUICK_SEARCH = ["--config.schedule.steps_per_epoch=40", "--config.schedule.warmup_epochs=2.0",
@@ -136,8 +137,9 @@ def check_same_supernet(cfg: Any, workdir: str) -> None:
   if not os.path.exists(path):
     raise PnasError(f"{workdir} has no {CONFIG_FILE}: pass a `pnas search` workdir or a sweep's "
                     "warmup/ as --supernet")
-  saved = read_json(path, PnasError)
-  diff = [d for d in config_differences(saved, plain_dict(cfg))
+  # A key its config.json lacks (added later) differs only when set away from its default.
+  diff = [d for d in config_differences(read_json(path, PnasError), plain_dict(cfg),
+                                        defaults=plain_dict(search_config()))
           if d.startswith(SUPERNET_KEYS)]
   if diff:
     raise PnasError(

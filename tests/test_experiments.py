@@ -122,6 +122,16 @@ def test_pareto_and_supernet_ranking_tiny(tmp_path):
     supernet_ranking.check_same_supernet(
         load_config(str(TINY_SEARCH), ["--config.model.weight_sharing=mbconv"]), warmup)
   supernet_ranking.check_same_supernet(load_config(str(TINY_SEARCH), []), warmup)
+  # A supernet saved before the key existed was built without sharing: accepted as "none" only.
+  old = tmp_path / "old_warmup"
+  old.mkdir()
+  saved = json.loads((tmp_path / "p" / "sweep" / "warmup" / "config.json").read_text())
+  del saved["model"]["weight_sharing"]
+  (old / "config.json").write_text(json.dumps(saved))
+  supernet_ranking.check_same_supernet(load_config(str(TINY_SEARCH), []), str(old))
+  with pytest.raises(PnasError, match="model.weight_sharing: None -> 'mbconv'"):
+    supernet_ranking.check_same_supernet(
+        load_config(str(TINY_SEARCH), ["--config.model.weight_sharing=mbconv"]), str(old))
   (band,) = k2["bands"]  # found_ratio_0.8 and the random net of its band
   assert band["target"] == "ratio_0.8" and band["n"] == 2
   assert band["supernet_pick"] in {"found_ratio_0.8", rand["name"]}
