@@ -347,8 +347,10 @@ def child_variables(variables: dict[str, Any], space: SearchSpace, arch: Arch,
       if ops_lib.get_op(op).is_zero:
         continue
       block = tree.get(f"block{b.index}", {})
-      if col == "params" and op in sharing.shared_ops(b, weight_sharing):
-        sub[f"block{b.index}"] = sharing.candidate_params(block, b, op, weight_sharing)
+      shared = sharing.shared_ops(b, weight_sharing)
+      if col == "params" and op in shared:
+        sub[f"block{b.index}"] = sharing.slice_params(block[sharing.SHARED], op,
+                                                      sharing.master_op(shared), b.in_channels)
       elif op in block:
         sub[f"block{b.index}"] = block[op]
     out[col] = sub

@@ -18,7 +18,7 @@ so every update of any of them trains the shared centre, and the ops of a block 
 what they add to it. BN running statistics stay per candidate (each sees its own distribution;
 they are re-estimated before a path is scored anyway). Other ops (Zero, Identity, MBConv1,
 registered ops) keep their own weights. A child network inherits its op's slice
-(`child_weights`), so retraining and export see ordinary MBConv weights.
+(`supernet.child_variables`), so retraining and export see ordinary MBConv weights.
 """
 
 from __future__ import annotations
@@ -75,11 +75,3 @@ def slice_params(master: Any, op: str, master_name: str, in_channels: int) -> An
       "project": {"kernel": master["project"]["kernel"][:mid, :]},
       "project_bn": bn(master["project_bn"], None),
   }
-
-
-def candidate_params(block_params: dict[str, Any], block: BlockSpec, op: str, mode: str) -> Any:
-  """Candidate `op`'s params from its block's params: its own subtree, or its master's slice."""
-  shared = shared_ops(block, mode)
-  if op in shared:
-    return slice_params(block_params[SHARED], op, master_op(shared), block.in_channels)
-  return block_params.get(op, {})
