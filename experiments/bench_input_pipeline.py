@@ -30,7 +30,7 @@ import sys
 import time
 
 import jax
-from results_io import write_result
+from results_io import save_figure, write_result
 
 from pnas_jax.arch.supernet import Supernet
 from pnas_jax.config_loading import load_config
@@ -111,9 +111,7 @@ def plot(result: dict, path: pathlib.Path) -> None:
   ax.set_title(f"search weight step, batch {result['batch']}, {result['dataset']}: "
                f"(a)/(b) = {result['pipeline_over_resident']:.3f}", fontsize=9)
   ax.legend(fontsize=8, loc="lower right")
-  fig.suptitle(result["device"], fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  save_figure(fig, result["device"], path)
 
 
 def main(argv: list[str] | None = None) -> dict:

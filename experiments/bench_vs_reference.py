@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from bench_ops import make_jax_step, make_torch_step
 from bench_supernet import _pinned_alpha, child_step
-from results_io import write_result
+from results_io import save_figure, write_result
 
 from pnas_jax import trace_cache
 from pnas_jax.arch import get_estimator
@@ -346,10 +346,7 @@ def plot(out: dict[str, Any], path: Any) -> None:
   ax[1].set_xticks(xs, list(comp), rotation=30, fontsize=7)
   ax[1].set_ylabel("lower + compile (s)")
   ax[1].legend(fontsize=8)
-  fig.suptitle(out["device"], fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save_figure(fig, out["device"], path, dpi=100)
 
 
 def reference_workload(quick: bool) -> tuple[SearchSpace, int]:

@@ -24,11 +24,11 @@ def write_result(result: dict[str, Any], out: str | pathlib.Path, as_json: bool,
   print(json.dumps(result) if as_json else json.dumps(result, indent=2))
 
 
-def save_figure(fig: Any, device: str, path: str | pathlib.Path) -> None:
-  """The device as the figure's title, a tight layout, `path` at 120 dpi; closes the figure."""
+def save_figure(fig: Any, device: str, path: str | pathlib.Path, dpi: int = 120) -> None:
+  """The device as the figure's title, a tight layout, `path` at `dpi`; closes the figure."""
   import matplotlib.pyplot as plt
 
   fig.suptitle(device, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=dpi)
   plt.close(fig)
