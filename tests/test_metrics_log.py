@@ -53,6 +53,22 @@ def test_write_resume_truncates_and_continues(tmp_path):
   assert steps == [1, 2, 3, 4] and values == pytest.approx([1.0, 0.5, 1 / 3, 0.5])
 
 
+def test_resume_in_the_same_second_sorts_after_the_first_file(tmp_path, monkeypatch):
+  # TensorBoard reads event files in name order; the writer's per-process counter sorts as a string,
+  # so a second file opened in the same second as the first with counters 9 -> 10 would be read first.
+  from tensorboard.summary.writer import event_file_writer
+
+  monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+  with MetricsLogger(str(tmp_path)) as log:
+    for step in range(1, 4):
+      log.write(step, {"loss": float(step)})
+  with MetricsLogger(str(tmp_path), resume_step=1) as log:
+    log.write(2, {"loss": 20.0})
+  names = sorted(os.listdir(tmp_path / "tensorboard"))
+  assert [n.rsplit(".", 1)[-1] for n in names] == ["9", "10"]
+  assert _scalars(tmp_path, "train/loss") == ([1, 2], [1.0, 20.0])
+
+
 def test_fresh_run_truncates(tmp_path):
   with MetricsLogger(str(tmp_path), tensorboard=False) as log:
     log.write(1, {"a": 1})

@@ -12,7 +12,10 @@ records with step <= S; a fresh run (`resume_step=None`) truncates the file.
 TensorBoard: every numeric scalar metric is written under the tag f"{kind}/{key}" to an event file in
 `<workdir>/tensorboard/`, with the pure-python writer of the `tensorboard` package (no TensorFlow).
 On open, a SessionLog.START event at step S + 1 (or 0 for a fresh run) tells TensorBoard to discard the
-older event files' points from that step on, as TensorFlow does after a restart. Without the
+older event files' points from that step on, as TensorFlow does after a restart. TensorBoard reads a
+directory's event files in name order, and a file's name starts with the second it was opened, then a
+per-process counter that sorts as a string ("10" < "9"): a logger reopened within the second of an
+existing event file therefore waits for the next second, so its file sorts last. Without the
 `tensorboard` package a warning is logged once and only metrics.jsonl is written.
 
 In a multi-host run only process 0 should write: pass `enabled=jax.process_index() == 0`; a disabled
@@ -26,6 +29,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +42,7 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 RESERVED_KEYS = ("step", "kind", "time")
 _TRAIN_FLUSH_EVERY = 10
+_EVENT_FILE_SECOND = re.compile(r"events\.out\.tfevents\.(\d+)\.")
 
 
 def to_python(value: Any) -> Any:
@@ -149,7 +154,9 @@ class MetricsLogger:
       logger.warning("tensorboard is not importable (%s): writing %s only", e, METRICS_FILE)
       return
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    self._tb = EventFileWriter(os.path.join(self.workdir, TENSORBOARD_DIR), max_queue_size=100)
+    tb_dir = os.path.join(self.workdir, TENSORBOARD_DIR)
+    _wait_past_event_files_of_this_second(tb_dir)
+    self._tb = EventFileWriter(tb_dir, max_queue_size=100)
     # Older event files' points from start_step on are stale (replayed or from a previous run).
     self._tb.add_event(
         event_pb2.Event(
@@ -226,6 +233,19 @@ class MetricsLogger:
 
   def __exit__(self, *exc: object) -> None:
     self.close()
+
+
+def _wait_past_event_files_of_this_second(tb_dir: str) -> None:
+  """Sleeps into the next second if an event file in tb_dir was opened in this one (see the module doc)."""
+  seconds = []
+  if os.path.isdir(tb_dir):
+    for name in os.listdir(tb_dir):
+      match = _EVENT_FILE_SECOND.match(name)
+      if match:
+        seconds.append(int(match.group(1)))
+  # Only a file of this very second can tie; one from a clock ahead of ours is not waited for.
+  if int(time.time()) in seconds:
+    time.sleep(math.floor(time.time()) + 1 - time.time() + 1e-3)
 
 
 def _step_of(record: Mapping[str, Any]) -> int | None:
