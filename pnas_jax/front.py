@@ -47,6 +47,7 @@ from pnas_jax.errors import UserFileError, UserValueError
 from pnas_jax.file_io import read_json
 from pnas_jax.latency.cli import space_from_config
 from pnas_jax.latency.measure import load_network_measurements
+from pnas_jax.latency.on_device import device_target
 from pnas_jax.latency.sessions import DEFAULT_SESSIONS
 from pnas_jax.search_space.io import save_arch
 from pnas_jax.search_space.sampling import LatencyFn, sample_in_band
@@ -681,7 +682,7 @@ def target_hits(targets: Sequence[tuple[str, float, Arch]], predicted_baseline: 
   out = []
   for label, target, arch in targets:
     ratio = target / predicted_baseline
-    dev_target = ratio * measured_baseline
+    dev_target = device_target(target, predicted_baseline, measured_baseline)
     lat = measured[f"found_{label}"]["value"]
     out.append({"label": label, "target": target, "ratio": ratio, "target_measured": dev_target,
                 "found": f"found_{label}", "ops": list(arch.ops), "latency": lat,

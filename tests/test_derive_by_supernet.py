@@ -77,3 +77,49 @@ def test_sweep_target_chooses_the_best_in_band_candidate_in_the_warmup_weights(t
                       lambda *a, **k: pytest.fail("scored again"))
   again = search(_config("--config.latency.target_ratio=0.8"), str(tmp_path / "plain"))
   assert again.arch == plain.arch and again.images_per_s == 0
+
+
+def test_first_hit_takes_the_best_scored_within_tolerance_else_the_closest():
+  assert derive_by_supernet.first_hit([4, 1, 2], [1.08, 0.96, 1.01], 0.05) == (1, True)
+  assert derive_by_supernet.first_hit([4, 1, 2], [1.04, 0.90, 1.01], 0.05) == (4, True)
+  assert derive_by_supernet.first_hit([4, 1, 2], [1.30, 0.90, 1.12], 0.05) == (1, False)
+
+
+def test_verify_top_needs_the_supernet_derivation():
+  with pytest.raises(UserValueError, match="verify_top = 2 .*derive = 'supernet'"):
+    setup_search(_config("--config.latency.derive=budget", "--config.latency.verify_top=2"),
+                 "/tmp/unused")
+
+
+def test_on_device_check_times_the_best_scored_candidates_with_the_baseline(tmp_path, monkeypatch):
+  extra = ("--config.latency.target_ratio=0.8", "--config.latency.verify_top=3",
+           "--config.latency.verify_tolerance=0.25", "--config.latency.sessions=1",
+           "--config.latency.repeats=4")
+  wd = str(tmp_path / "search")
+  r = search(_config(*extra), wd)
+  record = r.derivation
+  cands, dev = record["candidates"], record["on_device"]
+  # The three best-scored candidates and the baseline were timed together, in one file.
+  order = [int(i) for i in np.argsort([-c["holdout_top1"] for c in cands], kind="stable")[:3]]
+  timed = {x["name"]: x for x in json.loads(pathlib.Path(wd, "latency", "candidates.json").read_text())[
+      "networks"]}
+  assert set(timed) == {"baseline"} | {"-".join(cands[i]["ops"]) for i in order}
+  assert [i for i, c in enumerate(cands) if "measured_latency" in c] == sorted(order)
+  for i in order:
+    assert cands[i]["measured_latency"] == pytest.approx(timed["-".join(cands[i]["ops"])]["p10"])
+  # T_dev = T x measured(baseline) / predicted(baseline), the baseline under the MACs model here.
+  setup = setup_search(_config(*extra), str(tmp_path / "probe"))
+  predicted_baseline = macs_predictor(setup.space).of_archs([Arch.uniform(setup.space, "3x3_MBConv6")])[0]
+  t_dev = r.target * timed["baseline"]["p10"] / predicted_baseline
+  assert dev["target_measured"] == pytest.approx(t_dev, rel=1e-6)
+  # The choice: the best-scored candidate within the tolerance of T_dev, else the closest.
+  over = [cands[i]["measured_latency"] / t_dev for i in order]
+  hits = [i for i, x in zip(order, over, strict=True) if abs(x - 1) <= 0.25]
+  want = hits[0] if hits else order[int(np.argmin(np.abs(np.asarray(over) - 1)))]
+  assert list(r.arch.ops) == cands[want]["ops"] and dev["hit"] == bool(hits)
+  assert r.holdout_top1 == cands[want]["holdout_top1"]
+  # A finished search rerun reads the choice back: nothing is scored or timed again.
+  monkeypatch.setattr(derive_by_supernet, "supernet_accuracies",
+                      lambda *a, **k: pytest.fail("scored again"))
+  monkeypatch.setattr(derive_by_supernet.DeviceCheck, "measure", lambda *a, **k: pytest.fail("timed"))
+  assert search(_config(*extra), wd).arch == r.arch

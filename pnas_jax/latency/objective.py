@@ -32,6 +32,7 @@ from pnas_jax.arch.sampling import LatencyBand
 from pnas_jax.errors import MissingFileError, UserValueError
 from pnas_jax.latency.loss import latency_loss
 from pnas_jax.latency.measure import TimingProtocol
+from pnas_jax.latency.on_device import DeviceCheck, timing_placement
 from pnas_jax.latency.predictor import (
   Predictor,
   TableSumPredictor,
@@ -60,6 +61,8 @@ class LatencyObjective:
   derive_mode: str = "argmax"  # "argmax" | "budget" | "supernet" (config.latency.derive)
   # "budget" / "supernet": latency in [(1 - band) T, T] (config.latency.derive_band)
   derive_band: float = 0.0
+  # "supernet" with latency.verify_top > 0: times the best candidates on this machine (on_device.py)
+  device_check: DeviceCheck | None = None
 
   @property
   def cost_fn(self) -> Callable[[Sequence[jax.Array]], jax.Array] | None:
@@ -104,10 +107,7 @@ def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_netwo
   time it, and each entry keeps the median over them (latency/sessions.py); this process keeps
   every core for training. Otherwise it times once, here (this process holds the device).
   """
-  in_child = cpu_threads == 1 and jax.default_backend() == "cpu"
-  if not in_child and sessions > 1:
-    log.info("latency.sessions = %d: timing once, in the search process (it holds the %s device)",
-             sessions, jax.default_backend())
+  in_child, sessions = timing_placement(cpu_threads, sessions)
   named = [("baseline", Arch.uniform(space, baseline_op))] + [
       (f"sample{i:03d}", a) for i, a in enumerate(sample_archs(space, n_networks, seed))]
   job = TimingJob(space, protocol, table=os.path.join(directory, "table.json"),
@@ -115,7 +115,7 @@ def measure_predictor(space: SearchSpace, directory: str, protocol: Any, n_netwo
                   named_archs=tuple(named), cpu_threads=cpu_threads if in_child else None,
                   progress=progress)
   os.makedirs(directory, exist_ok=True)
-  table, meas = time_in_sessions(job, sessions if in_child else 1, in_child=in_child)
+  table, meas = time_in_sessions(job, sessions, in_child=in_child)
   costs = cost_table(table, space)
   if meas is None:
     predictor = TableSumPredictor(space, costs, table.header)
@@ -142,6 +142,7 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
         "latency.target_ratio / latency.target")
   loss_name, loss_params = lat.loss, lat.loss_params.to_dict()
   derive_mode, derive_band = lat.derive, lat.derive_band
+  verify_top, verify_tolerance = lat.verify_top, lat.verify_tolerance
   if derive_mode not in DERIVE_MODES:
     raise UserValueError(f"config.latency.derive = {derive_mode!r}: use one of {', '.join(DERIVE_MODES)}")
   if not 0.0 <= derive_band < 1.0:
@@ -150,6 +151,14 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   if derive_mode == "supernet" and not derive_band > 0:
     raise UserValueError("config.latency.derive = 'supernet' draws its candidates inside the band "
                          "[(1 - derive_band) T, T]: set config.latency.derive_band > 0 (e.g. 0.03)")
+  if verify_top and derive_mode != "supernet":
+    raise UserValueError(f"config.latency.verify_top = {verify_top} times the best-scored "
+                         "candidates of derive = 'supernet'; set latency.derive = 'supernet' (with "
+                         f"derive_band > 0), or verify_top = 0 (derive is {derive_mode!r})")
+  if verify_top and jax.process_count() > 1:
+    raise UserValueError(f"config.latency.verify_top = {verify_top}: timing candidates on the "
+                         f"device needs a single-process search ({jax.process_count()} processes "
+                         "here, each would time its own host); set latency.verify_top = 0")
   if model == "none":
     if derive_mode != "argmax":
       raise UserValueError(f"config.latency.derive = {derive_mode!r} needs a latency model; set "
@@ -181,9 +190,13 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
   loss(1.0, target, target)  # a loss that cannot take this target fails now, not inside a step
   log.info("latency model %s (%s): baseline %.4g, target %.4g", model, predictor.unit, baseline,
            target)
+  check = None
+  if verify_top:
+    check = DeviceCheck(space, protocol, Arch.uniform(space, baseline_op), int(verify_top),
+                        float(verify_tolerance), cpu_threads, sessions, config.log.progress)
   objective = LatencyObjective(predictor, float(target), predictor.unit,
                                lambda ce, e_lat: loss(ce, e_lat, target), baseline,
-                               derive_mode, float(derive_band))
+                               derive_mode, float(derive_band), check)
   if derive_mode != "argmax":  # an empty band fails now, naming the reachable range
     objective.derive([np.zeros(len(b.candidates)) for b in space.blocks], space)
   return objective

@@ -23,8 +23,14 @@ So this derivation chooses among candidates C by that accuracy:
   a warm-up, or one resumed past it without that file, scores in its final weights and says so.
   Ties go to the earlier candidate (a_budget first).
 
-Every candidate's score is written to WORKDIR/derivation.json, and a finished search rerun reads
-its choice back from there instead of scoring again.
+With config.latency.verify_top = k > 0 the model's latency is checked on the device for the k
+best-scored candidates (latency/on_device.py): they and the baseline are timed together, and the
+choice is the best-scored of them whose measured latency hits the target re-based on the measured
+baseline, |measured(a) / T_dev - 1| <= latency.verify_tolerance; when none does, the one closest to
+T_dev, with a warning.
+
+Every candidate's score (and measured latency) is written to WORKDIR/derivation.json, and a
+finished search rerun reads its choice back from there instead of scoring again.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from pnas_jax.file_io import load_msgpack, read_json, save_msgpack, write_json
+from pnas_jax.latency.on_device import DeviceCheck, device_target
 from pnas_jax.search_space.sampling import sample_in_band
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.evaluation import PathEvaluator
@@ -45,8 +52,11 @@ from pnas_jax.train.parallel import replicate, to_host
 log = logging.getLogger(__name__)
 WARMUP_WEIGHTS_FILE = "warmup_supernet.msgpack"
 DERIVATION_FILE = "derivation.json"
+ON_DEVICE_FILE = os.path.join("latency", "candidates.json")  # verify_top's timings, in WORKDIR
 # The candidates' draws: seed = config.seed + this, apart from the seeds random baselines use.
 CANDIDATE_SEED_OFFSET = 7_001
+# What a derivation.json written before latency.verify_top existed means by its absence.
+_KEYS_BEFORE_VERIFY = {"verify_top": 0, "verify_tolerance": None}
 
 
 def save_warmup_weights(workdir: str, params: Any, batch_stats: Any, write: bool = True) -> None:
@@ -92,11 +102,13 @@ def choose(setup: Any, workdir: str, params: Any, batch_stats: Any, policy_arch:
   "step", ...}; read back from DERIVATION_FILE when it was made for this step and setting."""
   obj, n = setup.objective, setup.derive_candidates
   path = os.path.join(workdir, DERIVATION_FILE)
+  check = obj.device_check
   key = {"step": step, "n_candidates": n, "band": obj.derive_band, "target": obj.target,
-         "policy_arch": list(policy_arch.ops)}
+         "policy_arch": list(policy_arch.ops),
+         "verify_top": check.top if check else 0, "verify_tolerance": check.tolerance if check else None}
   if os.path.exists(path):
     old = read_json(path)
-    if all(old.get(k) == v for k, v in key.items()):
+    if all(old.get(k, _KEYS_BEFORE_VERIFY.get(k)) == v for k, v in key.items()):
       return {**old, "arch": Arch(tuple(old["arch"]))}
   archs = candidates(obj, setup.space, policy_arch, n, setup.seed)
   weights, scored_in = _scoring_weights(workdir, params, batch_stats, setup.mesh)
@@ -106,14 +118,54 @@ def choose(setup: Any, workdir: str, params: Any, batch_stats: Any, policy_arch:
                                bn_batches=ev["bn_batches"], max_batches=ev["max_batches"])
   best = int(np.argmax(scores))  # the first of equal scores: the policy's arch wins ties
   lat = obj.predictor.of_archs(archs)
-  record = {**key, "scored_in": scored_in, "arch": list(archs[best].ops),
-            "holdout_top1": float(scores[best]), "policy_rank": 1 + int(np.sum(
+  record = {**key, "scored_in": scored_in, "policy_rank": 1 + int(np.sum(
                 np.asarray(scores) > scores[0])),
             "candidates": [{"ops": list(a.ops), "holdout_top1": float(s), "latency": float(t)}
                            for a, s, t in zip(archs, scores, lat, strict=True)]}
+  if check is not None:
+    best, record["on_device"] = _checked_on_device(check, obj, archs, scores, record["candidates"],
+                                                   os.path.join(workdir, ON_DEVICE_FILE))
+  record.update(arch=list(archs[best].ops), holdout_top1=float(scores[best]))
   if write:
     write_json(path, record)
   log.info("derivation by the supernet (%s weights): %d candidates, the policy's arch ranked %d, "
            "chose %s (%.2f%%)", scored_in, len(archs), record["policy_rank"],
            " ".join(record["arch"]), record["holdout_top1"])
   return {**record, "arch": archs[best]}
+
+
+def first_hit(order: Sequence[int], over_target: Sequence[float], tolerance: float) -> tuple[int, bool]:
+  """(index, hit): the first of `order` (best score first) whose measured latency / T_dev is within
+  `tolerance` of 1; without one, the index closest to 1 and False. over_target[i] belongs to
+  order[i]."""
+  for i, r in zip(order, over_target, strict=True):
+    if abs(r - 1.0) <= tolerance:
+      return int(i), True
+  j = int(np.argmin([abs(r - 1.0) for r in over_target]))
+  return int(order[j]), False
+
+
+def _checked_on_device(check: DeviceCheck, obj: Any, archs: Sequence[Arch], scores: Sequence[float],
+                       rows: list[dict[str, Any]], timings: str) -> tuple[int, dict[str, Any]]:
+  """Times the `check.top` best-scored candidates with the baseline (module docstring); returns the
+  chosen index and the record's "on_device" entry, and adds each timed row's measured latency."""
+  order = [int(i) for i in np.argsort(-np.asarray(scores), kind="stable")[:check.top]]
+  measured, baseline = check.measure([archs[i] for i in order], timings)
+  t_dev = device_target(obj.target, obj.baseline, baseline)
+  over = [m / t_dev for m in measured]
+  for i, m, r in zip(order, measured, over, strict=True):
+    rows[i].update(measured_latency=float(m), measured_over_target=float(r))
+  best, hit = first_hit(order, over, check.tolerance)
+  info = {"timed": len(order), "baseline_measured": float(baseline), "target_measured": float(t_dev),
+          "tolerance": check.tolerance, "hit": hit, "rank_by_score": 1 + order.index(best),
+          "timings": timings}
+  if hit:
+    log.info("on the device: the candidate ranked %d by score is %.1f%% of the target %.4g ms "
+             "(baseline measured %.4g ms)", info["rank_by_score"], 100 * over[order.index(best)],
+             t_dev, baseline)
+  else:
+    log.warning("on the device: none of the %d best-scored candidates is within %.0f%% of the target "
+                "%.4g ms (their latencies: %s of it); taking the closest. Raise "
+                "latency.verify_top or derive_candidates, or refit the latency model", len(order),
+                100 * check.tolerance, t_dev, ", ".join(f"{100 * r:.1f}%" for r in over))
+  return best, info

@@ -152,6 +152,12 @@ def search_config() -> ml_collections.ConfigDict:
   c.latency.derive = "argmax"
   c.latency.derive_band = 0.0
   c.latency.derive_candidates = 24
+  # "supernet": time the verify_top best-scored candidates and the baseline together on this machine
+  # (the target device) and take the best-scored one whose measured latency is within
+  # verify_tolerance of the target re-based on the measured baseline (pnas_jax/latency/on_device.py);
+  # 0: trust the latency model. Needs a single-process search on the device it targets.
+  c.latency.verify_top = 0
+  c.latency.verify_tolerance = 0.03
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1  # evaluate the current argmax arch on the held-out split
@@ -221,6 +227,8 @@ RANGES: dict[str, Range] = {
     "latency.n_networks": Range(0, integer=True, note="0: the table alone; a fit needs >= 3"),
     "latency.derive_band": FRACTION,
     "latency.derive_candidates": INT_GE1,
+    "latency.verify_top": Range(0, integer=True, note="0: no timing on the device"),
+    "latency.verify_tolerance": Range(0, 1, low_open=True),
     "eval.every_epochs": Range(0, note="0: never"),
     "eval.max_batches": Range(0, integer=True, note="0: the whole held-out split"),
     "eval.bn_batches": INT_GE0,

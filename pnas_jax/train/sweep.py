@@ -102,8 +102,8 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
   # Any valid target will do for the warm-up: it samples paths uniformly and takes no arch step.
   warm_cfg = _child_config(config, "warm-up", **_target_keys(*targets[0][1:]))
   warm_cfg.schedule.epochs = 0.0
-  if warm_cfg.latency.derive == "supernet":  # the targets score their candidates in its weights
-    warm_cfg.latency.derive = "budget"
+  if warm_cfg.latency.derive == "supernet":  # the targets score (and time) their candidates
+    warm_cfg.latency.derive, warm_cfg.latency.verify_top = "budget", 0
   warm_dir = os.path.join(workdir, WARMUP_DIR)
   log.info("sweep: warm-up in %s, then %d target(s): %s", warm_dir, len(targets),
            ", ".join(t[0] for t in targets))
@@ -129,8 +129,17 @@ def _row(label: str, r: SearchResult) -> dict[str, Any]:
   return {"label": label, "target": r.target, "unit": r.latency_unit, "arch": list(r.arch.ops),
           "arch_latency": r.arch_latency, "expected_latency": r.expected_latency,
           "over_target": r.arch_latency / r.target if r.arch_latency and r.target else None,
+          "measured_over_target": _measured_over_target(r),
           "holdout_top1": r.holdout_top1, "status": r.status.value, "wall_s": r.wall_s,
           "workdir": r.workdir}
+
+
+def _measured_over_target(r: SearchResult) -> float | None:
+  """The chosen arch's measured latency / T_dev where latency.verify_top timed it, else None."""
+  for c in (r.derivation or {}).get("candidates", []):
+    if c["ops"] == list(r.arch.ops) and "measured_over_target" in c:
+      return c["measured_over_target"]
+  return None
 
 
 def _write_summary(result: SweepResult) -> None:
@@ -143,14 +152,16 @@ def _write_summary(result: SweepResult) -> None:
   unit = rows[0]["unit"] if rows else ""
   lines = ["# pnas sweep", "",
            f"Shared warm-up: {result.warmup.step} steps, {result.warmup.wall_s:.0f} s.", "",
-           f"| target | target ({unit}) | derived arch ({unit}) | / target | held-out top-1 (supernet, %) "
-           "| search time (s) | architecture |", "|---|---|---|---|---|---|---|"]
+           f"| target | target ({unit}) | derived arch ({unit}) | / target | measured / target "
+           "(latency.verify_top) | held-out top-1 (supernet, %) | search time (s) | architecture |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     top1 = "" if r["holdout_top1"] is None else f"{r['holdout_top1']:.2f}"
     lat = "" if r["arch_latency"] is None else f"{r['arch_latency']:.4g}"
     ratio = "" if r["over_target"] is None else f"{r['over_target']:.3f}"
-    lines.append(f"| {r['label']} | {r['target']:.4g} | {lat} | {ratio} | {top1} | {r['wall_s']:.0f} | "
-                 f"{' '.join(r['arch'])} |")
+    measured = "" if r["measured_over_target"] is None else f"{r['measured_over_target']:.3f}"
+    lines.append(f"| {r['label']} | {r['target']:.4g} | {lat} | {ratio} | {measured} | {top1} | "
+                 f"{r['wall_s']:.0f} | {' '.join(r['arch'])} |")
   lines += ["", "![front](front.png)", ""]
   write_bytes_atomic(os.path.join(result.workdir, "sweep.md"), "\n".join(lines).encode())
   points = [{"label": r["label"], "x": r["arch_latency"], "y": r["holdout_top1"], "kind": "found"}
