@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import load_msgpack, read_json, save_msgpack, write_json
 from pnas_jax.latency.on_device import DeviceCheck, device_target
 from pnas_jax.search_space.sampling import sample_in_band
@@ -113,18 +114,19 @@ def choose(setup: Any, workdir: str, params: Any, batch_stats: Any, policy_arch:
   archs = candidates(obj, setup.space, policy_arch, n, setup.seed)
   weights, scored_in = _scoring_weights(workdir, params, batch_stats, setup.mesh)
   ev = setup.eval
-  scores = supernet_accuracies(evaluator, weights, archs, data=setup.data,
+
+  def score(batch: Sequence[Arch]) -> list[float]:
+    return supernet_accuracies(evaluator, weights, batch, data=setup.data,
                                batch_size=setup.batches["eval_batch_size"],
                                bn_batches=ev["bn_batches"], max_batches=ev["max_batches"])
+
+  scores = score(archs)
   best = int(np.argmax(scores))  # the first of equal scores: the policy's arch wins ties
-  lat = obj.predictor.of_archs(archs)
   record = {**key, "scored_in": scored_in, "policy_rank": 1 + int(np.sum(
-                np.asarray(scores) > scores[0])),
-            "candidates": [{"ops": list(a.ops), "holdout_top1": float(s), "latency": float(t)}
-                           for a, s, t in zip(archs, scores, lat, strict=True)]}
+                np.asarray(scores) > scores[0])), "candidates": _rows(obj, archs, scores)}
   if check is not None:
-    best, record["on_device"] = _checked_on_device(check, obj, archs, scores, record["candidates"],
-                                                   os.path.join(workdir, ON_DEVICE_FILE))
+    best, record["on_device"] = _checked_on_device(check, obj, setup, archs, scores,
+                                                   record["candidates"], score, workdir)
   record.update(arch=list(archs[best].ops), holdout_top1=float(scores[best]))
   if write:
     write_json(path, record)
@@ -132,6 +134,12 @@ def choose(setup: Any, workdir: str, params: Any, batch_stats: Any, policy_arch:
            "chose %s (%.2f%%)", scored_in, len(archs), record["policy_rank"],
            " ".join(record["arch"]), record["holdout_top1"])
   return {**record, "arch": archs[best]}
+
+
+def _rows(obj: Any, archs: Sequence[Arch], scores: Sequence[float], **extra: Any) -> list[dict[str, Any]]:
+  lat = obj.predictor.of_archs(archs)
+  return [{"ops": list(a.ops), "holdout_top1": float(s), "latency": float(t), **extra}
+          for a, s, t in zip(archs, scores, lat, strict=True)]
 
 
 def first_hit(order: Sequence[int], over_target: Sequence[float], tolerance: float) -> tuple[int, bool]:
@@ -145,27 +153,87 @@ def first_hit(order: Sequence[int], over_target: Sequence[float], tolerance: flo
   return int(order[j]), False
 
 
-def _checked_on_device(check: DeviceCheck, obj: Any, archs: Sequence[Arch], scores: Sequence[float],
-                       rows: list[dict[str, Any]], timings: str) -> tuple[int, dict[str, Any]]:
-  """Times the `check.top` best-scored candidates with the baseline (module docstring); returns the
-  chosen index and the record's "on_device" entry, and adds each timed row's measured latency."""
-  order = [int(i) for i in np.argsort(-np.asarray(scores), kind="stable")[:check.top]]
-  measured, baseline = check.measure([archs[i] for i in order], timings)
+def model_bias(measured_over_target: Sequence[float], predicted: Sequence[float], target: float) -> float:
+  """The device's latency over the model's for the timed candidates, both relative to the baseline:
+  the median of (LAT_measured(a) / T_dev) / (LAT_model(a) / T)."""
+  return float(np.median([r / (p / target) for r, p in zip(measured_over_target, predicted, strict=True)]))
+
+
+def _time_best(check: DeviceCheck, obj: Any, archs: Sequence[Arch], scores: Sequence[float],
+               rows: list[dict[str, Any]], among: Sequence[int], timings: str) -> dict[str, Any]:
+  """Times the `check.top` best-scored of the candidates `among` with the baseline into `timings`;
+  adds each one's measured latency and latency / T_dev to its row; returns the round's record."""
+  timed = sorted(among, key=lambda i: -scores[i])[:check.top]
+  measured, baseline = check.measure([archs[i] for i in timed], timings)
   t_dev = device_target(obj.target, obj.baseline, baseline)
-  over = [m / t_dev for m in measured]
-  for i, m, r in zip(order, measured, over, strict=True):
-    rows[i].update(measured_latency=float(m), measured_over_target=float(r))
-  best, hit = first_hit(order, over, check.tolerance)
-  info = {"timed": len(order), "baseline_measured": float(baseline), "target_measured": float(t_dev),
-          "tolerance": check.tolerance, "hit": hit, "rank_by_score": 1 + order.index(best),
-          "timings": timings}
+  for i, m in zip(timed, measured, strict=True):
+    rows[i].update(measured_latency=float(m), measured_over_target=float(m / t_dev))
+  return {"timed": [int(i) for i in timed], "baseline_measured": float(baseline),
+          "target_measured": float(t_dev), "timings": timings}
+
+
+def _checked_on_device(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arch], scores: list[float],
+                       rows: list[dict[str, Any]], score: Any, workdir: str
+                       ) -> tuple[int, dict[str, Any]]:
+  """The candidate chosen on the device (module docstring) and the record's "on_device" entry.
+
+  Round 1 times the `check.top` best-scored candidates. When none hits, the model is off for
+  architectures like these: their median device / model latency ratio b (model_bias) re-centres a
+  second round, N fresh draws in the band under T / b, scored and their best `check.top` timed
+  (with the baseline again). The choice is the best-scored hit of both rounds, else the candidate
+  closest to its round's T_dev. `archs`, `scores` and `rows` are extended in place.
+  """
+  rounds = [_time_best(check, obj, archs, scores, rows, range(len(archs)),
+                       os.path.join(workdir, ON_DEVICE_FILE))]
+  best, hit = _best_hit(rounds, scores, rows, check.tolerance)
+  if not hit:
+    second = _second_round(check, obj, setup, archs, scores, rows, score, rounds[0], workdir)
+    if second is not None:
+      rounds.append(second)
+      best, hit = _best_hit(rounds, scores, rows, check.tolerance)
+  over = rows[best]["measured_over_target"]
+  info = {"tolerance": check.tolerance, "hit": hit, "rounds": rounds,
+          "rank_by_score": 1 + sum(s > scores[best] for s in scores)}
   if hit:
-    log.info("on the device: the candidate ranked %d by score is %.1f%% of the target %.4g ms "
-             "(baseline measured %.4g ms)", info["rank_by_score"], 100 * over[order.index(best)],
-             t_dev, baseline)
+    log.info("on the device: the candidate ranked %d by score is %.1f%% of the target", info["rank_by_score"],
+             100 * over)
   else:
-    log.warning("on the device: none of the %d best-scored candidates is within %.0f%% of the target "
-                "%.4g ms (their latencies: %s of it); taking the closest. Raise "
-                "latency.verify_top or derive_candidates, or refit the latency model", len(order),
-                100 * check.tolerance, t_dev, ", ".join(f"{100 * r:.1f}%" for r in over))
+    log.warning("on the device: no timed candidate is within %.0f%% of the target; taking the closest "
+                "(%.1f%% of it). Raise latency.verify_top or derive_candidates, or refit the latency "
+                "model with more networks (latency.n_networks)", 100 * check.tolerance, 100 * over)
   return best, info
+
+
+def _second_round(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arch], scores: list[float],
+                  rows: list[dict[str, Any]], score: Any, first: dict[str, Any], workdir: str
+                  ) -> dict[str, Any] | None:
+  """Draws, scores and times candidates re-centred on T / model_bias (see _checked_on_device);
+  None when that band holds no new architecture."""
+  bias = model_bias([rows[i]["measured_over_target"] for i in first["timed"]],
+                    [rows[i]["latency"] for i in first["timed"]], obj.target)
+  target = obj.target / bias
+  try:
+    more = sample_in_band(setup.space, obj.predictor.of_archs, target, obj.derive_band, len(archs),
+                          seed=setup.seed + CANDIDATE_SEED_OFFSET + 1, exclude=archs)
+  except UserValueError as e:  # the re-centred band is (nearly) empty: keep round 1's closest
+    log.warning("on the device: no second round under %.4g (%s)", target, e)
+    return None
+  log.info("on the device: no candidate within %.0f%% of the target; the model reads %.3f x the "
+           "device for them, so %d more are drawn under %.4g and timed", 100 * check.tolerance,
+           1 / bias, len(more), target)
+  new = range(len(archs), len(archs) + len(more))
+  more_scores = score(more)
+  archs.extend(more)
+  scores.extend(more_scores)
+  rows.extend(_rows(obj, more, more_scores, round=2))
+  root, ext = os.path.splitext(ON_DEVICE_FILE)
+  timings = os.path.join(workdir, f"{root}_round2{ext}")
+  return {**_time_best(check, obj, archs, scores, rows, new, timings), "model_bias": bias,
+          "target_model": target}
+
+
+def _best_hit(rounds: Sequence[dict[str, Any]], scores: Sequence[float], rows: Sequence[dict[str, Any]],
+              tolerance: float) -> tuple[int, bool]:
+  """first_hit over every timed candidate of `rounds`, best score first."""
+  timed = sorted((i for r in rounds for i in r["timed"]), key=lambda i: -scores[i])
+  return first_hit(timed, [rows[i]["measured_over_target"] for i in timed], tolerance)
