@@ -26,8 +26,11 @@ So this derivation chooses among candidates C by that accuracy:
 With config.latency.verify_top = k > 0 the model's latency is checked on the device for the k
 best-scored candidates (latency/on_device.py): they and the baseline are timed together, and the
 choice is the best-scored of them whose measured latency hits the target re-based on the measured
-baseline, |measured(a) / T_dev - 1| <= latency.verify_tolerance; when none does, the one closest to
-T_dev, with a warning.
+baseline, |measured(a) / T_dev - 1| <= latency.verify_tolerance. When none does, the model is off for
+architectures like these by a factor b (the median of their device / model latency ratios), and a
+second round draws N candidates in the band under T / b, scores them and times its k best; the
+choice is the best-scored hit of both rounds, else the timed candidate closest to T_dev, with a
+warning.
 
 Every candidate's score (and measured latency) is written to WORKDIR/derivation.json, and a
 finished search rerun reads its choice back from there instead of scoring again.
