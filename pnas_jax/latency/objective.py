@@ -42,7 +42,7 @@ from pnas_jax.latency.predictor import (
   save_predictor,
 )
 from pnas_jax.latency.sessions import TimingJob, time_in_sessions
-from pnas_jax.latency.table import cost_table
+from pnas_jax.latency.table import check_header, cost_table
 from pnas_jax.search_space.sampling import sample_archs
 from pnas_jax.search_space.space import Arch, SearchSpace
 
@@ -192,6 +192,9 @@ def latency_objective(config: Any, space: SearchSpace, workdir: str) -> LatencyO
            target)
   check = None
   if verify_top:
+    if getattr(predictor, "header", None) is not None:  # timed here: it must be the model's device
+      check_header(predictor.header, backend=jax.default_backend(), batch=batch,
+                   source=f"config.latency.model = {model!r} (latency.verify_top times on this machine)")
     check = DeviceCheck(space, protocol, Arch.uniform(space, baseline_op), int(verify_top),
                         float(verify_tolerance), cpu_threads, sessions, config.log.progress)
   objective = LatencyObjective(predictor, float(target), predictor.unit,
