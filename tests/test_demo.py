@@ -58,7 +58,7 @@ def test_report_has_every_field_and_writes_markdown_and_plot(tmp_path):
                _record("hand_b", "hand", None, 89.0, 0.55, baseline),
                _record("random_ratio_0.6_1", "random", "ratio_0.6", 87.0, 0.3, baseline)]
   measured = {n["name"]: n["latency"] for n in networks}
-  hits = front.target_hits(targets, base, 0.5, measured)  # baseline 0.5 ms on the device
+  hits = front.target_hits(targets, base, {"value": 0.5}, measured)  # baseline 0.5 ms on the device
   search_result = types.SimpleNamespace(wall_s=30.0, holdout_top1=80.0, expected_latency=1.0,
                                         status=Status.DONE)
   sw = types.SimpleNamespace(warmup=types.SimpleNamespace(wall_s=100.0, step=500),

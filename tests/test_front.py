@@ -236,17 +236,36 @@ def test_target_hits_rebase_each_target_on_the_baseline_timed_with_the_found_net
   measured = {"found_ratio_0.6": {"value": 1.5}, "found_ratio_0.8": {"value": 2.0}}
   # The device runs 1.25x slower than the model: the baseline measures 2.5, so the targets there
   # are 0.6 x 2.5 = 1.5 (hit exactly) and 0.8 x 2.5 = 2.0 (hit exactly).
-  hits = front.target_hits(targets, 2.0, 2.5, measured)
+  hits = front.target_hits(targets, 2.0, {"value": 2.5}, measured)
   assert [h["ratio"] for h in hits] == pytest.approx([0.6, 0.8])
   assert [h["target_measured"] for h in hits] == pytest.approx([1.5, 2.0])
   assert all(h["hit"] for h in hits)
   # 5.4% over the target misses at 5%, hits at 6%; 4.9% under hits.
   measured["found_ratio_0.6"]["value"] = 1.5 * 1.054
   measured["found_ratio_0.8"]["value"] = 2.0 * 0.951
-  hits = front.target_hits(targets, 2.0, 2.5, measured)
+  hits = front.target_hits(targets, 2.0, {"value": 2.5}, measured)
   assert [h["hit"] for h in hits] == [False, True]
   assert hits[0]["latency_over_target"] == pytest.approx(1.054)
-  assert front.target_hits(targets, 2.0, 2.5, measured, tolerance=0.06)[0]["hit"]
+  assert front.target_hits(targets, 2.0, {"value": 2.5}, measured, tolerance=0.06)[0]["hit"]
+
+
+def test_target_hits_take_the_ratio_to_the_baseline_within_each_timing_session(fmnist_space):
+  arch = Arch.uniform(fmnist_space, "3x3_MBConv3")
+  targets = [("ratio_0.5", 1.0, arch)]  # predicted baseline 2.0: T = 0.5 x the baseline
+  # The third session ran 20% slow for both: per session the found net is 0.5, 0.5 and 0.52 x the
+  # baseline (median 0.5: on target), while the medians of the sessions give 1.0 / 2.2 = 0.4545.
+  base = {"value": 2.2, "sessions": [2.0, 2.2, 2.5]}
+  found = {"value": 1.1, "sessions": [1.0, 1.1, 1.3]}
+  (hit,) = front.target_hits(targets, 2.0, base, {"found_ratio_0.5": found})
+  assert hit["latency_over_target"] == pytest.approx(1.0) and hit["hit"]
+  assert hit["target_measured"] == pytest.approx(1.1) and hit["latency"] == 1.1
+  # Without per-session timings (or with sessions that do not pair up): the values' ratio.
+  (hit,) = front.target_hits(targets, 2.0, {"value": 2.2}, {"found_ratio_0.5": found})
+  assert hit["latency_over_target"] == pytest.approx(1.1 / 1.1)
+  found["value"] = 1.0
+  (hit,) = front.target_hits(targets, 2.0, {"value": 2.2, "sessions": [2.0, 2.2]},
+                             {"found_ratio_0.5": found})
+  assert hit["latency_over_target"] == pytest.approx(1.0 / 1.1)
 
 
 def test_choose_networks_found_hand_bracketing_and_random_in_band(fmnist_space):

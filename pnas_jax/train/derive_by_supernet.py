@@ -26,7 +26,8 @@ So this derivation chooses among candidates C by that accuracy:
 With config.latency.verify_top = k > 0 the model's latency is checked on the device for the k
 best-scored candidates (latency/on_device.py): they and the baseline are timed together, and the
 choice is the best-scored of them whose measured latency hits the target re-based on the measured
-baseline, |measured(a) / T_dev - 1| <= latency.verify_tolerance. When none does, the model is off for
+baseline (per timing session, latency/on_device.py), |measured(a) / T_dev - 1| <=
+latency.verify_tolerance. When none does, the model is off for
 architectures like these by a factor b (the median of their device / model latency ratios), and a
 second round draws N candidates in the band under T / b, scores them and times its k best; the
 choice is the best-scored hit of both rounds, else the timed candidate closest to T_dev, with a
@@ -47,7 +48,7 @@ import numpy as np
 
 from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import load_msgpack, read_json, save_msgpack, write_json
-from pnas_jax.latency.on_device import DeviceCheck, device_target
+from pnas_jax.latency.on_device import DeviceCheck, device_target, over_target
 from pnas_jax.search_space.sampling import sample_in_band
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.evaluation import PathEvaluator
@@ -167,10 +168,10 @@ def _time_best(check: DeviceCheck, obj: Any, archs: Sequence[Arch], scores: Sequ
   """Times the `check.top` best-scored of the candidates `among` with the baseline into `timings`;
   adds each one's measured latency and latency / T_dev to its row; returns the round's record."""
   timed = sorted(among, key=lambda i: -scores[i])[:check.top]
-  measured, baseline = check.measure([archs[i] for i in timed], timings)
+  measured, ratios, baseline = check.measure([archs[i] for i in timed], timings)
   t_dev = device_target(obj.target, obj.baseline, baseline)
-  for i, m in zip(timed, measured, strict=True):
-    rows[i].update(measured_latency=float(m), measured_over_target=float(m / t_dev))
+  for i, m, r in zip(timed, measured, ratios, strict=True):
+    rows[i].update(measured_latency=float(m), measured_over_target=over_target(r, obj.target, obj.baseline))
   return {"timed": [int(i) for i in timed], "baseline_measured": float(baseline),
           "target_measured": float(t_dev), "timings": timings}
 
