@@ -138,3 +138,17 @@ def test_on_device_check_times_the_best_scored_candidates_with_the_baseline(tmp_
                       lambda *a, **k: pytest.fail("scored again"))
   monkeypatch.setattr(derive_by_supernet.DeviceCheck, "measure", lambda *a, **k: pytest.fail("timed"))
   assert search(_config(*extra), wd).arch == r.arch
+
+
+def test_verify_top_refuses_a_latency_model_of_another_batch(tmp_path):
+  from latency_helpers import synthetic_table
+
+  from pnas_jax.latency.table import LatencyTableError
+
+  space = setup_search(_config(), str(tmp_path / "probe")).space
+  path = str(tmp_path / "table.json")
+  synthetic_table(space).save(path)  # batch 1
+  setup_search(_config(f"--config.latency.model={path}", "--config.latency.batch=4"), "/tmp/unused")
+  with pytest.raises(LatencyTableError, match="verify_top times on this machine.*batch is 1, .* asks for 4"):
+    setup_search(_config(f"--config.latency.model={path}", "--config.latency.batch=4",
+                         "--config.latency.verify_top=2"), "/tmp/unused")
