@@ -738,7 +738,7 @@ def front_markdown(networks: Sequence[Mapping[str, Any]], summary: Mapping[str, 
   each method's hypervolume and front, and each found net against the hand front and the random
   nets at its latency."""
   lines = ["| target | x baseline | target (re-based on the baseline) | found net | of the target "
-           "| hit |", "|---|---|---|---|---|---|"]
+           "(its ratio to the baseline per timing process, median) | hit |", "|---|---|---|---|---|---|"]
   lines += [f"| {h['label']} | {h['ratio']:.2f} | {h['target_measured']:.4g} {unit} | "
             f"{h['latency']:.4g} {unit} | {100 * h['latency_over_target']:.1f}% | "
             f"{'yes' if h['hit'] else 'NO'} (within {100 * h['tolerance']:.0f}%) |" for h in hits]
