@@ -3,9 +3,9 @@
 A latency model predicts a whole network's latency from its blocks' measured times; for a single
 architecture it can be off by several percent (2026-12-06, 2-core Intel Xeon: a found net of the
 six-op Fashion-MNIST space predicted at 0.449 x the baseline measured 0.483 x, twice, 7.5% over its
-target). Where the search runs on the device it targets (a CPU search for a CPU target, the demo),
-the derivation can time its best candidates instead of trusting the model for them
-(config.latency.verify_top, train/derive_by_supernet.py).
+target). Where the search runs on the device it targets (a CPU search for a CPU target, as in the
+Fashion-MNIST protocol), the derivation can time its best candidates instead of trusting the model
+for them (config.latency.verify_top, train/derive_by_supernet.py).
 
 A target T stated under the model is a ratio of the baseline's modelled latency, so on the device
 it is
