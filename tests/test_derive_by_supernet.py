@@ -152,3 +152,49 @@ def test_verify_top_refuses_a_latency_model_of_another_batch(tmp_path):
   with pytest.raises(LatencyTableError, match="verify_top times on this machine.*batch is 1, .* asks for 4"):
     setup_search(_config(f"--config.latency.model={path}", "--config.latency.batch=4",
                          "--config.latency.verify_top=2"), "/tmp/unused")
+
+
+def test_derive_warmups_need_their_workdirs_and_the_supernet_derivation(tmp_path):
+  with pytest.raises(UserValueError, match="derive_warmups = 2 with 0 workdir"):
+    setup_search(_config("--config.latency.derive_warmups=2"), "/tmp/unused")
+  with pytest.raises(UserValueError, match="derive = 'budget' scores no candidates"):
+    setup_search(_config("--config.latency.derive=budget", "--config.latency.derive_warmups=2",
+                         f"--config.latency.derive_scoring_warmups=('{tmp_path}',)"), "/tmp/unused")
+  with pytest.raises(UserValueError, match="set by the sweep itself"):
+    sweep(_config("--config.latency.target_ratios=(0.8,)",
+                  f"--config.latency.derive_scoring_warmups=('{tmp_path}',)"), str(tmp_path / "s"))
+
+
+def test_sweep_scores_the_candidates_in_every_warmup_and_ranks_by_their_mean_rank(tmp_path):
+  from scipy.stats import rankdata
+
+  wd = str(tmp_path / "sweep")
+  r = sweep(_config("--config.latency.target_ratios=(0.8,)", "--config.latency.derive_warmups=2"), wd)
+  (_, t), = r.targets
+  warm2 = os.path.join(wd, "warmup_2")
+  assert [x.workdir for x in r.extra_warmups] == [warm2]
+  assert json.loads(pathlib.Path(warm2, "config.json").read_text())["seed"] == 1
+  record = t.derivation
+  cands = record["candidates"]
+  assert record["scoring_warmups"] == [warm2] and len(cands) == 4
+  # Warm-up 2's scores: its final checkpoint on the held-out split of its own seed (1), by hand.
+  setup2 = setup_search(_config("--config.latency.target_ratio=0.8", "--config.seed=1"),
+                        str(tmp_path / "probe"))
+  warm = saved_state(warm2, 6)
+  ev = PathEvaluator(setup2.model, setup2.data.eval_preprocess, setup2.mesh)
+  for c in (cands[0], cands[-1]):
+    direct = ev(replicate(warm["params"], setup2.mesh), replicate(warm["batch_stats"], setup2.mesh),
+                Arch(tuple(c["ops"])), holdout=setup2.data.holdout, train=setup2.data.train,
+                batch_size=64, bn_batches=2)
+    assert direct["top1"] == pytest.approx(c["holdout_top1_per_warmup"][1], abs=1e-6)
+  # Warm-up 1's scores are those a one-warm-up derivation gives the same candidates.
+  one = sweep(_config("--config.latency.target_ratios=(0.8,)"), str(tmp_path / "one"))
+  assert [c["ops"] for c in one.targets[0][1].derivation["candidates"]] == [c["ops"] for c in cands]
+  assert [c["holdout_top1"] for c in one.targets[0][1].derivation["candidates"]] == pytest.approx(
+      [c["holdout_top1_per_warmup"][0] for c in cands], abs=1e-6)
+  # The choice: the best mean rank over the two (ties: the earlier candidate).
+  per = np.array([c["holdout_top1_per_warmup"] for c in cands])
+  merit = (rankdata(per[:, 0]) + rankdata(per[:, 1])) / 2
+  assert [c["merit"] for c in cands] == pytest.approx(merit)
+  assert list(t.arch.ops) == cands[int(np.argmax(merit))]["ops"]
+  assert t.holdout_top1 == pytest.approx(per[int(np.argmax(merit))].mean())

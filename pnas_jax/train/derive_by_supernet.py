@@ -23,6 +23,12 @@ So this derivation chooses among candidates C by that accuracy:
   a warm-up, or one resumed past it without that file, scores in its final weights and says so.
   Ties go to the earlier candidate (a_budget first).
 
+With latency.derive_warmups = W > 1 (`pnas sweep` warms up W supernets with consecutive seeds and
+lists the others in latency.derive_scoring_warmups) each candidate is scored in every one, each on
+the held-out split of its own seed, and the candidates are ordered by their mean rank over the W
+(PoolScores): one warm-up's order at the top is noisy (a second seed's warm-up put the first one's
+pick 4th to 9th of 24 in the six-op space).
+
 With config.latency.verify_top = k > 0 the model's latency is checked on the device for the k
 best-scored candidates (latency/on_device.py): they and the baseline are timed together, and the
 choice is the best-scored of them whose measured latency hits the target re-based on the measured
@@ -44,7 +50,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from scipy.stats import rankdata
 
 from pnas_jax.errors import UserValueError
 from pnas_jax.file_io import load_msgpack, read_json, save_msgpack, write_json
@@ -52,7 +60,9 @@ from pnas_jax.latency.on_device import DeviceCheck, device_target, over_target
 from pnas_jax.search_space.sampling import sample_in_band
 from pnas_jax.search_space.space import Arch
 from pnas_jax.train.evaluation import PathEvaluator
+from pnas_jax.train.loop import RunStateError, final_state
 from pnas_jax.train.parallel import replicate, to_host
+from pnas_jax.train.state import create_search_state
 
 log = logging.getLogger(__name__)
 WARMUP_WEIGHTS_FILE = "warmup_supernet.msgpack"
@@ -60,8 +70,8 @@ DERIVATION_FILE = "derivation.json"
 ON_DEVICE_FILE = os.path.join("latency", "candidates.json")  # verify_top's timings, in WORKDIR
 # The candidates' draws: seed = config.seed + this, apart from the seeds random baselines use.
 CANDIDATE_SEED_OFFSET = 7_001
-# What a derivation.json written before latency.verify_top existed means by its absence.
-_KEYS_BEFORE_VERIFY = {"verify_top": 0, "verify_tolerance": None}
+# What a derivation.json written before these keys existed means by their absence.
+_KEYS_ADDED_LATER = {"verify_top": 0, "verify_tolerance": None, "scoring_warmups": []}
 
 
 def save_warmup_weights(workdir: str, params: Any, batch_stats: Any, write: bool = True) -> None:
@@ -110,40 +120,104 @@ def choose(setup: Any, workdir: str, params: Any, batch_stats: Any, policy_arch:
   check = obj.device_check
   key = {"step": step, "n_candidates": n, "band": obj.derive_band, "target": obj.target,
          "policy_arch": list(policy_arch.ops),
-         "verify_top": check.top if check else 0, "verify_tolerance": check.tolerance if check else None}
+         "verify_top": check.top if check else 0, "verify_tolerance": check.tolerance if check else None,
+         "scoring_warmups": [d for d, _ in setup.derive_warmups]}
   if os.path.exists(path):
     old = read_json(path)
-    if all(old.get(k, _KEYS_BEFORE_VERIFY.get(k)) == v for k, v in key.items()):
+    if all(old.get(k, _KEYS_ADDED_LATER.get(k)) == v for k, v in key.items()):
       return {**old, "arch": Arch(tuple(old["arch"]))}
   archs = candidates(obj, setup.space, policy_arch, n, setup.seed)
   weights, scored_in = _scoring_weights(workdir, params, batch_stats, setup.mesh)
-  ev = setup.eval
-
-  def score(batch: Sequence[Arch]) -> list[float]:
-    return supernet_accuracies(evaluator, weights, batch, data=setup.data,
-                               batch_size=setup.batches["eval_batch_size"],
-                               bn_batches=ev["bn_batches"], max_batches=ev["max_batches"])
-
-  scores = score(archs)
-  best = int(np.argmax(scores))  # the first of equal scores: the policy's arch wins ties
-  record = {**key, "scored_in": scored_in, "policy_rank": 1 + int(np.sum(
-                np.asarray(scores) > scores[0])), "candidates": _rows(obj, archs, scores)}
+  pool = PoolScores(_scorers(setup, evaluator, weights))
+  pool.add(archs)
+  merit = pool.merit()
+  best = int(np.argmax(merit))  # the first of equal merits: the policy's arch wins ties
+  record = {**key, "scored_in": scored_in, "policy_rank": 1 + int(np.sum(np.asarray(merit) > merit[0])),
+            "candidates": _rows(obj, archs, pool, range(len(archs)))}
   if check is not None:
-    best, record["on_device"] = _checked_on_device(check, obj, setup, archs, scores,
-                                                   record["candidates"], score, workdir)
-  record.update(arch=list(archs[best].ops), holdout_top1=float(scores[best]))
+    best, record["on_device"] = _checked_on_device(check, obj, setup, archs, pool, record["candidates"],
+                                                   workdir)
+  record.update(arch=list(archs[best].ops), holdout_top1=pool.mean(best))
   if write:
     write_json(path, record)
-  log.info("derivation by the supernet (%s weights): %d candidates, the policy's arch ranked %d, "
-           "chose %s (%.2f%%)", scored_in, len(archs), record["policy_rank"],
+  log.info("derivation by the supernet (%s weights%s): %d candidates, the policy's arch ranked %d, "
+           "chose %s (%.2f%%)", scored_in, f" and {len(setup.derive_warmups)} more warm-up(s)"
+           if setup.derive_warmups else "", len(archs), record["policy_rank"],
            " ".join(record["arch"]), record["holdout_top1"])
   return {**record, "arch": archs[best]}
 
 
-def _rows(obj: Any, archs: Sequence[Arch], scores: Sequence[float], **extra: Any) -> list[dict[str, Any]]:
-  lat = obj.predictor.of_archs(archs)
-  return [{"ops": list(a.ops), "holdout_top1": float(s), "latency": float(t), **extra}
-          for a, s, t in zip(archs, scores, lat, strict=True)]
+class PoolScores:
+  """The candidates' held-out top-1 in each scoring supernet, and the merit that orders them.
+
+  With one supernet the merit is the score. With W (latency.derive_warmups) it is the mean over the
+  supernets of the candidate's rank among all candidates scored so far (1 = lowest score; ties
+  share the mean rank):
+
+      merit(a) = (1 / W) sum_w rank_w(acc_holdout(a; W_w))
+
+  Rank, not score: each warm-up scores on the held-out split of its own seed, and their levels
+  differ (by ~1 point between two seeds of the six-op space) while their orders agree only in part
+  (Kendall tau 0.56-0.68 over 24 in-band candidates): the mean rank averages the orders.
+  """
+
+  def __init__(self, scorers: Sequence[Any]):
+    self.scorers = list(scorers)
+    self.scores: list[list[float]] = [[] for _ in self.scorers]
+
+  def add(self, archs: Sequence[Arch]) -> None:
+    for scorer, scores in zip(self.scorers, self.scores, strict=True):
+      scores.extend(scorer(archs))
+
+  def merit(self) -> list[float]:
+    if len(self.scores) == 1:
+      return list(self.scores[0])
+    return [float(m) for m in np.mean([rankdata(s) for s in self.scores], axis=0)]
+
+  def mean(self, i: int) -> float:
+    return float(np.mean([s[i] for s in self.scores]))
+
+  def per_supernet(self, i: int) -> list[float]:
+    return [float(s[i]) for s in self.scores]
+
+
+def _scorers(setup: Any, evaluator: PathEvaluator, weights: dict[str, Any]) -> list[Any]:
+  """One function archs -> held-out top-1 per scoring supernet: this search's warm-up on its own
+  split, then each of latency.derive_scoring_warmups on the split of its seed."""
+  ev = setup.eval
+
+  def scorer(w: dict[str, Any], data: Any) -> Any:
+    return lambda archs: supernet_accuracies(
+        evaluator, w, archs, data=data, batch_size=setup.batches["eval_batch_size"],
+        bn_batches=ev["bn_batches"], max_batches=ev["max_batches"])
+
+  out = [scorer(weights, setup.data)]
+  if setup.derive_warmups:
+    like = create_search_state(setup.model, jax.random.key(setup.seed), setup.weight_tx,
+                               setup.arch_tx, setup.step_options["alpha_init_std"])
+    for workdir, data in setup.derive_warmups:
+      step, state = final_state(workdir, like)
+      if step != setup.schedule.warmup_steps:
+        raise RunStateError(f"latency.derive_scoring_warmups: {workdir} ends at step {step}, but this "
+                            f"search's warm-up is {setup.schedule.warmup_steps} steps; give warm-ups "
+                            "run with this schedule")
+      w = replicate({"params": state.params, "batch_stats": state.batch_stats}, setup.mesh)
+      out.append(scorer(w, data))
+  return out
+
+
+def _rows(obj: Any, archs: Sequence[Arch], pool: PoolScores, idx: Sequence[int], **extra: Any
+          ) -> list[dict[str, Any]]:
+  """The record's row of each candidate archs[i], i in idx: its ops, modelled latency and scores."""
+  lat = obj.predictor.of_archs([archs[i] for i in idx])
+  merit = pool.merit()
+  rows = []
+  for i, t in zip(idx, lat, strict=True):
+    row = {"ops": list(archs[i].ops), "holdout_top1": pool.mean(i), "latency": float(t), **extra}
+    if len(pool.scores) > 1:
+      row.update(holdout_top1_per_warmup=pool.per_supernet(i), merit=merit[i])
+    rows.append(row)
+  return rows
 
 
 def first_hit(order: Sequence[int], over_target: Sequence[float], tolerance: float) -> tuple[int, bool]:
@@ -163,11 +237,12 @@ def model_bias(measured_over_target: Sequence[float], predicted: Sequence[float]
   return float(np.median([r / (p / target) for r, p in zip(measured_over_target, predicted, strict=True)]))
 
 
-def _time_best(check: DeviceCheck, obj: Any, archs: Sequence[Arch], scores: Sequence[float],
+def _time_best(check: DeviceCheck, obj: Any, archs: Sequence[Arch], merit: Sequence[float],
                rows: list[dict[str, Any]], among: Sequence[int], timings: str) -> dict[str, Any]:
-  """Times the `check.top` best-scored of the candidates `among` with the baseline into `timings`;
-  adds each one's measured latency and latency / T_dev to its row; returns the round's record."""
-  timed = sorted(among, key=lambda i: -scores[i])[:check.top]
+  """Times the `check.top` best (by merit) of the candidates `among` with the baseline into
+  `timings`; adds each one's measured latency and latency / T_dev to its row; returns the round's
+  record."""
+  timed = sorted(among, key=lambda i: -merit[i])[:check.top]
   measured, ratios, baseline = check.measure([archs[i] for i in timed], timings)
   t_dev = device_target(obj.target, obj.baseline, baseline)
   for i, m, r in zip(timed, measured, ratios, strict=True):
@@ -176,28 +251,28 @@ def _time_best(check: DeviceCheck, obj: Any, archs: Sequence[Arch], scores: Sequ
           "target_measured": float(t_dev), "timings": timings}
 
 
-def _checked_on_device(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arch], scores: list[float],
-                       rows: list[dict[str, Any]], score: Any, workdir: str
-                       ) -> tuple[int, dict[str, Any]]:
+def _checked_on_device(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arch], pool: PoolScores,
+                       rows: list[dict[str, Any]], workdir: str) -> tuple[int, dict[str, Any]]:
   """The candidate chosen on the device (module docstring) and the record's "on_device" entry.
 
-  Round 1 times the `check.top` best-scored candidates. When none hits, the model is off for
-  architectures like these: their median device / model latency ratio b (model_bias) re-centres a
-  second round, N fresh draws in the band under T / b, scored and their best `check.top` timed
-  (with the baseline again). The choice is the best-scored hit of both rounds, else the candidate
-  closest to its round's T_dev. `archs`, `scores` and `rows` are extended in place.
+  Round 1 times the `check.top` best candidates (by merit, PoolScores). When none hits, the model
+  is off for architectures like these: their median device / model latency ratio b (model_bias)
+  re-centres a second round, N fresh draws in the band under T / b, scored and their best
+  `check.top` timed (with the baseline again). The choice is the best hit of both rounds, else the
+  candidate closest to its round's T_dev. `archs`, `pool` and `rows` are extended in place.
   """
-  rounds = [_time_best(check, obj, archs, scores, rows, range(len(archs)),
+  rounds = [_time_best(check, obj, archs, pool.merit(), rows, range(len(archs)),
                        os.path.join(workdir, ON_DEVICE_FILE))]
-  best, hit = _best_hit(rounds, scores, rows, check.tolerance)
+  best, hit = _best_hit(rounds, pool.merit(), rows, check.tolerance)
   if not hit:
-    second = _second_round(check, obj, setup, archs, scores, rows, score, rounds[0], workdir)
+    second = _second_round(check, obj, setup, archs, pool, rows, rounds[0], workdir)
     if second is not None:
       rounds.append(second)
-      best, hit = _best_hit(rounds, scores, rows, check.tolerance)
+      best, hit = _best_hit(rounds, pool.merit(), rows, check.tolerance)
+  merit = pool.merit()
   over = rows[best]["measured_over_target"]
   info = {"tolerance": check.tolerance, "hit": hit, "rounds": rounds,
-          "rank_by_score": 1 + sum(s > scores[best] for s in scores)}
+          "rank_by_score": 1 + sum(m > merit[best] for m in merit)}
   if hit:
     log.info("on the device: the candidate ranked %d by score is %.1f%% of the target", info["rank_by_score"],
              100 * over)
@@ -208,8 +283,8 @@ def _checked_on_device(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arc
   return best, info
 
 
-def _second_round(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arch], scores: list[float],
-                  rows: list[dict[str, Any]], score: Any, first: dict[str, Any], workdir: str
+def _second_round(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arch], pool: PoolScores,
+                  rows: list[dict[str, Any]], first: dict[str, Any], workdir: str
                   ) -> dict[str, Any] | None:
   """Draws, scores and times candidates re-centred on T / model_bias (see _checked_on_device);
   None when that band holds no new architecture."""
@@ -226,18 +301,20 @@ def _second_round(check: DeviceCheck, obj: Any, setup: Any, archs: list[Arch], s
            "device for them, so %d more are drawn under %.4g and timed", 100 * check.tolerance,
            1 / bias, len(more), target)
   new = range(len(archs), len(archs) + len(more))
-  more_scores = score(more)
   archs.extend(more)
-  scores.extend(more_scores)
-  rows.extend(_rows(obj, more, more_scores, round=2))
+  pool.add(more)
+  rows.extend(_rows(obj, archs, pool, new, round=2))
+  if len(pool.scores) > 1:  # ranks over the larger pool
+    for row, m in zip(rows, pool.merit(), strict=True):
+      row["merit"] = m
   root, ext = os.path.splitext(ON_DEVICE_FILE)
   timings = os.path.join(workdir, f"{root}_round2{ext}")
-  return {**_time_best(check, obj, archs, scores, rows, new, timings), "model_bias": bias,
+  return {**_time_best(check, obj, archs, pool.merit(), rows, new, timings), "model_bias": bias,
           "target_model": target}
 
 
-def _best_hit(rounds: Sequence[dict[str, Any]], scores: Sequence[float], rows: Sequence[dict[str, Any]],
+def _best_hit(rounds: Sequence[dict[str, Any]], merit: Sequence[float], rows: Sequence[dict[str, Any]],
               tolerance: float) -> tuple[int, bool]:
-  """first_hit over every timed candidate of `rounds`, best score first."""
-  timed = sorted((i for r in rounds for i in r["timed"]), key=lambda i: -scores[i])
+  """first_hit over every timed candidate of `rounds`, best merit first."""
+  timed = sorted((i for r in rounds for i in r["timed"]), key=lambda i: -merit[i])
   return first_hit(timed, [rows[i]["measured_over_target"] for i in timed], tolerance)

@@ -41,7 +41,7 @@ from pnas_jax.arch.estimators import Estimator, estimator_from_config
 from pnas_jax.arch.supernet import Supernet, child_variables
 from pnas_jax.config_loading import plain_dict
 from pnas_jax.data.pipeline import EpochIterator, prefetch_to_device
-from pnas_jax.errors import UserValueError
+from pnas_jax.errors import MissingFileError, UserValueError
 from pnas_jax.file_io import read_json, save_msgpack, write_json
 from pnas_jax.latency.objective import LatencyObjective, latency_objective
 from pnas_jax.layers import batchnorm, native
@@ -51,7 +51,7 @@ from pnas_jax.search_space.space import Arch
 from pnas_jax.trace_cache import cached_trace
 from pnas_jax.train import derive_by_supernet, inputs
 from pnas_jax.train.evaluation import PathEvaluator
-from pnas_jax.train.loop import Outcome, RunDir, RunStateError, Status, final_state, run_loop
+from pnas_jax.train.loop import CONFIG_FILE, Outcome, RunDir, RunStateError, Status, final_state, run_loop
 from pnas_jax.train.monitor import LoopMonitor, Progress
 from pnas_jax.train.optim import arch_optimizer, weight_optimizer
 from pnas_jax.train.parallel import data_mesh, data_parallel, global_batch, replicate, to_host
@@ -134,6 +134,9 @@ class SearchSetup:
   eval: dict[str, int]  # every_epochs, max_batches, bn_batches
   run: dict[str, Any]  # checkpoint_every, keep, max_steps, log_every, tensorboard, progress, plots
   derive_candidates: int = 1  # latency.derive = "supernet": candidates scored (derive_by_supernet)
+  # latency.derive_scoring_warmups: (workdir, its data split) of each further warm-up the supernet
+  # derivation scores the candidates in (the split of its own seed: it trained on the rest)
+  derive_warmups: tuple[tuple[str, inputs.SearchInputs], ...] = ()
 
   @property
   def space(self):
@@ -182,7 +185,33 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
            "max_steps": config.schedule.max_steps, "log_every": r.every_steps,
            "tensorboard": r.tensorboard, "progress": r.progress, "plots": r.plots,
            "alpha_every": r.alpha_every},
-      derive_candidates=config.latency.derive_candidates)
+      derive_candidates=config.latency.derive_candidates,
+      derive_warmups=_scoring_warmups(config, mesh))
+
+
+def _scoring_warmups(config: Any, mesh: Mesh) -> tuple[tuple[str, inputs.SearchInputs], ...]:
+  """latency.derive_scoring_warmups (checked against derive_warmups and derive), each with the data
+  split of the seed in its config.json."""
+  lat = config.latency
+  dirs = tuple(os.path.abspath(d) for d in lat.derive_scoring_warmups)
+  if lat.derive_warmups != 1 + len(dirs):
+    raise UserValueError(
+        f"config.latency.derive_warmups = {lat.derive_warmups} with {len(dirs)} workdir(s) in "
+        "latency.derive_scoring_warmups: `pnas sweep` warms up that many supernets and lists the "
+        "others there; a single search lists derive_warmups - 1 finished warm-up workdirs itself")
+  if dirs and lat.derive != "supernet":
+    raise UserValueError(f"config.latency.derive_scoring_warmups is set, but derive = {lat.derive!r} "
+                         "scores no candidates; set latency.derive = 'supernet'")
+  out = []
+  for d in dirs:
+    path = os.path.join(d, CONFIG_FILE)
+    if not os.path.exists(path):
+      raise MissingFileError(f"config.latency.derive_scoring_warmups: {d!r} holds no search "
+                             f"({CONFIG_FILE} missing); give finished warm-up workdirs")
+    own = config.copy_and_resolve_references()
+    own.seed = int(read_json(path)["seed"])
+    out.append((d, inputs.search_inputs(own, mesh)))
+  return tuple(out)
 
 
 def plan_search(config: Any, workdir: str) -> dict[str, Any]:

@@ -158,6 +158,12 @@ def search_config() -> ml_collections.ConfigDict:
   # 0: trust the latency model. Needs a single-process search on the device it targets.
   c.latency.verify_top = 0
   c.latency.verify_tolerance = 0.03
+  # "supernet": score the candidates in this many warmed-up supernets (seeds config.seed, +1, ...)
+  # and rank them by their mean rank over those (pnas_jax/train/derive_by_supernet.py). `pnas sweep`
+  # runs the extra warm-ups (WORKDIR/warmup_2, ...) and lists them in derive_scoring_warmups; a
+  # single search lists finished warm-up workdirs there itself.
+  c.latency.derive_warmups = 1
+  c.latency.derive_scoring_warmups = ()
 
   c.eval = ml_collections.ConfigDict()
   c.eval.every_epochs = 1  # evaluate the current argmax arch on the held-out split
@@ -228,6 +234,7 @@ RANGES: dict[str, Range] = {
     "latency.derive_band": FRACTION,
     "latency.derive_candidates": INT_GE1,
     "latency.verify_top": Range(0, integer=True, note="0: no timing on the device"),
+    "latency.derive_warmups": INT_GE1,
     "latency.verify_tolerance": Range(0, 1, low_open=True),
     "eval.every_epochs": Range(0, note="0: never"),
     "eval.max_batches": Range(0, integer=True, note="0: the whole held-out split"),

@@ -4,8 +4,10 @@
                                ["--config.latency.target_ratios=(0.5, 0.7, 0.9)"]), "results/sweep")
 
 The warm-up (uniformly sampled paths; it does not depend on the target) runs once, in
-WORKDIR/warmup. Each target's architecture search then starts from the warm-up's final checkpoint
-in WORKDIR/target_<label>/ and runs the search epochs only: its state, data position and
+WORKDIR/warmup (with latency.derive_warmups = N > 1, N - 1 more with the next seeds run in
+WORKDIR/warmup_2 ..., and each target's supernet derivation scores its candidates in all N).
+Each target's architecture search then starts from the warm-up's final checkpoint in
+WORKDIR/target_<label>/ and runs the search epochs only: its state, data position and
 randomness are exactly those of a plain `pnas search` with that one target, so a sweep of one
 target ends bit-identical to that search. Every part is resumable (rerun the command); a target
 already finished is not run again. Targets are ratios of the baseline's latency under the latency
@@ -42,15 +44,19 @@ class SweepResult:
   workdir: str
   warmup: SearchResult
   targets: list[tuple[str, SearchResult]]  # (label, result) per target, in config order
+  # latency.derive_warmups > 1: the further warm-ups the candidates are also scored in
+  extra_warmups: list[SearchResult] = dataclasses.field(default_factory=list)
 
   @property
   def exit_code(self) -> int:
-    codes = [self.warmup.exit_code] + [r.exit_code for _, r in self.targets]
+    codes = [r.exit_code for r in (self.warmup, *self.extra_warmups)] + [
+        r.exit_code for _, r in self.targets]
     return next((c for c in codes if c), 0)
 
   @property
   def partial(self) -> bool:
-    return self.warmup.partial or len(self.targets) < 1 or any(r.partial for _, r in self.targets)
+    return (self.warmup.partial or any(r.partial for r in self.extra_warmups)
+            or len(self.targets) < 1 or any(r.partial for _, r in self.targets))
 
 
 def sweep_targets(config: Any) -> list[tuple[str, str, float]]:
@@ -91,6 +97,14 @@ def sweep(config: Any, workdir: str, *, progress: bool | None = None,
   if not config.schedule.warmup_epochs > 0:
     raise UserValueError(f"schedule.warmup_epochs = {config.schedule.warmup_epochs}: a sweep shares "
                          "its warm-up between targets, so it needs one (> 0)")
+  if config.latency.derive_warmups > 1 and config.latency.derive != "supernet":
+    raise UserValueError(f"latency.derive_warmups = {config.latency.derive_warmups} scores the "
+                         "candidates of derive = 'supernet' in that many warm-ups; set "
+                         f"latency.derive = 'supernet' or derive_warmups = 1 (derive is "
+                         f"{config.latency.derive!r})")
+  if tuple(config.latency.derive_scoring_warmups):
+    raise UserValueError("latency.derive_scoring_warmups is set by the sweep itself (from "
+                         "derive_warmups); leave it empty")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   with WorkdirLock(workdir, "sweep"):
@@ -104,6 +118,7 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
   warm_cfg.schedule.epochs = 0.0
   if warm_cfg.latency.derive == "supernet":  # the targets score (and time) their candidates
     warm_cfg.latency.derive, warm_cfg.latency.verify_top = "budget", 0
+  warm_cfg.latency.derive_warmups, warm_cfg.latency.derive_scoring_warmups = 1, ()
   warm_dir = os.path.join(workdir, WARMUP_DIR)
   log.info("sweep: warm-up in %s, then %d target(s): %s", warm_dir, len(targets),
            ", ".join(t[0] for t in targets))
@@ -114,8 +129,12 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
   model = config.latency.model
   if model == "measure":  # measured once, in the warm-up
     model = os.path.join(warm_dir, "latency", MEASURED_PREDICTOR)
+  scoring = _scoring_warmups(config, warm_cfg, model, workdir, progress, overwrite, result)
+  if scoring is None:
+    return result
   for label, key, value in targets:
-    child = _child_config(config, label, model=model, **_target_keys(key, value))
+    child = _child_config(config, label, model=model, derive_scoring_warmups=scoring,
+                          **_target_keys(key, value))
     r = search(child, os.path.join(workdir, f"target_{label}"),
                progress=progress, overwrite=overwrite, init_from=warm_dir)
     result.targets.append((label, r))
@@ -123,6 +142,27 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
       break
   _write_summary(result)
   return result
+
+
+def _scoring_warmups(config: Any, warm_cfg: Any, model: str, workdir: str, progress: bool | None,
+                     overwrite: bool, result: SweepResult) -> tuple[str, ...] | None:
+  """Runs the latency.derive_warmups - 1 further warm-ups the targets' candidates are also scored in
+  (seeds config.seed + 1, ...; the first warm-up's latency model), in WORKDIR/warmup_<k>; their
+  workdirs, or None when one stopped early (its result is in result.extra_warmups)."""
+  dirs = []
+  for k in range(2, config.latency.derive_warmups + 1):
+    cfg = warm_cfg.copy_and_resolve_references()
+    cfg.seed, cfg.latency.model = config.seed + k - 1, model
+    validate_config(cfg, f"the sweep's warm-up {k} config")
+    path = os.path.join(workdir, f"{WARMUP_DIR}_{k}")
+    log.info("sweep: warm-up %d of %d (seed %d) in %s, for scoring the candidates", k,
+             config.latency.derive_warmups, cfg.seed, path)
+    r = search(cfg, path, progress=progress, overwrite=overwrite)
+    result.extra_warmups.append(r)
+    if r.partial:
+      return None
+    dirs.append(path)
+  return tuple(dirs)
 
 
 def _row(label: str, r: SearchResult) -> dict[str, Any]:
@@ -147,11 +187,15 @@ def _write_summary(result: SweepResult) -> None:
   rows = [_row(label, r) for label, r in result.targets]
   summary = {"warmup": {"wall_s": result.warmup.wall_s, "steps": result.warmup.step,
                         "workdir": result.warmup.workdir},
+             "scoring_warmups": [{"wall_s": r.wall_s, "workdir": r.workdir}
+                                 for r in result.extra_warmups],
              "targets": rows, "partial": result.partial}
   write_json(os.path.join(result.workdir, "sweep.json"), summary)
   unit = rows[0]["unit"] if rows else ""
   lines = ["# pnas sweep", "",
-           f"Shared warm-up: {result.warmup.step} steps, {result.warmup.wall_s:.0f} s.", "",
+           f"Shared warm-up: {result.warmup.step} steps, {result.warmup.wall_s:.0f} s."
+           + "".join(f" Scoring warm-up {k} (seed + {k - 1}): {r.wall_s:.0f} s."
+                     for k, r in enumerate(result.extra_warmups, 2)), "",
            f"| target | target ({unit}) | derived arch ({unit}) | / target | measured / target "
            "(latency.verify_top) | held-out top-1 (supernet, %) | search time (s) | architecture |",
            "|---|---|---|---|---|---|---|---|"]
