@@ -186,10 +186,10 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
            "tensorboard": r.tensorboard, "progress": r.progress, "plots": r.plots,
            "alpha_every": r.alpha_every},
       derive_candidates=config.latency.derive_candidates,
-      derive_warmups=_scoring_warmups(config, mesh))
+      derive_warmups=_scoring_warmup_inputs(config, mesh))
 
 
-def _scoring_warmups(config: Any, mesh: Mesh) -> tuple[tuple[str, inputs.SearchInputs], ...]:
+def _scoring_warmup_inputs(config: Any, mesh: Mesh) -> tuple[tuple[str, inputs.SearchInputs], ...]:
   """latency.derive_scoring_warmups (checked against derive_warmups and derive), each with the data
   split of the seed in its config.json."""
   lat = config.latency

@@ -129,7 +129,7 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
   model = config.latency.model
   if model == "measure":  # measured once, in the warm-up
     model = os.path.join(warm_dir, "latency", MEASURED_PREDICTOR)
-  scoring = _scoring_warmups(config, warm_cfg, model, workdir, progress, overwrite, result)
+  scoring = _run_scoring_warmups(config, warm_cfg, model, workdir, progress, overwrite, result)
   if scoring is None:
     return result
   for label, key, value in targets:
@@ -144,7 +144,7 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
   return result
 
 
-def _scoring_warmups(config: Any, warm_cfg: Any, model: str, workdir: str, progress: bool | None,
+def _run_scoring_warmups(config: Any, warm_cfg: Any, model: str, workdir: str, progress: bool | None,
                      overwrite: bool, result: SweepResult) -> tuple[str, ...] | None:
   """Runs the latency.derive_warmups - 1 further warm-ups the targets' candidates are also scored in
   (seeds config.seed + 1, ...; the first warm-up's latency model), in WORKDIR/warmup_<k>; their
