@@ -604,12 +604,8 @@ def measure_latencies(arch_paths: Sequence[tuple[str, str]], latency_config: str
   run_pnas("latency", "networks", "--config", latency_config, *overrides,
            f"--config.sessions={sessions}", "--out", out, "--json",
            *[f"{name}={arch}" for name, arch in arch_paths])
-  meas = load_network_measurements(out)
-  values, records = meas.by_name(), {r["name"]: r for r in meas.records}
-  return {name: {"value": values[name], "std": math.sqrt(records[name]["var"]),
-                 "min": float(records[name]["min"]),
-                 "sessions": [float(m) for m in records[name].get("sessions", [values[name]])]}
-          for name, _ in arch_paths}
+  summaries = load_network_measurements(out).summaries()
+  return {name: summaries[name] for name, _ in arch_paths}
 
 
 # --- the protocol: which networks, their records, the targets they hit, the report table ----------

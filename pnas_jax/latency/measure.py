@@ -20,6 +20,7 @@ command again (entries already present are skipped).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -349,6 +350,16 @@ class NetworkMeasurements:
   def by_name(self) -> dict[str, float]:
     """{name: latency (the header's statistic)}."""
     return {r["name"]: record_latency(r, self.header.statistic) for r in self.records}
+
+  def summaries(self) -> dict[str, dict[str, Any]]:
+    """{name: {"value", "std", "min", "sessions"}}: the latency (the header's statistic), the
+    typical standard deviation of the timed calls, the fastest call, and each timing session's
+    latency ([value] for a measurement of one session)."""
+    values = self.by_name()
+    return {r["name"]: {"value": values[r["name"]], "std": math.sqrt(r["var"]),
+                        "min": float(r["min"]),
+                        "sessions": [float(m) for m in r.get("sessions", [values[r["name"]]])]}
+            for r in self.records}
 
   def save(self, path: str | os.PathLike | None = None) -> None:
     path = os.fspath(path or self.path)

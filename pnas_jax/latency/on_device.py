@@ -106,12 +106,10 @@ class DeviceCheck:
     named = [(BASELINE_NAME, self.baseline)] + [(arch_name(a), a) for a in archs]
     in_child, sessions = timing_placement(self.cpu_threads, self.sessions)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    job = TimingJob(self.space, self.protocol, networks=path, named_archs=tuple(dict(named).items()),
+    job = TimingJob(self.space, self.protocol, networks=path, named_archs=tuple(named),
                     cpu_threads=self.cpu_threads if in_child else None, progress=self.progress)
     _, meas = time_in_sessions(job, sessions, in_child=in_child)
-    values = meas.by_name()
-    record = {r["name"]: {"value": values[r["name"]], "sessions": r.get("sessions")}
-              for r in meas.records}
+    record = meas.summaries()
     base = record[BASELINE_NAME]
-    return ([values[arch_name(a)] for a in archs],
+    return ([record[arch_name(a)]["value"] for a in archs],
             [measured_ratio(record[arch_name(a)], base) for a in archs], base["value"])
