@@ -37,6 +37,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from results_io import write_result
 
 from pnas_jax import front
@@ -107,10 +108,36 @@ def against_random(networks: Sequence[dict[str, Any]], k: int) -> list[dict[str,
     if random:
       row["best_minus_random_mean"] = best["accuracy"]["mean"] - row["random_mean"]
     seeds = [n["accuracy"]["values"] for n in nets]
+    row["mean"] = float(np.mean([v for s in seeds for v in s]))
+    row["ratio"] = float(np.mean([n["latency"]["value"] for n in nets]))
     if len(seeds) >= 2 and sum(len(v) for v in seeds) > len(seeds):
       row["effect"] = front.architecture_effect(seeds, k=k)
     rows.append(row)
   return rows
+
+
+def power(networks: Sequence[dict[str, Any]], bands: Sequence[dict[str, Any]], k: int,
+          random_draws: int, trials: int, seeds: int | None = None) -> dict[str, Any] | None:
+  """Can the protocol tell a search from random draws here? sigma_arch and sigma_seed pooled over
+  the bands (front.architecture_effect, architectures nested in bands), then
+  front.selection_power for searches whose score correlates 0, 0.3, 0.5 or 1 with the
+  architectures' own accuracies inside a band: the chance that "hypervolume above random search's
+  by more than the seed std" holds, with the runs' seeds, one net per band at the bands' mean
+  latency and accuracy, and the hypervolume reference of every pooled network. `seeds`: per
+  simulated net (None: the most any pooled network has, the protocol's)."""
+  banded = [n for n in networks if n["method"] != "hand" and n.get("target")]
+  if len(banded) - len(bands) < 1 or sum(n["accuracy"]["n"] for n in banded) <= len(banded):
+    return None  # no band with two networks, or one seed each: no spread to decompose
+  effect = front.architecture_effect([n["accuracy"]["values"] for n in banded], k=k,
+                                     bands=[n["target"] for n in banded])
+  ref = front.default_reference(networks)
+  seeds = seeds or max(n["accuracy"]["n"] for n in banded)
+  runs = [front.selection_power([b["mean"] for b in bands], [b["ratio"] for b in bands],
+                                (ref["latency"], ref["accuracy"]), effect["sigma_arch"],
+                                effect["sigma_seed"], score_corr=rho, k=k, seeds=seeds,
+                                random_draws=random_draws, trials=trials)
+          for rho in (0.0, 0.3, 0.5, 1.0)]
+  return {"pooled_effect": effect, "reference": ref, "by_score_corr": runs}
 
 
 def plot(result: dict[str, Any], path: Any) -> None:
@@ -119,7 +146,9 @@ def plot(result: dict[str, Any], path: Any) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  pw = result.get("power")
+  fig, axes = plt.subplots(1, 2 if pw else 1, figsize=(12 if pw else 7, 4.5), squeeze=False)
+  ax = axes[0, 0]
   hf = result["hand_front"]
   ax.plot([h["ratio"] for h in hf], [h["accuracy"] for h in hf], "k-", label="hand front (union)")
   for method, marker in (("found", "o"), ("random", "s")):
@@ -132,9 +161,26 @@ def plot(result: dict[str, Any], path: Any) -> None:
   ax.set_ylabel("test top-1 (%), mean +- seed std")
   ax.set_title(f"{len(result['networks'])} networks from {len(result['runs'])} runs")
   ax.legend()
+  if pw:
+    _plot_power(axes[0, 1], pw)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def _plot_power(ax: Any, pw: dict[str, Any]) -> None:
+  runs = pw["by_score_corr"]
+  rho = [r["score_corr"] for r in runs]
+  ax.plot(rho, [r["p_pass"] for r in runs], "o-", label="HV above random by > seed std")
+  ax.plot(rho, [r["p_above"] for r in runs], "s--", label="HV above random")
+  e = pw["pooled_effect"]
+  ax.set_xlabel("the search's in-band score correlation with true accuracy (rho)")
+  ax.set_ylabel("share of simulated protocol runs")
+  ax.set_title(f"sigma_arch {e['sigma_arch']:.2f}, sigma_seed {e['sigma_seed']:.2f}; "
+               f"{runs[0]['seeds']} seeds, {runs[0]['random_draws']} random net(s) per band", fontsize=9)
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                  help="latency-ratio bin edges, comma-separated")
   p.add_argument("--k", type=int, default=24,
                  help="draws a search picks from, for the oracle gain (latency.derive_candidates)")
+  p.add_argument("--random-draws", type=int, default=1,
+                 help="random nets per band in the simulated protocol (pareto.py --random)")
+  p.add_argument("--trials", type=int, default=2000, help="simulated protocol runs per search")
+  p.add_argument("--seeds", type=int, default=None,
+                 help="seeds per net in the simulated protocol (default: the most any run used)")
   p.add_argument("--out", default="results/pareto_ceiling.json")
   p.add_argument("--json", action="store_true")
   args = p.parse_args(argv)
@@ -155,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     with open(path) as f:
       results.append(json.load(f))
   pooled = pool_networks(results)
-  result = {"runs": args.results, **ceiling(pooled, bins),
-            "against_random": against_random(pooled, args.k)}
+  bands = against_random(pooled, args.k)
+  result = {"runs": args.results, **ceiling(pooled, bins), "against_random": bands,
+            "power": power(pooled, bands, args.k, args.random_draws, args.trials, args.seeds)}
   write_result(result, args.out, args.json, plot=plot)
   return 0
 

@@ -15,7 +15,9 @@ library so `pnas demo` can show the same front:
   `front_summary`, which puts them together for several methods.
 - `kendall_tau` and `bootstrap_interval`: rank agreement of two accuracies over architectures.
 - `architecture_effect`: how much of the retrained accuracies' spread the architecture explains
-  (against the seeds'), and what a perfect pick of the best of k draws would gain.
+  (against the seeds'), and what a perfect pick of the best of k draws would gain;
+  `selection_power`: how often the protocol's test against random search passes for a search of
+  a given quality in such a population.
 - `plot_fronts`: accuracy against latency with error bars, one front per method.
 - `train_networks` (each network x seed trained with one budget, each in its own resumable workdir)
   and `measure_latencies` (all networks timed interleaved in each of several child processes, the
@@ -380,41 +382,100 @@ def expected_max_normal(k: int) -> float:
   return float(value)
 
 
-def architecture_effect(per_arch: Sequence[Sequence[float]], k: int = 24) -> dict[str, Any]:
-  """How much of the spread of retrained accuracies the architecture explains (one-way random
-  effects ANOVA over G architectures, y_gj the accuracy of architecture g with seed j):
+def architecture_effect(per_arch: Sequence[Sequence[float]], k: int = 24,
+                        bands: Sequence[Any] | None = None) -> dict[str, Any]:
+  """How much of the spread of retrained accuracies the architecture explains (a random-effects
+  ANOVA over G architectures, y_gj the accuracy of architecture g with seed j; with `bands`, the
+  label of each architecture's latency band, the architectures are nested in B bands and each is
+  compared with its band's mean m_b(g), as a search compares nets of one band; without, B = 1):
 
-    MS_between = sum_g n_g (m_g - m)^2 / (G - 1),  MS_within = sum_gj (y_gj - m_g)^2 / (N - G),
-    n_0 = (N - sum_g n_g^2 / N) / (G - 1),
+    MS_between = sum_g n_g (m_g - m_b(g))^2 / (G - B),  MS_within = sum_gj (y_gj - m_g)^2 / (N - G),
+    n_0 = (N - sum_b sum_{g in b} n_g^2 / N_b) / (G - B),
     sigma_arch^2 = max(0, (MS_between - MS_within) / n_0),  sigma_seed^2 = MS_within,
-    F = MS_between / MS_within, p = P(F_{G-1, N-G} > F).
+    F = MS_between / MS_within, p = P(F_{G-B, N-G} > F).
 
-  sigma_arch is the spread of the architectures' true (infinite-seed) accuracies, sigma_seed the
-  spread of one architecture over seeds. A search that picks the best of `k` draws of this
-  population by a perfect score gains, over the mean of a random draw, E[max of k normals] x
-  sigma_arch (`oracle_gain`); `oracle_gain_seed_stds` is that gain over sigma_seed: below 1, no
+  sigma_arch is the spread of the architectures' true (infinite-seed) accuracies within a band,
+  sigma_seed the spread of one architecture over seeds. A search that picks the best of `k` draws
+  of this population by a perfect score gains, over the mean of a random draw, E[max of k normals]
+  x sigma_arch (`oracle_gain`); `oracle_gain_seed_stds` is that gain over sigma_seed: below 1, no
   search can beat random draws from this population by more than the seed std.
   """
   groups = [np.asarray(g, np.float64) for g in per_arch]
+  labels = [0] * len(groups) if bands is None else list(bands)
+  if len(labels) != len(groups):
+    raise ValueError(f"architecture_effect: {len(labels)} band labels for {len(groups)} architectures")
   sizes = np.asarray([g.size for g in groups], np.float64)
-  if len(groups) < 2 or sizes.min() < 1 or sizes.sum() <= len(groups):
-    raise ValueError("architecture_effect needs >= 2 architectures and more values than "
-                     f"architectures, got sizes {sizes.astype(int).tolist()}")
-  n_total, n_groups = sizes.sum(), len(groups)
+  n_total, n_groups, n_bands = sizes.sum(), len(groups), len(set(labels))
+  if n_groups - n_bands < 1 or sizes.min() < 1 or n_total <= n_groups:
+    raise ValueError("architecture_effect needs >= 2 architectures in a band and more values than "
+                     f"architectures, got sizes {sizes.astype(int).tolist()} in {n_bands} band(s)")
   means = np.asarray([g.mean() for g in groups])
-  grand = float(np.concatenate(groups).mean())
-  ms_between = float(np.sum(sizes * (means - grand) ** 2) / (n_groups - 1))
+  band_mean, band_n, band_sq = {}, {}, {}
+  for b in set(labels):
+    idx = [i for i, x in enumerate(labels) if x == b]
+    band_mean[b] = float(np.concatenate([groups[i] for i in idx]).mean())
+    band_n[b], band_sq[b] = float(sizes[idx].sum()), float(np.sum(sizes[idx] ** 2))
+  df_between = n_groups - n_bands
+  ms_between = float(sum(n * (m - band_mean[b]) ** 2 for n, m, b in zip(sizes, means, labels,
+                                                                          strict=True)) / df_between)
   ms_within = float(sum(np.sum((g - g.mean()) ** 2) for g in groups) / (n_total - n_groups))
-  n0 = float((n_total - np.sum(sizes ** 2) / n_total) / (n_groups - 1))
+  n0 = float((n_total - sum(band_sq[b] / band_n[b] for b in band_n)) / df_between)
   sigma_arch = math.sqrt(max(0.0, (ms_between - ms_within) / n0))
   sigma_seed = math.sqrt(ms_within)
   f_stat = ms_between / ms_within if ms_within > 0 else math.inf
   gain = expected_max_normal(k) * sigma_arch
-  return {"architectures": n_groups, "values": int(n_total), "mean": grand,
-          "sigma_arch": sigma_arch, "sigma_seed": sigma_seed, "f": f_stat,
-          "p": float(scipy.stats.f.sf(f_stat, n_groups - 1, n_total - n_groups)),
+  return {"architectures": n_groups, "bands": n_bands, "values": int(n_total),
+          "mean": float(np.concatenate(groups).mean()), "sigma_arch": sigma_arch,
+          "sigma_seed": sigma_seed, "f": f_stat,
+          "p": float(scipy.stats.f.sf(f_stat, df_between, n_total - n_groups)),
           "k": k, "oracle_gain": gain,
           "oracle_gain_seed_stds": gain / sigma_seed if sigma_seed > 0 else None}
+
+
+def selection_power(band_means: Sequence[float], latencies: Sequence[float],
+                    reference: tuple[float, float], sigma_arch: float, sigma_seed: float, *,
+                    score_corr: float, k: int = 24, seeds: int = 3, random_draws: int = 1,
+                    trials: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """How often the protocol's test against random search passes, for a search of known quality
+  (a Monte-Carlo simulation of experiments/pareto.py under architecture_effect's model).
+
+  Per band b (mean accuracy mu_b, latency lat_b) and trial: k candidates with true accuracies
+  mu_b + sigma_arch z_i, z_i ~ N(0, 1); the search scores them s_i = rho z_i + sqrt(1 - rho^2) e_i
+  (rho = `score_corr`, the correlation of its score with the architectures' own accuracies inside
+  a band) and keeps the best-scored one; random search keeps `random_draws` uniform draws. Each net
+  is retrained with `seeds` seeds, y_j = its true accuracy + sigma_seed e_j. With the fronts'
+  hypervolumes per seed index j (`hypervolume`, all nets of a band at lat_b):
+
+    d_j = HV(found_j) - (1 / R) sum_r HV(random_rj),   the test passes when mean_j d_j > std_j d_j
+
+  ("above random search by more than the seed std"). Returns {"p_pass", "p_above" (mean d > 0),
+  "expected_diff" (E[mean_j d_j]), "median_seed_std" (of d_j), ...}. rho = 0 is a search no better
+  than a random draw, rho = 1 a perfect one (its expected gain per band: E[max of k] sigma_arch).
+  """
+  if not 0.0 <= score_corr <= 1.0:
+    raise ValueError(f"selection_power: score_corr = {score_corr} is not in [0, 1]")
+  if seeds < 2 or random_draws < 1 or k < 1 or len(band_means) != len(latencies):
+    raise ValueError(f"selection_power needs seeds >= 2, random_draws >= 1, k >= 1 and one latency "
+                     f"per band (seeds={seeds}, random_draws={random_draws}, k={k}, "
+                     f"{len(band_means)} means, {len(latencies)} latencies)")
+  rng = np.random.default_rng(seed)
+  mu, n_bands = np.asarray(band_means, np.float64), len(band_means)
+  z = rng.standard_normal((trials, n_bands, k))
+  score = score_corr * z + math.sqrt(1.0 - score_corr ** 2) * rng.standard_normal(z.shape)
+  picked = np.take_along_axis(z, score.argmax(-1)[..., None], -1)[..., 0]
+  found = (mu + sigma_arch * picked)[..., None] + sigma_seed * rng.standard_normal(
+      (trials, n_bands, seeds))
+  random = ((mu[:, None] + sigma_arch * rng.standard_normal((trials, n_bands, random_draws)))[..., None]
+            + sigma_seed * rng.standard_normal((trials, n_bands, random_draws, seeds)))
+  diffs = np.empty((trials, seeds))
+  for t in range(trials):
+    for j in range(seeds):
+      hv_random = [hypervolume(latencies, random[t, :, r, j], reference) for r in range(random_draws)]
+      diffs[t, j] = hypervolume(latencies, found[t, :, j], reference) - float(np.mean(hv_random))
+  mean, std = diffs.mean(1), diffs.std(1, ddof=1)
+  return {"score_corr": score_corr, "k": k, "seeds": seeds, "random_draws": random_draws,
+          "trials": trials, "p_pass": float(np.mean(mean > std)), "p_above": float(np.mean(mean > 0)),
+          "expected_diff": float(mean.mean()), "median_seed_std": float(np.median(std))}
 
 
 # --- running: training with seeds, latency in several timing processes ------------------------------

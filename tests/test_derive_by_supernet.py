@@ -198,3 +198,29 @@ def test_sweep_scores_the_candidates_in_every_warmup_and_ranks_by_their_mean_ran
   assert [c["merit"] for c in cands] == pytest.approx(merit)
   assert list(t.arch.ops) == cands[int(np.argmax(merit))]["ops"]
   assert t.holdout_top1 == pytest.approx(per[int(np.argmax(merit))].mean())
+
+
+def test_scoring_warmups_share_the_search_dataset_and_carve_the_split_of_their_seed(tmp_path,
+                                                                                    monkeypatch):
+  from pnas_jax.data.split import class_balanced_split
+  from pnas_jax.train import inputs
+
+  warm2 = tmp_path / "warmup_2"
+  warm2.mkdir()
+  (warm2 / "config.json").write_text(json.dumps({"seed": 3}))
+  loads = []
+  real_load = inputs.load_config_dataset
+  monkeypatch.setattr(inputs, "load_config_dataset", lambda *a: loads.append(a) or real_load(*a))
+  setup = setup_search(_config("--config.latency.derive_warmups=2",
+                               f"--config.latency.derive_scoring_warmups=('{warm2}',)"),
+                       str(tmp_path / "s"))
+  assert len(loads) == 1  # one data set for the search and the warm-up it scores in
+  (where, data2), = setup.derive_warmups
+  assert where == str(warm2) and data2.dataset is setup.data.dataset
+  labels = setup.data.dataset.train.labels()
+  n_holdout = len(setup.data.holdout)
+  for data, seed in ((setup.data, setup.seed), (data2, 3)):
+    train_idx, holdout_idx = class_balanced_split(labels, n_holdout, seed)
+    np.testing.assert_array_equal(data.holdout.indices, holdout_idx)
+    np.testing.assert_array_equal(data.train.indices, train_idx)
+  assert not np.array_equal(data2.holdout.indices, setup.data.holdout.indices)

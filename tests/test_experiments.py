@@ -210,6 +210,7 @@ def test_pareto_ceiling_pools_runs_by_architecture_and_rebases_latency(tmp_path)
   saved = json.loads((tmp_path / "c.json").read_text())
   assert saved["bins"] == json.loads(json.dumps(out["bins"]))
   assert saved["against_random"] == []  # no network of run1/run2 names a target
+  assert saved["power"] is None
   assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -228,6 +229,19 @@ def test_pareto_ceiling_against_random_per_band():
   assert t1["best_minus_random_mean"] == pytest.approx(88.5 - 87.9)
   assert t1["effect"] == front.architecture_effect([[88.6, 88.4], [88.0, 88.2], [87.5, 87.9]], k=8)
   assert t2["random_mean"] is None and "effect" not in t2  # one network: nothing to decompose
+  assert (t1["mean"], t1["ratio"]) == pytest.approx((np.mean([88.6, 88.4, 88.0, 88.2, 87.5, 87.9]), 0.5))
+  pooled = pareto_ceiling.pool_networks([run])
+  pw = pareto_ceiling.power(pooled, [t1, t2], k=8, random_draws=2, trials=50)
+  banded = [n for n in pooled if n["method"] != "hand"]
+  assert pw["pooled_effect"] == front.architecture_effect(
+      [n["accuracy"]["values"] for n in banded], k=8, bands=[n["target"] for n in banded])
+  ref = front.default_reference(pooled)
+  assert [r["score_corr"] for r in pw["by_score_corr"]] == [0.0, 0.3, 0.5, 1.0]
+  assert pw["by_score_corr"][2] == front.selection_power(
+      [t1["mean"], t2["mean"]], [0.5, 0.75], (ref["latency"], ref["accuracy"]),
+      pw["pooled_effect"]["sigma_arch"], pw["pooled_effect"]["sigma_seed"], score_corr=0.5, k=8,
+      seeds=2, random_draws=2, trials=50)
+  assert pareto_ceiling.power([n for n in pooled if n["name"] in ("H", "G")], [t2], 8, 1, 50) is None
 
 
 def test_bench_host_malloc_quick(tmp_path):

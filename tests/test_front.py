@@ -138,6 +138,53 @@ def test_architecture_effect_against_scipy_and_a_simulation():
     front.architecture_effect([[1.0], [2.0]])
 
 
+def test_architecture_effect_within_bands():
+  # Four latency bands whose means differ by points: the architecture's spread is measured inside
+  # each band. Ignoring the bands would count their offsets as architecture.
+  rng = np.random.default_rng(2)
+  offsets, per_band = (0.0, 3.0, -2.0, 5.0), 80
+  groups = [list(o + rng.normal(0, 0.4) + rng.normal(0, 0.3, 3)) for o in offsets
+            for _ in range(per_band)]
+  bands = [b for b in range(len(offsets)) for _ in range(per_band)]
+  e = front.architecture_effect(groups, bands=bands)
+  assert e["bands"] == 4 and e["sigma_arch"] == pytest.approx(0.4, rel=0.12)
+  assert e["sigma_seed"] == pytest.approx(0.3, rel=0.05)
+  assert front.architecture_effect(groups)["sigma_arch"] > 2.0
+  # Equal seeds: MS_between over G - B degrees of freedom is the one-way ANOVA of the values centred
+  # on their band's mean, rescaled from its G - 1.
+  centred = [list(np.asarray(g) - np.mean([groups[i] for i in range(len(groups)) if bands[i] == b]))
+             for g, b in zip(groups, bands, strict=True)]
+  one_way = scipy.stats.f_oneway(*centred).statistic * (len(groups) - 1) / (len(groups) - 4)
+  assert e["f"] == pytest.approx(one_way, rel=1e-9)
+  with pytest.raises(ValueError, match="band labels"):
+    front.architecture_effect(groups, bands=bands[:-1])
+  with pytest.raises(ValueError, match=">= 2 architectures in a band"):
+    front.architecture_effect([[1.0, 2.0], [3.0, 4.0]], bands=["a", "b"])
+
+
+def test_selection_power_in_one_band_against_order_statistics():
+  # One band, the reference far below: HV = (r_lat - lat) (acc - r_acc), so d_j is (r_lat - lat)
+  # times the found net's accuracy minus the random one's. The expected gain of the best-scored of
+  # k is rho E[max of k] sigma_arch (E[z | s] = rho s); a perfect score's pick beats one random
+  # draw unless that draw is the largest of k + 1 exchangeable normals: P = k / (k + 1).
+  kw = dict(band_means=[90.0], latencies=[1.0], reference=(3.0, 60.0), sigma_arch=0.5,
+            sigma_seed=0.001, k=24, trials=4000)
+  gain = 2.0 * 0.5 * front.expected_max_normal(24)
+  perfect = front.selection_power(score_corr=1.0, **kw)
+  assert perfect["expected_diff"] == pytest.approx(gain, abs=0.06)
+  assert perfect["p_above"] == pytest.approx(24 / 25, abs=0.015)
+  half = front.selection_power(score_corr=0.5, **kw)
+  assert half["expected_diff"] == pytest.approx(0.5 * gain, abs=0.06)
+  blind = front.selection_power(score_corr=0.0, **kw)
+  assert blind["expected_diff"] == pytest.approx(0.0, abs=0.06)
+  assert blind["p_above"] == pytest.approx(0.5, abs=0.03)
+  # Seed noise: the test's spread grows and a blind search passes it by chance.
+  noisy = front.selection_power(score_corr=0.0, **{**kw, "sigma_seed": 0.3, "trials": 2000})
+  assert noisy["median_seed_std"] > 0.3 and 0.05 < noisy["p_pass"] < 0.5
+  with pytest.raises(ValueError, match="score_corr"):
+    front.selection_power(score_corr=1.5, **kw)
+
+
 def test_interpolate_front_and_matched_comparison():
   lat, acc, std = [1.0, 2.0, 4.0, 3.0], [80.0, 82.0, 86.0, 81.0], [0.2, 0.4, 0.2, 0.1]
   # (3.0, 81.0) is dominated by (2.0, 82.0): the curve runs 1 -> 2 -> 4.

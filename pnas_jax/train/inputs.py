@@ -79,10 +79,12 @@ def check_split_batch(what: str, batch_size: int, split_size: int | None, mesh: 
     raise UserValueError(f"{what} = {batch_size} is larger than its split ({split_size} examples)")
 
 
-def search_inputs(config: Any, mesh: Mesh) -> SearchInputs:
-  """Loads config.data, carves the class-balanced held-out split (seeded), checks batch sizes."""
+def search_inputs(config: Any, mesh: Mesh, dataset: ImageDataset | None = None) -> SearchInputs:
+  """Loads config.data (or takes `dataset`, loaded for the same config.data), carves the
+  class-balanced held-out split of config.seed and checks the batch sizes."""
   space_fields = config.space.to_dict()
-  dataset = load_config_dataset(config, space_fields.get("resolution", 224))
+  if dataset is None:
+    dataset = load_config_dataset(config, space_fields.get("resolution", 224))
   space = space_for_data(space_fields, dataset)
   train_idx, holdout_idx = class_balanced_split(dataset.train.labels(), config.data.holdout,
                                                 config.seed)

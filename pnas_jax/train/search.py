@@ -186,12 +186,13 @@ def setup_search(config: Any, workdir: str) -> SearchSetup:
            "tensorboard": r.tensorboard, "progress": r.progress, "plots": r.plots,
            "alpha_every": r.alpha_every},
       derive_candidates=config.latency.derive_candidates,
-      derive_warmups=_scoring_warmup_inputs(config, mesh))
+      derive_warmups=_scoring_warmup_inputs(config, mesh, data.dataset))
 
 
-def _scoring_warmup_inputs(config: Any, mesh: Mesh) -> tuple[tuple[str, inputs.SearchInputs], ...]:
-  """latency.derive_scoring_warmups (checked against derive_warmups and derive), each with the data
-  split of the seed in its config.json."""
+def _scoring_warmup_inputs(config: Any, mesh: Mesh, dataset: Any
+                           ) -> tuple[tuple[str, inputs.SearchInputs], ...]:
+  """latency.derive_scoring_warmups (checked against derive_warmups and derive), each with the
+  held-out split of the seed in its config.json, carved from this search's `dataset`."""
   lat = config.latency
   dirs = tuple(os.path.abspath(d) for d in lat.derive_scoring_warmups)
   if lat.derive_warmups != 1 + len(dirs):
@@ -210,7 +211,7 @@ def _scoring_warmup_inputs(config: Any, mesh: Mesh) -> tuple[tuple[str, inputs.S
                              f"({CONFIG_FILE} missing); give finished warm-up workdirs")
     own = config.copy_and_resolve_references()
     own.seed = int(read_json(path)["seed"])
-    out.append((d, inputs.search_inputs(own, mesh)))
+    out.append((d, inputs.search_inputs(own, mesh, dataset)))
   return tuple(out)
 
 
