@@ -124,7 +124,9 @@ def power(networks: Sequence[dict[str, Any]], bands: Sequence[dict[str, Any]], k
   architectures' own accuracies inside a band: the chance that "hypervolume above random search's
   by more than the seed std" holds, with the runs' seeds, one net per band at the bands' mean
   latency and accuracy, and the hypervolume reference of every pooled network. `seeds`: per
-  simulated net (None: the most any pooled network has, the protocol's)."""
+  simulated net (None: the most any pooled network has, the protocol's). And the test of the method
+  rather than of one run: every distinct found net's gain over its band's random nets
+  (front.search_gain), the rho it implies."""
   banded = [n for n in networks if n["method"] != "hand" and n.get("target")]
   if len(banded) - len(bands) < 1 or sum(n["accuracy"]["n"] for n in banded) <= len(banded):
     return None  # no band with two networks, or one seed each: no spread to decompose
@@ -137,7 +139,10 @@ def power(networks: Sequence[dict[str, Any]], bands: Sequence[dict[str, Any]], k
                                 effect["sigma_seed"], score_corr=rho, k=k, seeds=seeds,
                                 random_draws=random_draws, trials=trials)
           for rho in (0.0, 0.3, 0.5, 1.0)]
-  return {"pooled_effect": effect, "reference": ref, "by_score_corr": runs}
+  of = {m: [(n["target"], n["accuracy"]["values"]) for n in banded if n["method"] == m]
+        for m in ("found", "random")}
+  gain = front.search_gain(of["found"], of["random"], effect["sigma_arch"], effect["sigma_seed"], k)
+  return {"pooled_effect": effect, "reference": ref, "by_score_corr": runs, "found_gain": gain}
 
 
 def plot(result: dict[str, Any], path: Any) -> None:
@@ -178,9 +183,16 @@ def _plot_power(ax: Any, pw: dict[str, Any]) -> None:
   ax.set_ylabel("share of simulated protocol runs")
   ax.set_title(f"sigma_arch {e['sigma_arch']:.2f}, sigma_seed {e['sigma_seed']:.2f}; "
                f"{runs[0]['seeds']} seeds, {runs[0]['random_draws']} random net(s) per band", fontsize=9)
+  gain = pw.get("found_gain")
+  if gain:
+    lo, hi = (min(max(x, 0.0), 1.0) for x in gain["rho_interval"])
+    ax.axvspan(lo, hi, color="0.9", zorder=0,
+               label=f"the found nets' rho: {gain['rho']:+.2f}, 95% [{gain['rho_interval'][0]:+.2f}, "
+                     f"{gain['rho_interval'][1]:+.2f}] ({gain['found']} nets)")
+  ax.set_xlim(-0.05, 1.05)
   ax.set_ylim(0, 1)
   ax.grid(alpha=0.3)
-  ax.legend()
+  ax.legend(fontsize=8, loc="lower right")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,8 @@ library so `pnas demo` can show the same front:
 - `architecture_effect`: how much of the retrained accuracies' spread the architecture explains
   (against the seeds'), and what a perfect pick of the best of k draws would gain;
   `selection_power`: how often the protocol's test against random search passes for a search of
-  a given quality in such a population.
+  a given quality in such a population; `search_gain`: the mean gain of many found nets over
+  their bands' random nets, the test of the method itself.
 - `plot_fronts`: accuracy against latency with error bars, one front per method.
 - `train_networks` (each network x seed trained with one budget, each in its own resumable workdir)
   and `measure_latencies` (all networks timed interleaved in each of several child processes, the
@@ -27,6 +28,7 @@ library so `pnas demo` can show the same front:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -371,6 +373,7 @@ def bootstrap_interval(x: Sequence[float], y: Sequence[float],
 # --- how much the architecture matters: a variance decomposition -----------------------------------
 
 
+@functools.cache
 def expected_max_normal(k: int) -> float:
   """E[max of k independent standard normals] = int x k phi(x) Phi(x)^(k-1) dx (0.85 for k = 3,
   1.42 for 8, 1.95 for 24)."""
@@ -476,6 +479,45 @@ def selection_power(band_means: Sequence[float], latencies: Sequence[float],
   return {"score_corr": score_corr, "k": k, "seeds": seeds, "random_draws": random_draws,
           "trials": trials, "p_pass": float(np.mean(mean > std)), "p_above": float(np.mean(mean > 0)),
           "expected_diff": float(mean.mean()), "median_seed_std": float(np.median(std))}
+
+
+def search_gain(found: Sequence[tuple[Any, Sequence[float]]], random: Sequence[tuple[Any, Sequence[float]]],
+                sigma_arch: float, sigma_seed: float, k: int = 24) -> dict[str, Any] | None:
+  """The search's mean gain over random draws from the same bands, over many found nets: the test
+  of the method, where one protocol run's hypervolume test judges one outcome (selection_power).
+
+  `found` and `random` are (band, per-seed accuracies) per network; found nets of bands without a
+  random net are left out. With r_b the mean over band b's R_b random nets of their seed means,
+
+    g = (1 / N) sum_i (mean(y_i) - r_b(i)),
+    se^2 = (1 / N^2) sum_i (s_a^2 + s_s^2 / n_i) + sum_b (N_b / N)^2 (1 / R_b^2) sum_r (s_a^2 + s_s^2 / n_r)
+
+  (each found net an independent draw of its band, as for a search no better than random; s_a,
+  s_s from architecture_effect). A search whose in-band score correlates rho with the nets' own
+  accuracies gains rho E[max of k normals] s_a per net in expectation, so
+  rho_hat = g / (E[max of k] s_a), with the 95% interval of g scaled alike. None without a found
+  net in a band that has random nets, or with sigma_arch = 0.
+  """
+  by_band: dict[Any, list[Sequence[float]]] = {}
+  for band, values in random:
+    by_band.setdefault(band, []).append(values)
+  used = [(b, v) for b, v in found if b in by_band]
+  if not used or sigma_arch <= 0:
+    return None
+  n = len(used)
+  r_mean = {b: float(np.mean([np.mean(v) for v in vs])) for b, vs in by_band.items()}
+  r_var = {b: sum(sigma_arch ** 2 + sigma_seed ** 2 / len(v) for v in vs) / len(vs) ** 2
+           for b, vs in by_band.items()}
+  gain = float(np.mean([np.mean(v) - r_mean[b] for b, v in used]))
+  share = {b: sum(1 for x, _ in used if x == b) / n for b in by_band}
+  var = (sum(sigma_arch ** 2 + sigma_seed ** 2 / len(v) for _, v in used) / n ** 2
+         + sum(share[b] ** 2 * r_var[b] for b in by_band))
+  se = math.sqrt(var)
+  per_rho = expected_max_normal(k) * sigma_arch
+  low, high = gain - 1.96 * se, gain + 1.96 * se
+  return {"found": n, "bands": sorted({str(b) for b, _ in used}), "gain": gain, "se": se,
+          "interval": [low, high], "k": k, "gain_if_perfect": per_rho, "rho": gain / per_rho,
+          "rho_interval": [low / per_rho, high / per_rho]}
 
 
 # --- running: training with seeds, latency in several timing processes ------------------------------

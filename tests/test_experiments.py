@@ -241,6 +241,11 @@ def test_pareto_ceiling_against_random_per_band():
       [t1["mean"], t2["mean"]], [0.5, 0.75], (ref["latency"], ref["accuracy"]),
       pw["pooled_effect"]["sigma_arch"], pw["pooled_effect"]["sigma_seed"], score_corr=0.5, k=8,
       seeds=2, random_draws=2, trials=50)
+  e = pw["pooled_effect"]
+  assert pw["found_gain"] == front.search_gain(  # G's band has no random net: F alone counts
+      [("t1", [88.6, 88.4])], [("t1", [88.0, 88.2]), ("t1", [87.5, 87.9])], e["sigma_arch"],
+      e["sigma_seed"], 8)
+  assert pw["found_gain"]["found"] == 1
   assert pareto_ceiling.power([n for n in pooled if n["name"] in ("H", "G")], [t2], 8, 1, 50) is None
 
 

@@ -6,6 +6,7 @@ import itertools
 import math
 import os
 import pathlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -183,6 +184,37 @@ def test_selection_power_in_one_band_against_order_statistics():
   assert noisy["median_seed_std"] > 0.3 and 0.05 < noisy["p_pass"] < 0.5
   with pytest.raises(ValueError, match="score_corr"):
     front.selection_power(score_corr=1.5, **kw)
+
+
+def test_search_gain_by_hand_and_its_standard_error_by_simulation():
+  found = [("a", [1.0, 2.0]), ("b", [3.0, 3.0]), ("c", [9.0, 9.0])]  # c: no random net, left out
+  random = [("a", [0.0, 0.0]), ("a", [1.0, 1.0]), ("b", [2.0, 4.0])]
+  g = front.search_gain(found, random, sigma_arch=1.0, sigma_seed=1.0, k=24)
+  # g = ((1.5 - 0.5) + (3 - 3)) / 2; se^2 = (1.5 + 1.5) / 4 + (1/2)^2 (1.5 + 1.5) / 4 + (1/2)^2 1.5
+  assert g["found"] == 2 and g["bands"] == ["a", "b"] and g["gain"] == pytest.approx(0.5)
+  assert g["se"] ** 2 == pytest.approx(0.75 + 0.1875 + 0.375)
+  e24 = front.expected_max_normal(24)
+  assert g["rho"] == pytest.approx(0.5 / e24)
+  assert g["rho_interval"][1] == pytest.approx((0.5 + 1.96 * g["se"]) / e24)
+  assert front.search_gain([("c", [1.0, 2.0])], random, 1.0, 1.0) is None
+  # The model: 4 bands with offsets, 2-3 found nets each (3 seeds), 1-4 random nets each.
+  rng = np.random.default_rng(3)
+  sa, ss, plan = 0.3, 0.25, {0: (3, 1), 1: (2, 4), 2: (3, 2), 3: (2, 1)}
+
+  def draw(pick: Callable[[np.ndarray], float]):
+    f, r = [], []
+    for b, (n_found, n_random) in plan.items():
+      f += [(b, list(b + sa * pick(rng.standard_normal(24)) + ss * rng.standard_normal(3)))
+            for _ in range(n_found)]
+      r += [(b, list(b + sa * rng.standard_normal() + ss * rng.standard_normal(3)))
+            for _ in range(n_random)]
+    return front.search_gain(f, r, sa, ss, k=24)
+
+  blind = [draw(lambda z: z[0]) for _ in range(3000)]
+  assert np.std([x["gain"] for x in blind]) == pytest.approx(blind[0]["se"], rel=0.05)
+  assert np.mean([x["gain"] for x in blind]) == pytest.approx(0.0, abs=0.02)
+  perfect = [draw(np.max) for _ in range(1000)]
+  assert np.mean([x["rho"] for x in perfect]) == pytest.approx(1.0, abs=0.05)
 
 
 def test_interpolate_front_and_matched_comparison():
