@@ -64,16 +64,30 @@ def test_measure_table_is_complete_and_resumes(tmp_path):
                           progress=False)
 
 
-def test_measure_networks_resumes_and_checks_space(tmp_path):
+def test_measure_networks_times_a_file_in_one_process_and_checks_space(tmp_path, monkeypatch):
   space = tiny_space()
-  archs = sample_archs(space, 3, seed=1)
-  assert archs == sample_archs(space, 3, seed=1)
+  archs = sample_archs(space, 4, seed=1)
+  assert archs == sample_archs(space, 4, seed=1)
   path = tmp_path / "nets.json"
   named = [(f"a{i}", a) for i, a in enumerate(archs)]
+  timed = []
+  real = measure._time_chunks
+  monkeypatch.setattr(measure, "_time_chunks",
+                      lambda items, *a: timed.append([n for n, _ in items]) or real(items, *a))
   measure.measure_networks(space, named[:2], path, FAST, progress=False)
-  meas = measure.measure_networks(space, named, path, FAST, progress=False)
+  # A network added later: the file's networks are timed again with it, in this process.
+  meas = measure.measure_networks(space, named[:3], path, FAST, progress=False)
+  assert timed == [["a0", "a1"], ["a0", "a1", "a2"]]
   assert [r["name"] for r in meas.records] == ["a0", "a1", "a2"]
-  assert meas.archs() == archs and np.all(meas.latencies() > 0)
+  assert meas.archs() == archs[:3] and np.all(meas.latencies() > 0)
+  # Every requested network present: the file is kept as it is, nothing timed.
+  before = path.read_bytes()
+  measure.measure_networks(space, named[1:3], path, FAST, progress=False)
+  assert timed[-1] == [] and path.read_bytes() == before
+  # Networks of the file that this call does not ask for are timed again too, not dropped.
+  meas = measure.measure_networks(space, [named[0], named[3]], path, FAST, progress=False)
+  assert timed[-1] == ["a0", "a3", "a1", "a2"]
+  assert sorted(r["name"] for r in meas.records) == ["a0", "a1", "a2", "a3"]
   with pytest.raises(LatencyTableError, match="another search space"):
     measure.measure_networks(tiny_space(n_classes=7), named, path, FAST, progress=False)
 

@@ -416,7 +416,14 @@ def measure_networks(
     protocol: TimingProtocol = TimingProtocol(),
     progress: bool = True,
 ) -> NetworkMeasurements:
-  """Measures each (name, arch) not yet in the file at `path` (resumable, rewritten per network)."""
+  """Measures each (name, arch) in one process; the file at `path` is rewritten per chunk.
+
+  A file that already holds every requested network is kept as it is. One that lacks some (an
+  interrupted run, or networks added to a finished one) is timed again whole, its networks with
+  the new ones: the networks of a file are compared with each other (ratios to a baseline timed
+  with them, sessions.py), and a process's speed moves every figure it times, so networks timed
+  in two processes are not comparable.
+  """
   header = _header(protocol)
   path = None if path is None else os.fspath(path)
   if path and os.path.exists(path):
@@ -430,6 +437,14 @@ def measure_networks(
     meas = NetworkMeasurements(header, space, [], path)
   done = {r["name"] for r in meas.records}
   todo = [(n, a) for n, a in named_archs if n not in done]
+  if todo and meas.records:
+    asked = {n for n, _ in named_archs}
+    kept = [(r["name"], Arch(tuple(r["ops"]))) for r in meas.records if r["name"] not in asked]
+    if progress:
+      print(f"{path}: {len(todo)} of the {len(named_archs)} networks are new; timing all "
+            f"{len(named_archs) + len(kept)} again in this process", file=sys.stderr)
+    todo = [*named_archs, *kept]
+    meas = NetworkMeasurements(header, space, [], path)
   for _, arch in todo:
     space.check_arch(arch, strict=True)
 
