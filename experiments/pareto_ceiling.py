@@ -128,7 +128,8 @@ def power(networks: Sequence[dict[str, Any]], bands: Sequence[dict[str, Any]], k
   rather than of one run: every distinct found net's gain over its band's random nets
   (front.search_gain), the rho it implies."""
   banded = [n for n in networks if n["method"] != "hand" and n.get("target")]
-  if len(banded) - len(bands) < 1 or sum(n["accuracy"]["n"] for n in banded) <= len(banded):
+  n_bands = len({n["target"] for n in banded})
+  if len(banded) - n_bands < 1 or sum(n["accuracy"]["n"] for n in banded) <= len(banded):
     return None  # no band with two networks, or one seed each: no spread to decompose
   effect = front.architecture_effect([n["accuracy"]["values"] for n in banded], k=k,
                                      bands=[n["target"] for n in banded])

@@ -504,14 +504,15 @@ def search_gain(found: Sequence[tuple[Any, Sequence[float]]], random: Sequence[t
   used = [(b, v) for b, v in found if b in by_band]
   if not used or sigma_arch <= 0:
     return None
+  def net_var(values: Sequence[float]) -> float:  # of one net's seed mean, around its band's mean
+    return sigma_arch ** 2 + sigma_seed ** 2 / len(values)
+
   n = len(used)
   r_mean = {b: float(np.mean([np.mean(v) for v in vs])) for b, vs in by_band.items()}
-  r_var = {b: sum(sigma_arch ** 2 + sigma_seed ** 2 / len(v) for v in vs) / len(vs) ** 2
-           for b, vs in by_band.items()}
+  r_var = {b: sum(map(net_var, vs)) / len(vs) ** 2 for b, vs in by_band.items()}
   gain = float(np.mean([np.mean(v) - r_mean[b] for b, v in used]))
   share = {b: sum(1 for x, _ in used if x == b) / n for b in by_band}
-  var = (sum(sigma_arch ** 2 + sigma_seed ** 2 / len(v) for _, v in used) / n ** 2
-         + sum(share[b] ** 2 * r_var[b] for b in by_band))
+  var = sum(net_var(v) for _, v in used) / n ** 2 + sum(share[b] ** 2 * r_var[b] for b in by_band)
   se = math.sqrt(var)
   per_rho = expected_max_normal(k) * sigma_arch
   low, high = gain - 1.96 * se, gain + 1.96 * se

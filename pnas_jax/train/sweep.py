@@ -145,7 +145,7 @@ def _sweep(config: Any, targets: list[tuple[str, str, float]], workdir: str, pro
 
 
 def _run_scoring_warmups(config: Any, warm_cfg: Any, model: str, workdir: str, progress: bool | None,
-                     overwrite: bool, result: SweepResult) -> tuple[str, ...] | None:
+                         overwrite: bool, result: SweepResult) -> tuple[str, ...] | None:
   """Runs the latency.derive_warmups - 1 further warm-ups the targets' candidates are also scored in
   (seeds config.seed + 1, ...; the first warm-up's latency model), in WORKDIR/warmup_<k>; their
   workdirs, or None when one stopped early (its result is in result.extra_warmups)."""
